@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?=
+
+.PHONY: run test lint deps test-deps system-test-deps bench-sip clean
+
+$(BIN)/python:
+	@command -v $(PY) >/dev/null 2>&1 || { echo "need Python 3.11 ($(PY))"; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+deps: $(BIN)/python
+	$(BIN)/pip install -q -e .
+
+test-deps: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+
+# Debian packages the tests drive for real (SIPp as the caller).
+system-test-deps:
+	@if ! command -v sipp >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sip-tester >/dev/null; \
+	fi
+
+run: deps
+	$(BIN)/frontdesk serve $(if $(CONFIG),--config $(CONFIG))
+
+lint: test-deps
+	$(BIN)/ruff check ivr queueing callback sim tests
+	$(BIN)/mypy
+
+test: test-deps system-test-deps lint
+	$(BIN)/pytest -q
+
+bench-sip: deps system-test-deps
+	$(BIN)/frontdesk bench-sip
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache frontdesk.db*

@@ -1,0 +1,1 @@
+"""Callback lists: booking, dispatch and the agent API."""

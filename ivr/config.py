@@ -1,0 +1,168 @@
+"""Server configuration: one YAML file, validated at load.
+
+A bad file is refused with :class:`ConfigError`, whose message names the
+file, the line and the field (``frontdesk.yaml:12: sip.ring_limit: ...``).
+Every setting has a default, so the server runs with no file at all
+(``make run``): SQLite, in-process state, SIP on 127.0.0.1:5060, HTTP on
+127.0.0.1:8080.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(Exception):
+    """A configuration problem, already worded for the person who wrote the file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_host(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if value != "localhost":
+            raise ValueError(f"{value!r} is not an IP address") from None
+    return value
+
+
+class SipTimers(_Strict):
+    t1: float = Field(0.5, gt=0, le=10, description="RTT estimate (RFC 3261 T1), seconds")
+    t2: float = Field(4.0, gt=0, le=60, description="maximum retransmit interval (T2), seconds")
+    t4: float = Field(5.0, gt=0, le=60, description="how long a message may stay in the network (T4), seconds")
+
+    @model_validator(mode="after")
+    def _order(self) -> "SipTimers":
+        if self.t2 < self.t1:
+            raise ValueError("t2 must not be shorter than t1")
+        return self
+
+
+class SipSettings(_Strict):
+    listen: str = "127.0.0.1"
+    port: int = Field(5060, ge=0, le=65535)
+    transports: list[Literal["udp", "tcp"]] = Field(default_factory=lambda: ["udp", "tcp"], min_length=1)
+    public_address: str | None = Field(None, description="address written in Contact/Via/SDP; default: listen")
+    ring_limit: float = Field(10.0, gt=0, le=120, description="seconds a caller may ring before we must answer (2 rings = 10 s)")
+    answer_delay: float = Field(0.0, ge=0, description="seconds of ringback before answering")
+    hold_time: float = Field(30.0, gt=0, description="seconds an answered call is kept before we hang up")
+    max_calls: int = Field(20000, gt=0, description="calls in progress beyond which new INVITEs get 503")
+    user_agent: str = "frontdesk"
+    timers: SipTimers = SipTimers()
+
+    _listen = field_validator("listen", "public_address")(lambda v: v if v is None else _check_host(v))
+
+    @model_validator(mode="after")
+    def _within_ring_limit(self) -> "SipSettings":
+        if self.answer_delay >= self.ring_limit:
+            raise ValueError(
+                f"answer_delay ({self.answer_delay} s) must be shorter than ring_limit ({self.ring_limit} s): "
+                "no caller is left ringing"
+            )
+        return self
+
+
+class MediaSettings(_Strict):
+    rtp_port_min: int = Field(20000, ge=1024, le=65534)
+    rtp_port_max: int = Field(30000, ge=1026, le=65535)
+
+    @model_validator(mode="after")
+    def _range(self) -> "MediaSettings":
+        if self.rtp_port_max - self.rtp_port_min < 2:
+            raise ValueError("rtp_port_max must be at least rtp_port_min + 2")
+        return self
+
+
+class HttpSettings(_Strict):
+    listen: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+    _listen = field_validator("listen")(_check_host)
+
+
+class StorageSettings(_Strict):
+    url: str = Field("sqlite+aiosqlite:///frontdesk.db", description="SQLAlchemy async URL")
+    flush_interval: float = Field(0.5, gt=0, le=60, description="seconds between call-record batch writes")
+
+    @field_validator("url")
+    @classmethod
+    def _async_driver(cls, v: str) -> str:
+        if not (v.startswith("sqlite+aiosqlite://") or v.startswith("postgresql+asyncpg://")):
+            raise ValueError("use sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
+        return v
+
+
+class Config(_Strict):
+    sip: SipSettings = SipSettings()
+    media: MediaSettings = MediaSettings()
+    http: HttpSettings = HttpSettings()
+    storage: StorageSettings = StorageSettings()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load and validate a config file; ``None`` gives the embedded defaults."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_config(text, str(path))
+
+
+def parse_config(text: str, filename: str = "<config>") -> Config:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark is not None else 0
+        raise ConfigError(f"{filename}:{line}: not valid YAML: {exc.problem}") from None
+    if data is None:
+        return Config()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{filename}:1: the top level must be a mapping of sections (sip, http, ...)")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = [p for p in err["loc"] if not isinstance(p, str) or not p.startswith("function-")]
+            line = _line_of(node, loc)
+            field = ".".join(str(p) for p in loc) or "(top level)"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown setting"
+            problems.append(f"{filename}:{line}: {field}: {msg}")
+        raise ConfigError("\n".join(problems)) from None
+
+
+def _line_of(node: Any, loc: list[Any]) -> int:
+    """Line of the YAML node at ``loc`` (or of its nearest existing parent)."""
+    line = node.start_mark.line + 1 if node is not None else 1
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == key:
+                    # point at the key for a missing child, at the value otherwise
+                    line = k.start_mark.line + 1
+                    node = v
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line

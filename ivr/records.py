@@ -1,0 +1,144 @@
+"""Call-detail records (R4): one row per call, written through SQLAlchemy async.
+
+Writing never sits between INVITE and 200 OK: the router appends a plain
+tuple to an in-memory batch when a call ends, and :class:`CallRecorder`'s
+background task writes batches every ``flush_interval`` seconds (and on
+shutdown) in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import DateTime, Float, Integer, String, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+log = logging.getLogger(__name__)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class CallRecord(Base):
+    __tablename__ = "call_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(String(255), index=True)
+    caller: Mapped[str] = mapped_column(String(255), index=True)
+    called: Mapped[str] = mapped_column(String(255))
+    invite_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    answer_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    end_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    answer_latency_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    outcome: Mapped[str] = mapped_column(String(32))
+    hangup_by: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    end_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    transport: Mapped[str] = mapped_column(String(8))
+
+
+@dataclass(frozen=True, slots=True)
+class CallSummary:
+    """What the router hands over when a call ends (times in wall-clock seconds)."""
+
+    call_id: str
+    caller: str
+    called: str
+    invite_at: float
+    answer_at: float | None
+    end_at: float
+    outcome: str
+    hangup_by: str | None
+    end_status: int | None
+    transport: str
+
+
+def _ts(t: float) -> datetime:
+    return datetime.fromtimestamp(t, tz=timezone.utc)
+
+
+def create_engine(url: str) -> AsyncEngine:
+    kwargs = {}
+    if url.startswith("sqlite"):
+        # one writer; WAL lets readers (the API, reports) go on while it writes
+        kwargs["connect_args"] = {"timeout": 30}
+    return create_async_engine(url, **kwargs)
+
+
+async def init_schema(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        await conn.run_sync(Base.metadata.create_all)
+
+
+class CallRecorder:
+    """Batches call summaries and writes them off the call path."""
+
+    def __init__(self, engine: AsyncEngine, flush_interval: float = 0.5) -> None:
+        self.engine = engine
+        self.flush_interval = flush_interval
+        self._pending: list[CallSummary] = []
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self.written = 0
+        self.write_errors = 0
+
+    def add(self, summary: CallSummary) -> None:
+        self._pending.append(summary)
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    async def flush(self) -> int:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return 0
+        rows = [
+            CallRecord(
+                call_id=s.call_id,
+                caller=s.caller,
+                called=s.called,
+                invite_at=_ts(s.invite_at),
+                answer_at=_ts(s.answer_at) if s.answer_at is not None else None,
+                end_at=_ts(s.end_at),
+                answer_latency_s=(s.answer_at - s.invite_at) if s.answer_at is not None else None,
+                outcome=s.outcome,
+                hangup_by=s.hangup_by,
+                end_status=s.end_status,
+                transport=s.transport,
+            )
+            for s in batch
+        ]
+        try:
+            async with self._sessions() as session, session.begin():
+                session.add_all(rows)
+        except Exception:
+            # keep the batch: it is retried on the next flush, nothing is lost
+            self._pending[:0] = batch
+            self.write_errors += 1
+            log.exception("writing %d call records failed; will retry", len(batch))
+            return 0
+        self.written += len(rows)
+        return len(rows)
+
+    async def run(self) -> None:
+        """Flush every ``flush_interval`` until cancelled, then flush once more."""
+        try:
+            while True:
+                await asyncio.sleep(self.flush_interval)
+                await self.flush()
+        finally:
+            await asyncio.shield(self.flush())
+
+
+async def count_records(engine: AsyncEngine) -> dict[str, int]:
+    """Calls by outcome (for tests and the CLI)."""
+    sessions = async_sessionmaker(engine)
+    async with sessions() as session:
+        rows = await session.execute(select(CallRecord.outcome, func.count()).group_by(CallRecord.outcome))
+        return {outcome: n for outcome, n in rows.all()}

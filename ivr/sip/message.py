@@ -1,0 +1,654 @@
+"""SIP messages: parse bytes into requests/responses and serialise them back.
+
+Pure code (no sockets, no clock). The parser accepts what RFC 3261 section 7
+allows: compact header names, folded header lines, repeated and comma-joined
+header values, case-insensitive names, bodies framed by Content-Length.
+
+Whatever bytes come in, the only exception that leaves this module is
+:class:`SipParseError`; it carries the status to answer with when the message
+got far enough to be answered (it is a request with the headers a response
+needs), otherwise ``status`` is ``None`` and the message is to be dropped.
+
+Headers are kept as a list of ``(canonical name, raw value)`` pairs, in wire
+order, and parsed further only on demand: the hot path of a call touches
+Via, From, To, Call-ID and CSeq and nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable
+
+SIP_VERSION = "SIP/2.0"
+
+# RFC 3261 section 7.3.3 compact forms (plus RFC 3515/3891/4028 ones in use).
+COMPACT_FORMS = {
+    "a": "accept-contact",
+    "b": "referred-by",
+    "c": "content-type",
+    "d": "request-disposition",
+    "e": "content-encoding",
+    "f": "from",
+    "i": "call-id",
+    "j": "reject-contact",
+    "k": "supported",
+    "l": "content-length",
+    "m": "contact",
+    "n": "identity-info",
+    "o": "event",
+    "r": "refer-to",
+    "s": "subject",
+    "t": "to",
+    "u": "allow-events",
+    "v": "via",
+    "x": "session-expires",
+    "y": "identity",
+}
+
+# How a lower-case header name is written on the wire when we serialise it.
+_PRETTY = {
+    "call-id": "Call-ID",
+    "cseq": "CSeq",
+    "www-authenticate": "WWW-Authenticate",
+    "mime-version": "MIME-Version",
+}
+
+# Headers whose values may be joined with commas (RFC 3261 section 7.3.1).
+# The others (e.g. WWW-Authenticate, Date) contain commas of their own.
+LIST_HEADERS = frozenset(
+    {
+        "via",
+        "route",
+        "record-route",
+        "contact",
+        "allow",
+        "supported",
+        "require",
+        "proxy-require",
+        "unsupported",
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "content-encoding",
+        "allow-events",
+        "in-reply-to",
+    }
+)
+
+METHOD_RE = re.compile(r"^[A-Za-z0-9.!%*_+`'~-]+$")
+MAX_MESSAGE_SIZE = 65535
+
+REASON_PHRASES = {
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    200: "OK",
+    202: "Accepted",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    413: "Request Entity Too Large",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    420: "Bad Extension",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    491: "Request Pending",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    505: "Version Not Supported",
+    603: "Decline",
+}
+
+
+class SipParseError(Exception):
+    """The bytes are not a usable SIP message.
+
+    ``status`` is the response to send back (400, 505, ...) when the message
+    is a request that can be answered; ``None`` means drop it.
+    """
+
+    def __init__(self, reason: str, status: int | None = None, partial: "Request | None" = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.partial = partial
+
+
+def canonical_name(name: str) -> str:
+    """Lower-case header name with compact forms expanded."""
+    low = name.strip().lower()
+    return COMPACT_FORMS.get(low, low)
+
+
+def pretty_name(low: str) -> str:
+    try:
+        return _PRETTY[low]
+    except KeyError:
+        return "-".join(part.capitalize() for part in low.split("-"))
+
+
+def split_list(value: str) -> list[str]:
+    """Split a comma-joined header value, ignoring commas in quotes and <>."""
+    if "," not in value:
+        return [value.strip()]
+    out: list[str] = []
+    depth = 0
+    quoted = False
+    start = 0
+    i = 0
+    n = len(value)
+    while i < n:
+        ch = value[i]
+        if quoted:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth = max(0, depth - 1)
+        elif ch == "," and depth == 0:
+            part = value[start:i].strip()
+            if part:
+                out.append(part)
+            start = i + 1
+        i += 1
+    part = value[start:].strip()
+    if part:
+        out.append(part)
+    return out
+
+
+def parse_params(text: str) -> dict[str, str]:
+    """``;a=1;b`` -> {"a": "1", "b": ""} (names lower-cased)."""
+    params: dict[str, str] = {}
+    for item in text.split(";"):
+        item = item.strip()
+        if not item:
+            continue
+        name, _, val = item.partition("=")
+        params[name.strip().lower()] = val.strip().strip('"')
+    return params
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    transport: str
+    host: str
+    port: int | None
+    params: dict[str, str]
+
+    @property
+    def branch(self) -> str:
+        return self.params.get("branch", "")
+
+    @property
+    def sent_by(self) -> str:
+        return f"{self.host}:{self.port}" if self.port else self.host
+
+
+def parse_via(value: str) -> Via:
+    """Parse one Via value (``SIP/2.0/UDP host:port;branch=...``)."""
+    proto, _, rest = value.strip().partition(" ")
+    parts = proto.split("/")
+    if len(parts) != 3 or parts[0].strip().upper() != "SIP":
+        raise SipParseError(f"malformed Via protocol {proto!r}", 400)
+    rest = rest.strip()
+    sent_by, _, ptext = rest.partition(";")
+    sent_by = sent_by.strip()
+    if not sent_by:
+        raise SipParseError("Via without sent-by", 400)
+    if sent_by.startswith("["):
+        end = sent_by.find("]")
+        if end < 0:
+            raise SipParseError("malformed Via IPv6 host", 400)
+        host = sent_by[: end + 1]
+        port_text = sent_by[end + 2 :] if sent_by[end + 1 : end + 2] == ":" else ""
+    else:
+        host, _, port_text = sent_by.partition(":")
+    port: int | None = None
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise SipParseError(f"malformed Via port {port_text!r}", 400)
+        port = int(port_text)
+    return Via(parts[2].strip().upper(), host, port, parse_params(ptext))
+
+
+@dataclass(frozen=True, slots=True)
+class NameAddr:
+    """From/To/Contact value: display name, URI, header parameters."""
+
+    display: str
+    uri: str
+    params: dict[str, str]
+
+    @property
+    def tag(self) -> str:
+        return self.params.get("tag", "")
+
+
+def parse_name_addr(value: str) -> NameAddr:
+    value = value.strip()
+    lt = value.find("<")
+    if lt >= 0:
+        gt = value.find(">", lt)
+        if gt < 0:
+            raise SipParseError("unterminated <URI>", 400)
+        display = value[:lt].strip().strip('"')
+        uri = value[lt + 1 : gt].strip()
+        ptext = value[gt + 1 :]
+    else:
+        # addr-spec form: parameters after the URI belong to the header.
+        display = ""
+        uri, _, ptext = value.partition(";")
+        uri = uri.strip()
+    if not uri or ":" not in uri:
+        raise SipParseError(f"malformed URI {uri!r}", 400)
+    return NameAddr(display, uri, parse_params(ptext))
+
+
+def uri_user(uri: str) -> str:
+    """The user part of ``sip:user@host;params`` ('' when there is none)."""
+    _, _, rest = uri.partition(":")
+    if "@" not in rest:
+        return ""
+    return rest.split("@", 1)[0].split(";", 1)[0]
+
+
+def uri_host_port(uri: str) -> tuple[str, int | None]:
+    _, _, rest = uri.partition(":")
+    rest = rest.split("@", 1)[-1]
+    rest = rest.split(";", 1)[0].split("?", 1)[0]
+    if rest.startswith("["):
+        end = rest.find("]")
+        host = rest[: end + 1]
+        port = rest[end + 2 :] if end >= 0 and rest[end + 1 : end + 2] == ":" else ""
+    else:
+        host, _, port = rest.partition(":")
+    return host, int(port) if port.isdigit() else None
+
+
+@dataclass(slots=True)
+class Message:
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+    # -- header access ---------------------------------------------------
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """First value of a header (raw, comma-joined values not split)."""
+        low = canonical_name(name)
+        for key, value in self.headers:
+            if key == low:
+                return value
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of a header, comma-joined lists split for list headers."""
+        low = canonical_name(name)
+        values = [v for k, v in self.headers if k == low]
+        if low in LIST_HEADERS:
+            out: list[str] = []
+            for v in values:
+                out.extend(split_list(v))
+            return out
+        return values
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every value of a header with one value."""
+        low = canonical_name(name)
+        self.headers = [(k, v) for k, v in self.headers if k != low]
+        self.headers.append((low, value))
+
+    def add(self, name: str, value: str) -> None:
+        self.headers.append((canonical_name(name), value))
+
+    def remove(self, name: str) -> None:
+        low = canonical_name(name)
+        self.headers = [(k, v) for k, v in self.headers if k != low]
+
+    # -- the headers every transaction needs ------------------------------
+    @property
+    def call_id(self) -> str:
+        return self.get("call-id") or ""
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        raw = self.get("cseq")
+        if raw is None:
+            raise SipParseError("missing CSeq", 400)
+        num, _, method = raw.strip().partition(" ")
+        method = method.strip()
+        if not num.isdigit() or len(num) > 10 or not method or not METHOD_RE.match(method):
+            raise SipParseError(f"malformed CSeq {raw!r}", 400)
+        return int(num), method.upper()
+
+    @property
+    def top_via(self) -> Via:
+        raw = self.get("via")
+        if raw is None:
+            raise SipParseError("missing Via", 400)
+        first = raw if "," not in raw else split_list(raw)[0]
+        return parse_via(first)
+
+    @property
+    def from_(self) -> NameAddr:
+        raw = self.get("from")
+        if raw is None:
+            raise SipParseError("missing From", 400)
+        return parse_name_addr(raw)
+
+    @property
+    def to(self) -> NameAddr:
+        raw = self.get("to")
+        if raw is None:
+            raise SipParseError("missing To", 400)
+        return parse_name_addr(raw)
+
+    def _serialise(self, first_line: str) -> bytes:
+        lines = [first_line]
+        for key, value in self.headers:
+            if key != "content-length":
+                lines.append(f"{pretty_name(key)}: {value}")
+        lines.append(f"Content-Length: {len(self.body)}")
+        lines.append("")
+        lines.append("")
+        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
+
+
+@dataclass(slots=True)
+class Request(Message):
+    method: str = ""
+    uri: str = ""
+    bad_version: bool = False
+
+    def to_bytes(self) -> bytes:
+        return self._serialise(f"{self.method} {self.uri} {SIP_VERSION}")
+
+
+@dataclass(slots=True)
+class Response(Message):
+    status: int = 0
+    reason: str = ""
+
+    def to_bytes(self) -> bytes:
+        return self._serialise(f"{SIP_VERSION} {self.status} {self.reason}")
+
+
+# ---------------------------------------------------------------------------
+# parsing
+
+_REQUIRED = ("via", "from", "to", "call-id", "cseq")
+
+
+def _split_head(data: bytes) -> tuple[bytes, bytes]:
+    idx = data.find(b"\r\n\r\n")
+    if idx >= 0:
+        return data[:idx], data[idx + 4 :]
+    idx = data.find(b"\n\n")  # bare LF line endings are tolerated
+    if idx >= 0:
+        return data[:idx], data[idx + 2 :]
+    # a message with no body may lack the final empty line on UDP
+    return data.rstrip(b"\r\n"), b""
+
+
+def parse_message(data: bytes) -> Request | Response:
+    """Parse one whole message (a datagram, or a frame cut by :class:`StreamFramer`)."""
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise SipParseError("message too large", None)
+    # RFC 3261 section 7.5: ignore empty lines before the start line.
+    data = data.lstrip(b"\r\n")
+    if not data:
+        raise SipParseError("empty message", None)
+    head, body = _split_head(data)
+    text = head.decode("utf-8", "surrogateescape")
+    lines = text.replace("\r\n", "\n").split("\n")
+    start = lines[0]
+    if start.startswith("SIP/"):
+        msg: Request | Response = _parse_status_line(start)
+    else:
+        msg = _parse_request_line(start)
+
+    headers = msg.headers
+    for line in lines[1:]:
+        if not line:
+            continue
+        if line[0] in " \t":
+            # folded continuation of the previous header (RFC 3261 7.3.1)
+            if not headers:
+                raise SipParseError("continuation line before any header", _status_for(msg))
+            key, value = headers[-1]
+            headers[-1] = (key, value + " " + line.strip())
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise SipParseError(f"header line without colon: {line[:40]!r}", _status_for(msg), _partial(msg))
+        name = name.strip()
+        if not name or not METHOD_RE.match(name):
+            raise SipParseError(f"malformed header name {name[:40]!r}", _status_for(msg), _partial(msg))
+        low = name.lower()
+        headers.append((COMPACT_FORMS.get(low, low), value.strip()))
+
+    # Content-Length framing: a datagram may carry trailing junk, never less.
+    clen = msg.get("content-length")
+    if clen is not None:
+        clen = clen.strip()
+        if not clen.isdigit() or len(clen) > 6:
+            raise SipParseError(f"malformed Content-Length {clen!r}", _status_for(msg), _partial(msg))
+        n = int(clen)
+        if n > len(body):
+            raise SipParseError("body shorter than Content-Length", _status_for(msg), _partial(msg))
+        body = body[:n]
+    msg.body = body
+
+    if isinstance(msg, Request) and msg.bad_version:
+        raise SipParseError("unsupported SIP version", 505 if msg.method != "ACK" else None, msg)
+    for req in _REQUIRED:
+        if msg.get(req) is None:
+            raise SipParseError(f"missing {pretty_name(req)} header", _status_for(msg), _partial(msg))
+    # validate the headers every transaction depends on, so that a message
+    # that leaves this function can be routed without further checks
+    try:
+        num_method = msg.cseq
+        msg.top_via
+        msg.from_
+        msg.to
+    except SipParseError as exc:
+        raise SipParseError(exc.reason, _status_for(msg), _partial(msg)) from None
+    if isinstance(msg, Request) and num_method[1] != msg.method and msg.method not in ("ACK", "CANCEL"):
+        raise SipParseError("CSeq method does not match request method", 400, msg)
+    return msg
+
+
+def _status_for(msg: Request | Response) -> int | None:
+    # responses are never answered; ACKs neither
+    if isinstance(msg, Request) and msg.method != "ACK":
+        return 400
+    return None
+
+
+def _partial(msg: Request | Response) -> Request | None:
+    return msg if isinstance(msg, Request) else None
+
+
+def _parse_request_line(line: str) -> Request:
+    parts = line.split(" ")
+    if len(parts) != 3:
+        raise SipParseError(f"malformed request line {line[:60]!r}", None)
+    method, uri, version = parts
+    if not METHOD_RE.match(method):
+        raise SipParseError(f"malformed method {method[:20]!r}", None)
+    if ":" not in uri:
+        raise SipParseError(f"malformed Request-URI {uri[:60]!r}", None)
+    if not version.startswith("SIP/"):
+        raise SipParseError(f"malformed request line {line[:60]!r}", None)
+    # an unsupported version is answered 505 once the headers are read
+    return Request(method=method, uri=uri, bad_version=version.upper() != SIP_VERSION)
+
+
+def _parse_status_line(line: str) -> Response:
+    parts = line.split(" ", 2)
+    if len(parts) < 2 or parts[0] != SIP_VERSION:
+        raise SipParseError(f"malformed status line {line[:60]!r}", None)
+    code = parts[1]
+    if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+        raise SipParseError(f"malformed status code {code!r}", None)
+    return Response(status=int(code), reason=parts[2] if len(parts) > 2 else "")
+
+
+def parse_headers_only(data: bytes) -> Request | None:
+    """Best effort: a request's start line and headers, used to answer a
+    malformed request with 400. Never raises."""
+    try:
+        head, _ = _split_head(data.lstrip(b"\r\n"))
+        lines = head.decode("utf-8", "surrogateescape").replace("\r\n", "\n").split("\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not METHOD_RE.match(parts[0]) or parts[0] == "ACK":
+            return None
+        req = Request(method=parts[0], uri=parts[1])
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            if colon and name.strip():
+                req.headers.append((canonical_name(name), value.strip()))
+        return req
+    except Exception:  # noqa: BLE001 - by contract this helper never raises
+        return None
+
+
+class StreamFramer:
+    """Cuts a TCP byte stream into messages by Content-Length (RFC 3261 18.3).
+
+    ``feed`` returns whole messages; keep-alive CRLFs between messages are
+    skipped. A header block without a valid Content-Length cannot be framed:
+    :class:`SipParseError` is raised and the connection should be closed.
+    """
+
+    MAX_HEAD = 16384
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        out: list[bytes] = []
+        buf = self._buf
+        while True:
+            # skip keep-alives (RFC 5626 double CRLF) and stray line ends
+            i = 0
+            while i < len(buf) and buf[i] in (13, 10):
+                i += 1
+            if i:
+                del buf[:i]
+            if not buf:
+                break
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > self.MAX_HEAD:
+                    raise SipParseError("header block too large", None)
+                break
+            head = bytes(buf[:end])
+            length = _content_length(head)
+            total = end + 4 + length
+            if len(buf) < total:
+                break
+            out.append(bytes(buf[:total]))
+            del buf[:total]
+        return out
+
+
+_CLEN_RE = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\S*)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+
+
+def _content_length(head: bytes) -> int:
+    m = _CLEN_RE.search(head)
+    if m is None:
+        raise SipParseError("stream message without Content-Length", None)
+    raw = m.group(1)
+    if not raw.isdigit() or len(raw) > 6:
+        raise SipParseError("malformed Content-Length", None)
+    n = int(raw)
+    if n > MAX_MESSAGE_SIZE:
+        raise SipParseError("body too large", None)
+    return n
+
+
+# ---------------------------------------------------------------------------
+# building responses
+
+
+def build_response(
+    req: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    extra: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+    received: str | None = None,
+    rport: int | None = None,
+) -> Response:
+    """A response to ``req`` per RFC 3261 section 8.2.6.
+
+    Copies Via (all of them, in order), From, To (adding ``to_tag`` when the
+    To has none), Call-ID and CSeq. ``received``/``rport`` fill in the top
+    Via per RFC 3261 18.2.1 and RFC 3581.
+    """
+    headers: list[tuple[str, str]] = []
+    first_via = True
+    for key, value in req.headers:
+        if key == "via":
+            if first_via and (received or rport):
+                value = _stamp_via(value, received, rport)
+            first_via = False
+            headers.append((key, value))
+        elif key in ("from", "call-id", "cseq"):
+            headers.append((key, value))
+        elif key == "to":
+            if to_tag and ";tag=" not in value.lower() and status != 100:
+                value = f"{value};tag={to_tag}"
+            headers.append((key, value))
+    headers.extend((canonical_name(k), v) for k, v in extra)
+    return Response(
+        headers=headers,
+        body=body,
+        status=status,
+        reason=reason or REASON_PHRASES.get(status, "Unknown"),
+    )
+
+
+def _stamp_via(value: str, received: str | None, rport: int | None) -> str:
+    if "," in value:
+        parts = split_list(value)
+        return ", ".join([_stamp_via(parts[0], received, rport)] + parts[1:])
+    head, sep, ptext = value.partition(";")
+    items = [p for p in ptext.split(";") if p.strip()] if sep else []
+    out: list[str] = []
+    has_rport = False
+    for p in items:
+        name = p.split("=", 1)[0].strip().lower()
+        if name == "rport":
+            has_rport = True
+            out.append(f"rport={rport}" if rport else p)
+        elif name == "received":
+            continue
+        else:
+            out.append(p)
+    if received and (has_rport or received != parse_via(value).host):
+        out.append(f"received={received}")
+    return ";".join([head] + out)

@@ -1,0 +1,158 @@
+"""SDP offer/answer (RFC 4566, RFC 3264) for audio calls, pure code.
+
+We speak G.711 u-law (PCMU, payload type 0), G.711 A-law (PCMA, 8) and
+RFC 4733 telephone-event/8000 for keys. An offer is answered with the first
+of our codecs the offer lists, in the offerer's order, plus telephone-event
+when offered; an offer with no codec in common is refused (488).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Static payload types we accept, name -> pt (RFC 3551 table 4).
+STATIC_CODECS = {0: "PCMU", 8: "PCMA"}
+SUPPORTED = ("PCMU", "PCMA")
+
+
+class SdpError(Exception):
+    """The body is not an SDP we can use; ``status`` is the SIP answer."""
+
+    def __init__(self, reason: str, status: int = 488) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(slots=True)
+class MediaOffer:
+    """The audio stream of an SDP: where to send RTP and what it carries."""
+
+    address: str
+    port: int
+    payloads: list[int]
+    rtpmap: dict[int, str] = field(default_factory=dict)  # pt -> "name/rate"
+    direction: str = "sendrecv"
+
+    def codec_name(self, pt: int) -> str:
+        if pt in self.rtpmap:
+            return self.rtpmap[pt].split("/")[0].upper()
+        return STATIC_CODECS.get(pt, "")
+
+
+@dataclass(frozen=True, slots=True)
+class Negotiated:
+    """What both ends agreed: the codec, its payload type, the DTMF payload type."""
+
+    codec: str
+    payload_type: int
+    dtmf_payload_type: int | None
+    remote_address: str
+    remote_port: int
+    direction: str
+
+
+def parse_sdp(body: bytes) -> MediaOffer:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SdpError("SDP is not UTF-8", 400) from None
+    session_addr = ""
+    media: MediaOffer | None = None
+    seen_audio = False
+    direction = "sendrecv"
+    for raw in text.splitlines():
+        line = raw.strip()
+        if len(line) < 2 or line[1] != "=":
+            continue
+        kind, value = line[0], line[2:]
+        if kind == "c":
+            parts = value.split()
+            if len(parts) < 3 or parts[0] != "IN":
+                raise SdpError(f"malformed c= line {value!r}", 400)
+            addr = parts[2].split("/")[0]
+            if media is None and not seen_audio:
+                session_addr = addr
+            elif media is not None:
+                media.address = addr
+        elif kind == "m":
+            if media is not None:
+                break  # only the first audio stream is used
+            parts = value.split()
+            if len(parts) < 4:
+                raise SdpError(f"malformed m= line {value!r}", 400)
+            if parts[0] != "audio":
+                continue
+            seen_audio = True
+            if not parts[1].split("/")[0].isdigit():
+                raise SdpError(f"malformed m= port {parts[1]!r}", 400)
+            pts = [int(p) for p in parts[3:] if p.isdigit() and int(p) < 128]
+            media = MediaOffer(session_addr, int(parts[1].split("/")[0]), pts, direction=direction)
+        elif kind == "a" and media is not None:
+            if value.startswith("rtpmap:"):
+                pt_text, _, enc = value[7:].partition(" ")
+                if pt_text.isdigit():
+                    media.rtpmap[int(pt_text)] = enc.strip()
+            elif value in ("sendrecv", "sendonly", "recvonly", "inactive"):
+                media.direction = value
+        elif kind == "a" and value in ("sendrecv", "sendonly", "recvonly", "inactive"):
+            direction = value
+    if media is None:
+        raise SdpError("no audio stream offered")
+    if not media.address:
+        raise SdpError("no connection address for the audio stream", 400)
+    return media
+
+
+_ANSWER_DIRECTION = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
+
+
+def negotiate(offer: MediaOffer) -> Negotiated:
+    codec_pt: int | None = None
+    codec = ""
+    dtmf_pt: int | None = None
+    for pt in offer.payloads:
+        name = offer.codec_name(pt)
+        if codec_pt is None and name in SUPPORTED:
+            rate = offer.rtpmap.get(pt, f"{name}/8000").split("/")
+            if len(rate) < 2 or rate[1] == "8000":
+                codec_pt, codec = pt, name
+        elif name == "TELEPHONE-EVENT" and offer.rtpmap.get(pt, "").endswith("/8000"):
+            dtmf_pt = pt
+    if codec_pt is None:
+        raise SdpError("no common codec (we offer PCMU, PCMA)")
+    return Negotiated(codec, codec_pt, dtmf_pt, offer.address, offer.port, _ANSWER_DIRECTION[offer.direction])
+
+
+def build_sdp(
+    address: str,
+    port: int,
+    *,
+    session_id: int,
+    version: int = 1,
+    negotiated: Negotiated | None = None,
+    direction: str = "sendrecv",
+) -> bytes:
+    """Our SDP: an answer for ``negotiated``, or an offer of all we support."""
+    if negotiated is not None:
+        pts = [(negotiated.payload_type, negotiated.codec)]
+        dtmf = negotiated.dtmf_payload_type
+        direction = negotiated.direction
+    else:
+        pts = [(0, "PCMU"), (8, "PCMA")]
+        dtmf = 101
+    ip_kind = "IP6" if ":" in address else "IP4"
+    fmt = " ".join(str(pt) for pt, _ in pts) + (f" {dtmf}" if dtmf is not None else "")
+    lines = [
+        "v=0",
+        f"o=frontdesk {session_id} {version} IN {ip_kind} {address}",
+        "s=frontdesk",
+        f"c=IN {ip_kind} {address}",
+        "t=0 0",
+        f"m=audio {port} RTP/AVP {fmt}",
+    ]
+    lines += [f"a=rtpmap:{pt} {name}/8000" for pt, name in pts]
+    if dtmf is not None:
+        lines += [f"a=rtpmap:{dtmf} telephone-event/8000", f"a=fmtp:{dtmf} 0-16"]
+    lines += ["a=ptime:20", f"a={direction}"]
+    return ("\r\n".join(lines) + "\r\n").encode()

@@ -1,0 +1,148 @@
+"""The asyncio shell around the sans-IO SIP core: UDP and TCP listeners.
+
+The only SIP module that imports asyncio. It feeds ``loop.time()`` and the
+bytes it receives into :class:`UserAgent`, hands the core's events to the
+transaction user, sends what the core wants sent and arms one
+``loop.call_at`` from ``get_timer()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from .message import SipParseError, StreamFramer
+from .ua import Event, Peer, UserAgent
+
+log = logging.getLogger(__name__)
+
+EventHandler = Callable[[list[Event], float], None]
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, shell: "SipShell") -> None:
+        self.shell = shell
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
+        self.shell.receive(data, ("udp", addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable for a peer that went away: nothing to do
+        log.debug("UDP error: %s", exc)
+
+
+class _TcpProtocol(asyncio.Protocol):
+    def __init__(self, shell: "SipShell") -> None:
+        self.shell = shell
+        self.framer = StreamFramer()
+        self.peer: Peer | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        host, port = transport.get_extra_info("peername")[:2]
+        self.peer = ("tcp", host, port)
+        self.shell.tcp_connections[self.peer] = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert self.peer is not None and self.transport is not None
+        try:
+            frames = self.framer.feed(data)
+        except SipParseError as exc:
+            # the stream cannot be re-synchronised: count it and close
+            log.info("closing TCP connection from %s:%s: %s", self.peer[1], self.peer[2], exc.reason)
+            self.shell.ua.stats.malformed["dropped"] += 1
+            self.transport.close()
+            return
+        for frame in frames:
+            self.shell.receive(frame, self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None and self.shell.tcp_connections.get(self.peer) is self.transport:
+            del self.shell.tcp_connections[self.peer]
+
+
+class SipShell:
+    """Runs a :class:`UserAgent` on the event loop."""
+
+    def __init__(self, ua: UserAgent, on_events: EventHandler) -> None:
+        self.ua = ua
+        self.on_events = on_events
+        self.loop = asyncio.get_running_loop()
+        self.udp: asyncio.DatagramTransport | None = None
+        self.tcp_server: asyncio.Server | None = None
+        self.tcp_connections: dict[Peer, asyncio.Transport] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self.send_errors = 0
+
+    async def start(self, host: str, port: int, transports: list[str]) -> None:
+        if "udp" in transports:
+            udp, _ = await self.loop.create_datagram_endpoint(lambda: _UdpProtocol(self), local_addr=(host, port))
+            self.udp = udp  # type: ignore[assignment]
+            if port == 0:
+                port = udp.get_extra_info("sockname")[1]
+        if "tcp" in transports:
+            self.tcp_server = await self.loop.create_server(lambda: _TcpProtocol(self), host, port, reuse_address=True)
+
+    @property
+    def udp_port(self) -> int | None:
+        return self.udp.get_extra_info("sockname")[1] if self.udp else None
+
+    @property
+    def tcp_port(self) -> int | None:
+        if self.tcp_server is None:
+            return None
+        return int(self.tcp_server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.udp is not None:
+            self.udp.close()
+        if self.tcp_server is not None:
+            self.tcp_server.close()
+            for tr in list(self.tcp_connections.values()):
+                tr.close()
+            await self.tcp_server.wait_closed()
+
+    def receive(self, data: bytes, peer: Peer) -> None:
+        self.ua.receive(data, peer, self.loop.time())
+        self.pump()
+
+    def pump(self) -> None:
+        """Hand events to the transaction user, send what is due, re-arm the timer."""
+        ua = self.ua
+        events = ua.events()
+        while events:
+            self.on_events(events, self.loop.time())
+            events = ua.events()
+        out = ua.datagrams_to_send()
+        if out:
+            udp = self.udp
+            for data, peer in out:
+                if peer[0] == "udp":
+                    if udp is not None:
+                        udp.sendto(data, (peer[1], peer[2]))
+                else:
+                    tr = self.tcp_connections.get(peer)
+                    if tr is not None and not tr.is_closing():
+                        tr.write(data)
+                    else:
+                        self.send_errors += 1
+        at = ua.get_timer()
+        if at is not None and at < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = at
+            self._timer = self.loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        # uvloop rounds timers to the millisecond and may wake a hair early
+        now = max(self.loop.time(), self._timer_at)
+        self._timer = None
+        self._timer_at = float("inf")
+        self.ua.handle_timer(now)
+        self.pump()

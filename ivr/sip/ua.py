@@ -1,0 +1,754 @@
+"""The SIP user agent core: transactions, dialogs and calls, sans-IO.
+
+Theory of operation
+-------------------
+Bytes in, bytes and events out, time passed in (STYLE.md, aioquic style)::
+
+    ua.receive(data, peer, now)          # a datagram or a framed TCP message
+    ua.datagrams_to_send() -> [(bytes, peer)]
+    ua.events() -> [IncomingCall | CallConfirmed | CallEnded | CallTimer]
+    ua.get_timer() -> float | None       # when to call handle_timer next
+    ua.handle_timer(now)
+
+The transaction user (the call router) reacts to events by calling
+``ring``, ``answer``, ``reject``, ``hangup`` and ``set_call_timer``; those
+only queue datagrams and events too. A ``peer`` is ``(transport, host,
+port)``; the asyncio shell maps it back to a socket or a TCP connection.
+
+A call's life::
+
+    RINGING --answer--> ANSWERED --ACK--> CONFIRMED --BYE either way--> ENDED
+    RINGING --CANCEL / reject / early BYE--> ENDED
+    ANSWERED --no ACK by 64*T1--> ENDED (we send BYE)
+
+Every response we send goes through the server transaction that owns the
+request, so request copies are answered with the same bytes and final
+responses on UDP are retransmitted until acknowledged (RFC 3261 17.2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import heapq
+import random
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from typing import Union
+
+from .message import (
+    Request,
+    Response,
+    SipParseError,
+    build_response,
+    parse_headers_only,
+    parse_message,
+    split_list,
+    uri_user,
+)
+from .sdp import Negotiated, SdpError, build_sdp, negotiate, parse_sdp
+from .transaction import (
+    ClientInviteTransaction,
+    ClientNonInviteTransaction,
+    ServerInviteTransaction,
+    ServerNonInviteTransaction,
+    Timeout,
+    TimerValues,
+    Transaction,
+    TxState,
+)
+
+Peer = tuple[str, str, int]  # (transport "udp"/"tcp", host, port)
+
+ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO")
+ALLOW_HEADER = ", ".join(ALLOWED_METHODS)
+# Methods we know of but do not serve: answered 405 with Allow. Anything
+# else is answered 501 (RFC 3261 8.2.1).
+KNOWN_NOT_ALLOWED = frozenset(
+    {"REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE", "REFER", "UPDATE", "PRACK"}
+)
+SUPPORTED_OPTIONS: frozenset[str] = frozenset()  # option tags for Require
+METRIC_METHODS = frozenset(ALLOWED_METHODS) | KNOWN_NOT_ALLOWED
+MAGIC_COOKIE = "z9hG4bK"
+
+# Answer latency buckets: SIP answers run to milliseconds, the ring limit to seconds.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class CallState(enum.Enum):
+    RINGING = "ringing"
+    ANSWERED = "answered"
+    CONFIRMED = "confirmed"
+    ENDED = "ended"
+
+
+class Outcome(str, enum.Enum):
+    """How a call ended, as stored in the call record."""
+
+    COMPLETED = "completed"  # answered, then BYE from either side
+    CANCELLED = "cancelled"  # caller gave up before the answer
+    REJECTED = "rejected"  # we refused it (4xx/5xx/6xx)
+    NO_ACK = "no_ack"  # answered, the caller never acknowledged
+    FAILED = "failed"  # transport or transaction timeout
+
+
+@dataclass(frozen=True, slots=True)
+class UaConfig:
+    host: str = "127.0.0.1"  # address written in Via, Contact and SDP
+    port: int = 5060
+    user_agent: str = "frontdesk"
+    timers: TimerValues = TimerValues()
+    max_calls: int = 20000  # beyond this, new INVITEs get 503
+    rtp_port_min: int = 20000
+    rtp_port_max: int = 30000
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    """One inbound call (the dialog we hold as UAS)."""
+
+    call_id: str
+    peer: Peer
+    caller: str  # From user part (or whole URI when there is none)
+    called: str  # Request-URI user part
+    remote_tag: str
+    local_tag: str
+    t_invite: float
+    invite_tx: ServerInviteTransaction
+    invite: Request
+    remote_target: str
+    route_set: list[str]
+    remote_cseq: int
+    local_cseq: int = 0
+    state: CallState = CallState.RINGING
+    t_answer: float | None = None
+    t_end: float | None = None
+    outcome: Outcome | None = None
+    hangup_by: str | None = None  # "caller" | "frontdesk"
+    end_status: int | None = None  # final status for rejected calls
+    negotiated: Negotiated | None = None
+    remote_offer_pending: bool = False  # we sent the offer in 200, answer due in ACK
+    local_sdp: bytes = b""
+    sdp_version: int = 1
+    rtp_port: int = 0
+    pending_bye: bool = False
+    timers: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ended(self) -> bool:
+        return self.state is CallState.ENDED
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingCall:
+    call: Call
+
+
+@dataclass(frozen=True, slots=True)
+class CallConfirmed:
+    call: Call
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    call: Call
+
+
+@dataclass(frozen=True, slots=True)
+class CallTimer:
+    call: Call
+    name: str
+
+
+Event = Union[IncomingCall, CallConfirmed, CallEnded, CallTimer]
+
+
+class LatencyHistogram:
+    """Cumulative-ready bucket counts, read by the metrics collector."""
+
+    __slots__ = ("buckets", "counts", "total", "count")
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.buckets, value)] += 1
+        self.total += value
+        self.count += 1
+
+
+class SipStats:
+    """Plain counters kept by the core; exported by ivr.metrics at scrape time."""
+
+    def __init__(self) -> None:
+        self.requests_received: dict[str, int] = {}
+        self.responses_sent: dict[tuple[str, int], int] = {}
+        self.requests_sent: dict[str, int] = {}
+        self.responses_received: dict[tuple[str, int], int] = {}
+        self.retransmissions_sent = 0
+        self.retransmissions_received = 0
+        self.malformed: dict[str, int] = {"dropped": 0, "answered": 0}
+        self.stray_responses = 0
+        self.calls_ended: dict[str, int] = {}
+        self.answer_latency = LatencyHistogram()
+        self.calls_rejected_overload = 0
+
+    def count_request(self, method: str) -> None:
+        m = method if method in METRIC_METHODS else "other"
+        self.requests_received[m] = self.requests_received.get(m, 0) + 1
+
+    def count_response(self, method: str, status: int) -> None:
+        key = (method if method in METRIC_METHODS else "other", status)
+        self.responses_sent[key] = self.responses_sent.get(key, 0) + 1
+
+
+class UserAgent:
+    def __init__(self, config: UaConfig = UaConfig(), *, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.tv = config.timers
+        self.stats = SipStats()
+        self._rng = rng or random.Random()
+        self._out: list[tuple[bytes, Peer]] = []
+        self._events: list[Event] = []
+        self._server_tx: dict[tuple[str, str, str], Transaction] = {}
+        self._client_tx: dict[tuple[str, str], Transaction] = {}
+        self.calls: dict[str, Call] = {}
+        self._heap: list[tuple[float, int, object, str]] = []
+        self._seq = 0
+        self._next_rtp = config.rtp_port_min
+        self._contact = f"<sip:frontdesk@{config.host}:{config.port}>"
+        self._contact_tcp = f"<sip:frontdesk@{config.host}:{config.port};transport=tcp>"
+
+    def set_local_port(self, port: int) -> None:
+        """The port actually bound (when the config asked for an ephemeral one)."""
+        self.config = dataclasses.replace(self.config, port=port)
+        self._contact = f"<sip:frontdesk@{self.config.host}:{port}>"
+        self._contact_tcp = f"<sip:frontdesk@{self.config.host}:{port};transport=tcp>"
+
+    # -- interface for the shell -------------------------------------------
+    def datagrams_to_send(self) -> list[tuple[bytes, Peer]]:
+        out, self._out = self._out, []
+        return out
+
+    def events(self) -> list[Event]:
+        ev, self._events = self._events, []
+        return ev
+
+    def get_timer(self) -> float | None:
+        heap = self._heap
+        while heap:
+            at, _, obj, name = heap[0]
+            if self._entry_live(at, obj, name):
+                return at
+            heapq.heappop(heap)
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            at, _, obj, name = heapq.heappop(heap)
+            if not self._entry_live(at, obj, name):
+                continue
+            if isinstance(obj, Call):
+                del obj.timers[name]
+                self._events.append(CallTimer(obj, name))
+            else:
+                assert isinstance(obj, Transaction)
+                self._fire_tx(obj, now)
+
+    @property
+    def transactions_active(self) -> int:
+        return len(self._server_tx) + len(self._client_tx)
+
+    # -- timer heap -----------------------------------------------------------
+    @staticmethod
+    def _entry_live(at: float, obj: object, name: str) -> bool:
+        if name:
+            assert isinstance(obj, Call)
+            return obj.timers.get(name) == at and not obj.ended
+        assert isinstance(obj, Transaction)
+        return obj.scheduled == at and not obj.terminated
+
+    def _push(self, at: float, obj: object, name: str) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (at, self._seq, obj, name))
+
+    def _schedule(self, tx: Transaction) -> None:
+        if tx.terminated:
+            self._forget_tx(tx)
+            return
+        d = tx.deadline
+        if d != tx.scheduled:
+            tx.scheduled = d
+            if d != float("inf"):
+                self._push(d, tx, "")
+
+    def _forget_tx(self, tx: Transaction) -> None:
+        key = tx.key
+        if isinstance(tx, (ServerInviteTransaction, ServerNonInviteTransaction)):
+            if self._server_tx.get(key) is tx:  # type: ignore[arg-type]
+                del self._server_tx[key]  # type: ignore[arg-type]
+        elif self._client_tx.get(key) is tx:  # type: ignore[arg-type]
+            del self._client_tx[key]  # type: ignore[arg-type]
+
+    def _fire_tx(self, tx: Transaction, now: float) -> None:
+        send, timeout = tx.fire(now)  # type: ignore[attr-defined]
+        if send is not None:
+            self._out.append((send, tx.peer))  # type: ignore[arg-type]
+            self.stats.retransmissions_sent += 1
+        if timeout is not None:
+            self._on_tx_timeout(tx, timeout, now)
+        self._schedule(tx)
+
+    def _on_tx_timeout(self, tx: Transaction, timeout: Timeout, now: float) -> None:
+        if isinstance(tx, ServerInviteTransaction):
+            call = self._call_for_tx(tx)
+            if call is not None and not call.ended:
+                if call.state is CallState.ANSWERED:
+                    # 2xx never acknowledged: end the dialog with BYE (13.3.1.4)
+                    self._send_bye(call, now)
+                    self._end(call, now, Outcome.NO_ACK, "frontdesk")
+                else:
+                    self._end(call, now, call.outcome or Outcome.FAILED, call.hangup_by)
+
+    @staticmethod
+    def _call_for_tx(tx: ServerInviteTransaction) -> Call | None:
+        owner = tx.owner
+        return owner if isinstance(owner, Call) else None
+
+    # -- inbound ---------------------------------------------------------------
+    def receive(self, data: bytes, peer: Peer, now: float) -> None:
+        try:
+            msg = parse_message(data)
+        except SipParseError as exc:
+            self._on_malformed(data, exc, peer, now)
+            return
+        if isinstance(msg, Request):
+            try:
+                self._on_request(msg, peer, now)
+            except SipParseError as exc:  # a header parsed lazily was bad
+                self._on_malformed(data, exc, peer, now)
+        else:
+            self._on_response(msg, peer, now)
+
+    def _on_malformed(self, data: bytes, exc: SipParseError, peer: Peer, now: float) -> None:
+        req = exc.partial if exc.partial is not None else None
+        if exc.status is not None and req is None:
+            req = parse_headers_only(data)
+        if (
+            exc.status is not None
+            and req is not None
+            and req.method != "ACK"
+            and req.get("via") is not None
+            and req.get("call-id") is not None
+            and req.get("cseq") is not None
+            and req.get("from") is not None
+            and req.get("to") is not None
+        ):
+            reason = exc.reason.replace("\r", " ").replace("\n", " ")[:120]
+            status = exc.status
+            phrase = "Version Not Supported" if status == 505 else f"Bad Request ({reason})"
+            resp = build_response(req, status, phrase, extra=(("Server", self.config.user_agent),))
+            self._out.append((resp.to_bytes(), peer))
+            self.stats.malformed["answered"] += 1
+            self.stats.count_response(req.method, status)
+        else:
+            self.stats.malformed["dropped"] += 1
+
+    def _tx_key(self, req: Request, method: str) -> tuple[str, str, str]:
+        via = req.top_via
+        branch = via.branch
+        if branch.startswith(MAGIC_COOKIE):
+            return (branch, via.sent_by, method)
+        # RFC 2543 peer: key on the dialog-ish identifiers (17.2.3 fallback)
+        return (f"{req.call_id}|{req.from_.tag}|{req.cseq[0]}|{branch}", via.sent_by, method)
+
+    def _on_request(self, req: Request, peer: Peer, now: float) -> None:
+        method = req.method
+        self.stats.count_request(method)
+        if method == "ACK":
+            self._on_ack(req, peer, now)
+            return
+        key = self._tx_key(req, "INVITE" if method == "INVITE" else method)
+        tx = self._server_tx.get(key)
+        if tx is not None:
+            # a copy of a request we already have: resend the last answer
+            self.stats.retransmissions_received += 1
+            resend = tx.receive_request(now)  # type: ignore[attr-defined]
+            if resend is not None:
+                self._out.append((resend, peer))
+                self.stats.retransmissions_sent += 1
+            return
+        reliable = peer[0] != "udp"
+        if method == "INVITE":
+            itx = ServerInviteTransaction(key, peer, reliable, self.tv)
+            self._server_tx[key] = itx
+            self._on_invite(req, itx, peer, now)
+            return
+        ntx = ServerNonInviteTransaction(key, peer, reliable, self.tv)
+        self._server_tx[key] = ntx
+        if method == "CANCEL":
+            self._on_cancel(req, ntx, key, now)
+        elif method == "BYE":
+            self._on_bye(req, ntx, now)
+        elif method == "OPTIONS":
+            self._respond(ntx, req, 200, now, extra=self._capabilities())
+        elif method == "INFO":
+            call = self._dialog_for(req)
+            self._respond(ntx, req, 200 if call is not None else 481, now)
+        elif method in KNOWN_NOT_ALLOWED:
+            self._respond(ntx, req, 405, now, extra=(("Allow", ALLOW_HEADER),))
+        else:
+            self._respond(ntx, req, 501, now, extra=(("Allow", ALLOW_HEADER),))
+
+    def _capabilities(self) -> tuple[tuple[str, str], ...]:
+        return (("Allow", ALLOW_HEADER), ("Accept", "application/sdp"), ("Accept-Language", "en"))
+
+    def _respond(
+        self,
+        tx: Transaction,
+        req: Request,
+        status: int,
+        now: float,
+        *,
+        to_tag: str | None = None,
+        extra: tuple[tuple[str, str], ...] = (),
+        body: bytes = b"",
+        reason: str | None = None,
+    ) -> None:
+        peer = tx.peer
+        headers = extra + (("Server", self.config.user_agent),)
+        if body:
+            headers = headers + (("Content-Type", "application/sdp"),)
+        rport = received = None
+        if peer[0] == "udp":
+            received, rport = peer[1], peer[2]
+        resp = build_response(
+            req, status, reason, to_tag=to_tag, extra=headers, body=body, received=received, rport=rport
+        )
+        data = resp.to_bytes()
+        send = tx.send_response(data, status, now)  # type: ignore[attr-defined]
+        if send is not None:
+            self._out.append((send, peer))  # type: ignore[arg-type]
+            self.stats.count_response(req.method, status)
+        self._schedule(tx)
+
+    def _dialog_for(self, req: Request) -> Call | None:
+        call = self.calls.get(req.call_id)
+        if call is None or call.ended:
+            return None
+        if req.to.tag != call.local_tag or req.from_.tag != call.remote_tag:
+            return None
+        return call
+
+    # INVITE ----------------------------------------------------------------------
+    def _on_invite(self, req: Request, tx: ServerInviteTransaction, peer: Peer, now: float) -> None:
+        to = req.to
+        if to.tag:
+            self._on_reinvite(req, tx, now)
+            return
+        mf = req.get("max-forwards")
+        if mf is not None:
+            mf = mf.strip()
+            if not mf.isdigit():
+                self._respond(tx, req, 400, now, reason="Bad Request (malformed Max-Forwards)")
+                return
+            if int(mf) == 0:
+                self._respond(tx, req, 483, now)
+                return
+        scheme = req.uri.split(":", 1)[0].lower()
+        if scheme not in ("sip", "sips", "tel"):
+            self._respond(tx, req, 416, now)
+            return
+        require = req.get_all("require")
+        unsupported = [opt for opt in require if opt.lower() not in SUPPORTED_OPTIONS]
+        if unsupported:
+            self._respond(tx, req, 420, now, extra=(("Unsupported", ", ".join(unsupported)),))
+            return
+        call_id = req.call_id
+        if not call_id:
+            self._respond(tx, req, 400, now, reason="Bad Request (empty Call-ID)")
+            return
+        existing = self.calls.get(call_id)
+        if existing is not None and not existing.ended:
+            # same Call-ID and no To tag but another branch: merged request (8.2.2.2)
+            self._respond(tx, req, 482, now)
+            return
+        negotiated: Negotiated | None = None
+        if req.body:
+            ctype = (req.get("content-type") or "").split(";")[0].strip().lower()
+            if ctype != "application/sdp":
+                self._respond(tx, req, 415, now, extra=(("Accept", "application/sdp"),))
+                return
+            try:
+                negotiated = negotiate(parse_sdp(req.body))
+            except SdpError as exc:
+                self._respond(tx, req, exc.status, now, reason=_reason(exc.status, exc.reason))
+                return
+        if len(self.calls) >= self.config.max_calls:
+            self.stats.calls_rejected_overload += 1
+            self._respond(tx, req, 503, now, extra=(("Retry-After", "5"),))
+            return
+        frm = req.from_
+        contact = req.get_all("contact")
+        remote_target = _contact_uri(contact[0]) if contact else frm.uri
+        call = Call(
+            call_id=call_id,
+            peer=peer,
+            caller=uri_user(frm.uri) or frm.uri,
+            called=uri_user(req.uri),
+            remote_tag=frm.tag,
+            local_tag=self._token(),
+            t_invite=now,
+            invite_tx=tx,
+            invite=req,
+            remote_target=remote_target,
+            route_set=[v for rr in req.get_all("record-route") for v in split_list(rr)],
+            remote_cseq=req.cseq[0],
+            negotiated=negotiated,
+            remote_offer_pending=negotiated is None,
+        )
+        self.calls[call_id] = call
+        tx.owner = call
+        self._respond(tx, req, 100, now)
+        self._events.append(IncomingCall(call))
+
+    def _on_reinvite(self, req: Request, tx: ServerInviteTransaction, now: float) -> None:
+        call = self._dialog_for(req)
+        if call is None:
+            self._respond(tx, req, 481, now)
+            return
+        cseq = req.cseq[0]
+        if call.invite_tx.state is TxState.PROCEEDING or cseq <= call.remote_cseq:
+            self._respond(tx, req, 500, now, extra=(("Retry-After", "1"),))
+            return
+        call.remote_cseq = cseq
+        negotiated = call.negotiated
+        if req.body:
+            try:
+                negotiated = negotiate(parse_sdp(req.body))
+            except SdpError as exc:
+                self._respond(tx, req, exc.status, now, reason=_reason(exc.status, exc.reason))
+                return
+        if negotiated != call.negotiated:
+            call.negotiated = negotiated
+            call.sdp_version += 1
+        call.local_sdp = self._local_sdp(call)
+        call.remote_offer_pending = not req.body
+        call.invite_tx = tx
+        tx.owner = call
+        self._respond(tx, req, 200, now, to_tag=call.local_tag, extra=self._dialog_headers(call), body=call.local_sdp)
+
+    def _on_ack(self, req: Request, peer: Peer, now: float) -> None:
+        key = self._tx_key(req, "INVITE")
+        tx = self._server_tx.get(key)
+        if isinstance(tx, ServerInviteTransaction) and tx.state in (TxState.COMPLETED, TxState.CONFIRMED):
+            # ACK for a non-2xx final response belongs to the transaction
+            if not tx.receive_ack(now):
+                self.stats.retransmissions_received += 1
+            self._schedule(tx)
+            return
+        call = self._dialog_for(req)
+        if call is None:
+            return  # stray ACK: nothing to answer (17.2.3)
+        itx = call.invite_tx
+        if req.cseq[0] != call.remote_cseq:
+            return  # ACK for an older INVITE of this dialog
+        if not itx.receive_ack(now):
+            self.stats.retransmissions_received += 1
+            return
+        self._schedule(itx)
+        if call.remote_offer_pending and req.body:
+            try:
+                call.negotiated = negotiate(parse_sdp(req.body))
+            except SdpError:
+                # the answer we asked for is unusable: end the call (RFC 3261 13.3.1.4)
+                self._send_bye(call, now)
+                self._end(call, now, Outcome.FAILED, "frontdesk")
+                return
+            call.remote_offer_pending = False
+        if call.state is CallState.ANSWERED:
+            call.state = CallState.CONFIRMED
+            if call.pending_bye:
+                self._send_bye(call, now)
+                self._end(call, now, Outcome.COMPLETED, "frontdesk")
+                return
+            self._events.append(CallConfirmed(call))
+
+    # CANCEL / BYE -----------------------------------------------------------
+    def _on_cancel(self, req: Request, tx: ServerNonInviteTransaction, key: tuple[str, str, str], now: float) -> None:
+        itx = self._server_tx.get((key[0], key[1], "INVITE"))
+        if not isinstance(itx, ServerInviteTransaction):
+            self._respond(tx, req, 481, now)
+            return
+        call = self._call_for_tx(itx)
+        self._respond(tx, req, 200, now, to_tag=call.local_tag if call else None)
+        if itx.state is TxState.PROCEEDING and call is not None and call.invite_tx is itx:
+            self._final(call, 487, now)
+            self._end(call, now, Outcome.CANCELLED, "caller")
+
+    def _on_bye(self, req: Request, tx: ServerNonInviteTransaction, now: float) -> None:
+        call = self._dialog_for(req)
+        if call is None:
+            self._respond(tx, req, 481, now)
+            return
+        self._respond(tx, req, 200, now)
+        if call.state is CallState.RINGING:
+            self._final(call, 487, now)
+            self._end(call, now, Outcome.CANCELLED, "caller")
+        else:
+            self._end(call, now, Outcome.COMPLETED, "caller")
+
+    # -- responses to our requests -------------------------------------------
+    def _on_response(self, resp: Response, peer: Peer, now: float) -> None:
+        num, method = resp.cseq
+        key = (resp.top_via.branch, method)
+        stats = self.stats
+        m = method if method in METRIC_METHODS else "other"
+        stats.responses_received[(m, resp.status)] = stats.responses_received.get((m, resp.status), 0) + 1
+        tx = self._client_tx.get(key)
+        if tx is None:
+            stats.stray_responses += 1
+            return
+        if isinstance(tx, ClientNonInviteTransaction):
+            if not tx.receive_response(resp.status, now):
+                stats.retransmissions_received += 1
+        elif isinstance(tx, ClientInviteTransaction):
+            passed, send = tx.receive_response(resp.status, now)
+            if send is not None:
+                self._out.append((send, tx.peer))  # type: ignore[arg-type]
+            if not passed:
+                stats.retransmissions_received += 1
+        self._schedule(tx)
+
+    # -- commands from the transaction user -----------------------------------
+    def ring(self, call: Call, now: float) -> None:
+        """Send 180 Ringing (the caller hears ringback)."""
+        if call.state is CallState.RINGING and not call.ended:
+            self._respond(call.invite_tx, call.invite, 180, now, to_tag=call.local_tag, extra=self._dialog_headers(call))
+
+    def answer(self, call: Call, now: float) -> None:
+        """Send 200 OK with our SDP; the call is ANSWERED until the ACK."""
+        if call.state is not CallState.RINGING or call.ended:
+            return
+        call.rtp_port = self._allocate_rtp_port()
+        call.local_sdp = self._local_sdp(call)
+        call.state = CallState.ANSWERED
+        call.t_answer = now
+        self.stats.answer_latency.observe(max(0.0, now - call.t_invite))
+        self._respond(
+            call.invite_tx, call.invite, 200, now, to_tag=call.local_tag, extra=self._dialog_headers(call), body=call.local_sdp
+        )
+
+    def reject(self, call: Call, status: int, now: float, reason: str | None = None) -> None:
+        """Refuse a ringing call with a final error response."""
+        if call.state is not CallState.RINGING or call.ended:
+            return
+        self._final(call, status, now, reason)
+        self._end(call, now, Outcome.REJECTED, "frontdesk")
+
+    def hangup(self, call: Call, now: float) -> None:
+        """End the call from our side: BYE when answered, 480 while ringing."""
+        if call.ended:
+            return
+        if call.state is CallState.RINGING:
+            self.reject(call, 480, now)
+        elif call.state is CallState.ANSWERED:
+            call.pending_bye = True  # BYE only after the ACK (RFC 3261 15)
+        else:
+            self._send_bye(call, now)
+            self._end(call, now, Outcome.COMPLETED, "frontdesk")
+
+    def set_call_timer(self, call: Call, name: str, at: float) -> None:
+        """Arm (or re-arm) a named timer; fires as a CallTimer event."""
+        call.timers[name] = at
+        self._push(at, call, name)
+
+    def cancel_call_timer(self, call: Call, name: str) -> None:
+        call.timers.pop(name, None)
+
+    # -- helpers ----------------------------------------------------------------
+    def _final(self, call: Call, status: int, now: float, reason: str | None = None) -> None:
+        self._respond(call.invite_tx, call.invite, status, now, to_tag=call.local_tag, reason=reason)
+
+    def _end(self, call: Call, now: float, outcome: Outcome, by: str | None) -> None:
+        if call.ended:
+            return
+        call.state = CallState.ENDED
+        call.t_end = now
+        call.outcome = outcome
+        call.hangup_by = by
+        call.end_status = call.invite_tx.last_status if outcome is Outcome.REJECTED else None
+        call.timers.clear()
+        if self.calls.get(call.call_id) is call:
+            del self.calls[call.call_id]
+        self.stats.calls_ended[outcome.value] = self.stats.calls_ended.get(outcome.value, 0) + 1
+        self._events.append(CallEnded(call))
+
+    def _dialog_headers(self, call: Call) -> tuple[tuple[str, str], ...]:
+        contact = self._contact_tcp if call.peer[0] == "tcp" else self._contact
+        headers: tuple[tuple[str, str], ...] = (("Contact", contact), ("Allow", ALLOW_HEADER))
+        if call.route_set:
+            headers = headers + tuple(("Record-Route", rr) for rr in call.route_set)
+        return headers
+
+    def _local_sdp(self, call: Call) -> bytes:
+        return build_sdp(
+            self.config.host,
+            call.rtp_port or self._allocate_rtp_port(),
+            session_id=abs(hash(call.call_id)) % 10**9,
+            version=call.sdp_version,
+            negotiated=call.negotiated,
+        )
+
+    def _allocate_rtp_port(self) -> int:
+        port = self._next_rtp
+        nxt = port + 2
+        self._next_rtp = nxt if nxt < self.config.rtp_port_max else self.config.rtp_port_min
+        return port
+
+    def _token(self) -> str:
+        return f"{self._rng.getrandbits(64):016x}"
+
+    def _send_bye(self, call: Call, now: float) -> None:
+        call.local_cseq = max(call.local_cseq, 0) + 1
+        branch = MAGIC_COOKIE + self._token()
+        transport = call.peer[0].upper()
+        invite = call.invite
+        to_value = invite.get("to") or ""
+        if ";tag=" not in to_value.lower():
+            to_value = f"{to_value};tag={call.local_tag}"
+        lines = [
+            f"BYE {call.remote_target} SIP/2.0",
+            f"Via: SIP/2.0/{transport} {self.config.host}:{self.config.port};branch={branch};rport",
+            "Max-Forwards: 70",
+            f"From: {to_value}",
+            f"To: {invite.get('from')}",
+            f"Call-ID: {call.call_id}",
+            f"CSeq: {call.local_cseq} BYE",
+        ]
+        lines += [f"Route: {r}" for r in call.route_set]
+        lines += [f"User-Agent: {self.config.user_agent}", "Content-Length: 0", "", ""]
+        data = "\r\n".join(lines).encode()
+        tx = ClientNonInviteTransaction((branch, "BYE"), call.peer, call.peer[0] != "udp", self.tv, data)
+        self._client_tx[(branch, "BYE")] = tx
+        self._out.append((tx.start(now), call.peer))
+        self.stats.requests_sent["BYE"] = self.stats.requests_sent.get("BYE", 0) + 1
+        self._schedule(tx)
+
+
+def _contact_uri(value: str) -> str:
+    value = value.strip()
+    lt = value.find("<")
+    if lt >= 0:
+        return value[lt + 1 : value.find(">", lt)]
+    return value.split(";", 1)[0]
+
+
+def _reason(status: int, detail: str) -> str:
+    from .message import REASON_PHRASES
+
+    return f"{REASON_PHRASES.get(status, 'Error')} ({detail})"

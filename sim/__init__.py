@@ -1,0 +1,1 @@
+"""Simulator, capacity planning and load tools."""
