@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 
 class ConfigError(Exception):
@@ -39,19 +39,29 @@ class SipTimers(_Strict):
     t2: float = Field(4.0, gt=0, le=60, description="maximum retransmit interval (T2), seconds")
     t4: float = Field(5.0, gt=0, le=60, description="how long a message may stay in the network (T4), seconds")
 
-    @model_validator(mode="after")
-    def _order(self) -> "SipTimers":
-        if self.t2 < self.t1:
+    @field_validator("t2")
+    @classmethod
+    def _order(cls, v: float, info: ValidationInfo) -> float:
+        if "t1" in info.data and v < info.data["t1"]:
             raise ValueError("t2 must not be shorter than t1")
-        return self
+        return v
+
+
+Transport = Literal["udp", "tcp"]
+
+
+def _both_transports() -> list[Transport]:
+    return ["udp", "tcp"]
 
 
 class SipSettings(_Strict):
     listen: str = "127.0.0.1"
     port: int = Field(5060, ge=0, le=65535)
-    transports: list[Literal["udp", "tcp"]] = Field(default_factory=lambda: ["udp", "tcp"], min_length=1)
+    transports: list[Transport] = Field(default_factory=_both_transports, min_length=1)
     public_address: str | None = Field(None, description="address written in Contact/Via/SDP; default: listen")
-    ring_limit: float = Field(10.0, gt=0, le=120, description="seconds a caller may ring before we must answer (2 rings = 10 s)")
+    ring_limit: float = Field(
+        10.0, gt=0, le=120, description="seconds a caller may ring before we must answer (2 rings = 10 s)"
+    )
     answer_delay: float = Field(0.0, ge=0, description="seconds of ringback before answering")
     hold_time: float = Field(30.0, gt=0, description="seconds an answered call is kept before we hang up")
     max_calls: int = Field(20000, gt=0, description="calls in progress beyond which new INVITEs get 503")
@@ -60,25 +70,28 @@ class SipSettings(_Strict):
 
     _listen = field_validator("listen", "public_address")(lambda v: v if v is None else _check_host(v))
 
-    @model_validator(mode="after")
-    def _within_ring_limit(self) -> "SipSettings":
-        if self.answer_delay >= self.ring_limit:
+    @field_validator("answer_delay")
+    @classmethod
+    def _within_ring_limit(cls, v: float, info: ValidationInfo) -> float:
+        ring_limit = info.data.get("ring_limit")
+        if ring_limit is not None and v >= ring_limit:
             raise ValueError(
-                f"answer_delay ({self.answer_delay} s) must be shorter than ring_limit ({self.ring_limit} s): "
-                "no caller is left ringing"
+                f"answer_delay ({v} s) must be shorter than ring_limit ({ring_limit} s): no caller is left ringing"
             )
-        return self
+        return v
 
 
 class MediaSettings(_Strict):
     rtp_port_min: int = Field(20000, ge=1024, le=65534)
     rtp_port_max: int = Field(30000, ge=1026, le=65535)
 
-    @model_validator(mode="after")
-    def _range(self) -> "MediaSettings":
-        if self.rtp_port_max - self.rtp_port_min < 2:
+    @field_validator("rtp_port_max")
+    @classmethod
+    def _range(cls, v: int, info: ValidationInfo) -> int:
+        low = info.data.get("rtp_port_min")
+        if low is not None and v - low < 2:
             raise ValueError("rtp_port_max must be at least rtp_port_min + 2")
-        return self
+        return v
 
 
 class HttpSettings(_Strict):

@@ -17,18 +17,29 @@ from .sip.ua import UserAgent
 
 
 class SipCollector(Collector):
-    def __init__(self, ua: UserAgent, record_backlog: Callable[[], int] | None = None, record_errors: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        ua: UserAgent,
+        record_backlog: Callable[[], int] | None = None,
+        record_errors: Callable[[], int] | None = None,
+    ) -> None:
         self.ua = ua
         self.record_backlog = record_backlog
         self.record_errors = record_errors
 
     def collect(self) -> Iterator[object]:  # type: ignore[override]
         st = self.ua.stats
-        c = CounterMetricFamily("frontdesk_sip_requests_received", "SIP requests received, by method", labels=["method"])
+        c = CounterMetricFamily(
+            "frontdesk_sip_requests_received", "SIP requests received, by method", labels=["method"]
+        )
         for method, n in sorted(st.requests_received.items()):
             c.add_metric([method], n)
         yield c
-        c = CounterMetricFamily("frontdesk_sip_responses_sent", "SIP responses sent, by request method and status", labels=["method", "status"])
+        c = CounterMetricFamily(
+            "frontdesk_sip_responses_sent",
+            "SIP responses sent, by request method and status",
+            labels=["method", "status"],
+        )
         for (method, status), n in sorted(st.responses_sent.items()):
             c.add_metric([method, str(status)], n)
         yield c
@@ -36,7 +47,11 @@ class SipCollector(Collector):
         for method, n in sorted(st.requests_sent.items()):
             c.add_metric([method], n)
         yield c
-        c = CounterMetricFamily("frontdesk_sip_responses_received", "SIP responses received, by request method and status", labels=["method", "status"])
+        c = CounterMetricFamily(
+            "frontdesk_sip_responses_received",
+            "SIP responses received, by request method and status",
+            labels=["method", "status"],
+        )
         for (method, status), n in sorted(st.responses_received.items()):
             c.add_metric([method, str(status)], n)
         yield c
@@ -62,7 +77,7 @@ class SipCollector(Collector):
         h = st.answer_latency
         buckets = []
         acc = 0
-        for bound, n in zip(list(h.buckets) + [float("inf")], h.counts):
+        for bound, n in zip([*list(h.buckets), float("inf")], h.counts, strict=False):
             acc += n
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), acc))
         hf = HistogramMetricFamily("frontdesk_sip_answer_latency_seconds", "INVITE received to 200 OK sent", unit="")
@@ -71,14 +86,18 @@ class SipCollector(Collector):
         g = GaugeMetricFamily("frontdesk_calls_active", "Calls in progress (ringing, answered or talking)")
         g.add_metric([], len(self.ua.calls))
         yield g
-        g = GaugeMetricFamily("frontdesk_sip_transactions_active", "SIP transactions alive (incl. those waiting out their timers)")
+        g = GaugeMetricFamily(
+            "frontdesk_sip_transactions_active", "SIP transactions alive (incl. those waiting out their timers)"
+        )
         g.add_metric([], self.ua.transactions_active)
         yield g
         c = CounterMetricFamily("frontdesk_calls_ended", "Calls ended, by outcome", labels=["outcome"])
         for outcome in ("completed", "cancelled", "rejected", "no_ack", "failed"):
             c.add_metric([outcome], st.calls_ended.get(outcome, 0))
         yield c
-        c = CounterMetricFamily("frontdesk_calls_rejected_overload", "INVITEs refused with 503 because max_calls was reached")
+        c = CounterMetricFamily(
+            "frontdesk_calls_rejected_overload", "INVITEs refused with 503 because max_calls was reached"
+        )
         c.add_metric([], st.calls_rejected_overload)
         yield c
         if self.record_backlog is not None:

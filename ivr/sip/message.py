@@ -17,8 +17,8 @@ Via, From, To, Call-ID and CSeq and nothing else.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 SIP_VERSION = "SIP/2.0"
 
@@ -121,24 +121,39 @@ class SipParseError(Exception):
     is a request that can be answered; ``None`` means drop it.
     """
 
-    def __init__(self, reason: str, status: int | None = None, partial: "Request | None" = None):
+    def __init__(self, reason: str, status: int | None = None, partial: Request | None = None):
         super().__init__(reason)
         self.reason = reason
         self.status = status
         self.partial = partial
 
 
+_CANON_CACHE: dict[str, str] = {}
+_PRETTY_CACHE: dict[str, str] = {}
+
+
 def canonical_name(name: str) -> str:
-    """Lower-case header name with compact forms expanded."""
+    """Lower-case header name with compact forms expanded (memoised)."""
+    try:
+        return _CANON_CACHE[name]
+    except KeyError:
+        pass
     low = name.strip().lower()
-    return COMPACT_FORMS.get(low, low)
+    low = COMPACT_FORMS.get(low, low)
+    if len(_CANON_CACHE) < 4096:  # bounded: names come off the wire
+        _CANON_CACHE[name] = low
+    return low
 
 
 def pretty_name(low: str) -> str:
     try:
-        return _PRETTY[low]
+        return _PRETTY_CACHE[low]
     except KeyError:
-        return "-".join(part.capitalize() for part in low.split("-"))
+        pass
+    pretty = _PRETTY.get(low) or "-".join(part.capitalize() for part in low.split("-"))
+    if len(_PRETTY_CACHE) < 4096:
+        _PRETTY_CACHE[low] = pretty
+    return pretty
 
 
 def split_list(value: str) -> list[str]:
@@ -287,17 +302,37 @@ def uri_host_port(uri: str) -> tuple[str, int | None]:
 
 @dataclass(slots=True)
 class Message:
+    """Headers in wire order as ``(canonical name, raw value)`` and a body.
+
+    Change headers through :meth:`set`, :meth:`add` and :meth:`remove`: they
+    keep the lookup index and the parsed Via/From/To/CSeq caches true.
+    """
+
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
+    _first: dict[str, str] | None = field(default=None, repr=False, compare=False)
+    _parsed: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
+
+    def _index(self) -> dict[str, str]:
+        first: dict[str, str] = {}
+        for key, value in self.headers:
+            if key not in first:
+                first[key] = value
+        self._first = first
+        return first
+
+    def _changed(self) -> None:
+        self._first = None
+        self._parsed.clear()
 
     # -- header access ---------------------------------------------------
     def get(self, name: str, default: str | None = None) -> str | None:
         """First value of a header (raw, comma-joined values not split)."""
-        low = canonical_name(name)
-        for key, value in self.headers:
-            if key == low:
-                return value
-        return default
+        first = self._first
+        if first is None:
+            first = self._index()
+        value = first.get(canonical_name(name))
+        return default if value is None else value
 
     def get_all(self, name: str) -> list[str]:
         """Every value of a header, comma-joined lists split for list headers."""
@@ -315,21 +350,27 @@ class Message:
         low = canonical_name(name)
         self.headers = [(k, v) for k, v in self.headers if k != low]
         self.headers.append((low, value))
+        self._changed()
 
     def add(self, name: str, value: str) -> None:
         self.headers.append((canonical_name(name), value))
+        self._changed()
 
     def remove(self, name: str) -> None:
         low = canonical_name(name)
         self.headers = [(k, v) for k, v in self.headers if k != low]
+        self._changed()
 
-    # -- the headers every transaction needs ------------------------------
+    # -- the headers every transaction needs (parsed once, then cached) ----
     @property
     def call_id(self) -> str:
         return self.get("call-id") or ""
 
     @property
     def cseq(self) -> tuple[int, str]:
+        cached = self._parsed.get("cseq")
+        if cached is not None:
+            return cached  # type: ignore[return-value]
         raw = self.get("cseq")
         if raw is None:
             raise SipParseError("missing CSeq", 400)
@@ -337,29 +378,46 @@ class Message:
         method = method.strip()
         if not num.isdigit() or len(num) > 10 or not method or not METHOD_RE.match(method):
             raise SipParseError(f"malformed CSeq {raw!r}", 400)
-        return int(num), method.upper()
+        value = (int(num), method.upper())
+        self._parsed["cseq"] = value
+        return value
 
     @property
     def top_via(self) -> Via:
+        cached = self._parsed.get("via")
+        if cached is not None:
+            return cached  # type: ignore[return-value]
         raw = self.get("via")
         if raw is None:
             raise SipParseError("missing Via", 400)
         first = raw if "," not in raw else split_list(raw)[0]
-        return parse_via(first)
+        via = parse_via(first)
+        self._parsed["via"] = via
+        return via
 
     @property
     def from_(self) -> NameAddr:
+        cached = self._parsed.get("from")
+        if cached is not None:
+            return cached  # type: ignore[return-value]
         raw = self.get("from")
         if raw is None:
             raise SipParseError("missing From", 400)
-        return parse_name_addr(raw)
+        value = parse_name_addr(raw)
+        self._parsed["from"] = value
+        return value
 
     @property
     def to(self) -> NameAddr:
+        cached = self._parsed.get("to")
+        if cached is not None:
+            return cached  # type: ignore[return-value]
         raw = self.get("to")
         if raw is None:
             raise SipParseError("missing To", 400)
-        return parse_name_addr(raw)
+        value = parse_name_addr(raw)
+        self._parsed["to"] = value
+        return value
 
     def _serialise(self, first_line: str) -> bytes:
         lines = [first_line]
@@ -439,11 +497,13 @@ def parse_message(data: bytes) -> Request | Response:
         name, colon, value = line.partition(":")
         if not colon:
             raise SipParseError(f"header line without colon: {line[:40]!r}", _status_for(msg), _partial(msg))
-        name = name.strip()
-        if not name or not METHOD_RE.match(name):
-            raise SipParseError(f"malformed header name {name[:40]!r}", _status_for(msg), _partial(msg))
-        low = name.lower()
-        headers.append((COMPACT_FORMS.get(low, low), value.strip()))
+        low = _CANON_CACHE.get(name)
+        if low is None:
+            stripped = name.strip()
+            if not stripped or not METHOD_RE.match(stripped):
+                raise SipParseError(f"malformed header name {stripped[:40]!r}", _status_for(msg), _partial(msg))
+            low = canonical_name(name)
+        headers.append((low, value.strip()))
 
     # Content-Length framing: a datagram may carry trailing junk, never less.
     clen = msg.get("content-length")
@@ -466,9 +526,7 @@ def parse_message(data: bytes) -> Request | Response:
     # that leaves this function can be routed without further checks
     try:
         num_method = msg.cseq
-        msg.top_via
-        msg.from_
-        msg.to
+        _ = (msg.top_via, msg.from_, msg.to)
     except SipParseError as exc:
         raise SipParseError(exc.reason, _status_for(msg), _partial(msg)) from None
     if isinstance(msg, Request) and num_method[1] != msg.method and msg.method not in ("ACK", "CANCEL"):
@@ -524,8 +582,9 @@ def parse_headers_only(data: bytes) -> Request | None:
         req = Request(method=parts[0], uri=parts[1])
         for line in lines[1:]:
             name, colon, value = line.partition(":")
-            if colon and name.strip():
-                req.headers.append((canonical_name(name), value.strip()))
+            low = name.strip().lower()
+            if colon and low:
+                req.headers.append((COMPACT_FORMS.get(low, low), value.strip()))
         return req
     except Exception:  # noqa: BLE001 - by contract this helper never raises
         return None
@@ -611,6 +670,11 @@ def build_response(
     """
     headers: list[tuple[str, str]] = []
     first_via = True
+    if received or rport:
+        via = req.top_via
+        # stamp only when RFC 3261 18.2.1 / RFC 3581 ask for it
+        if "rport" not in via.params and via.host == received:
+            received = rport = None
     for key, value in req.headers:
         if key == "via":
             if first_via and (received or rport):
@@ -635,7 +699,7 @@ def build_response(
 def _stamp_via(value: str, received: str | None, rport: int | None) -> str:
     if "," in value:
         parts = split_list(value)
-        return ", ".join([_stamp_via(parts[0], received, rport)] + parts[1:])
+        return ", ".join([_stamp_via(parts[0], received, rport), *parts[1:]])
     head, sep, ptext = value.partition(";")
     items = [p for p in ptext.split(";") if p.strip()] if sep else []
     out: list[str] = []
@@ -651,4 +715,4 @@ def _stamp_via(value: str, received: str | None, rport: int | None) -> str:
             out.append(p)
     if received and (has_rport or received != parse_via(value).host):
         out.append(f"received={received}")
-    return ";".join([head] + out)
+    return ";".join([head, *out])

@@ -43,6 +43,9 @@ from dataclasses import dataclass
 
 INF = float("inf")
 
+Peer = tuple[str, str, int]  # (transport "udp"/"tcp", host, port)
+TxKey = tuple[str, ...]
+
 
 @dataclass(frozen=True, slots=True)
 class TimerValues:
@@ -71,9 +74,9 @@ class Timeout(enum.Enum):
 class Transaction:
     """Common timer book-keeping. ``deadline`` is the next time to fire."""
 
-    __slots__ = ("key", "peer", "reliable", "tv", "state", "_timers", "deadline", "scheduled")
+    __slots__ = ("_timers", "deadline", "key", "peer", "reliable", "scheduled", "state", "tv")
 
-    def __init__(self, key: object, peer: object, reliable: bool, tv: TimerValues) -> None:
+    def __init__(self, key: TxKey, peer: Peer, reliable: bool, tv: TimerValues) -> None:
         self.key = key
         self.peer = peer
         self.reliable = reliable
@@ -97,6 +100,10 @@ class Transaction:
         due.sort(key=self._timers.__getitem__)
         return due
 
+    def fire(self, now: float) -> tuple[bytes | None, Timeout | None]:
+        """Run the timers due at ``now``: bytes to resend, and why it gave up (if it did)."""
+        raise NotImplementedError
+
     @property
     def terminated(self) -> bool:
         return self.state is TxState.TERMINATED
@@ -108,9 +115,9 @@ class Transaction:
 
 
 class ServerInviteTransaction(Transaction):
-    __slots__ = ("last_response", "last_status", "interval", "acked", "owner")
+    __slots__ = ("acked", "interval", "last_response", "last_status", "owner")
 
-    def __init__(self, key: object, peer: object, reliable: bool, tv: TimerValues) -> None:
+    def __init__(self, key: TxKey, peer: Peer, reliable: bool, tv: TimerValues) -> None:
         super().__init__(key, peer, reliable, tv)
         self.state = TxState.PROCEEDING
         self.acked = False
@@ -184,7 +191,7 @@ class ServerInviteTransaction(Transaction):
 class ServerNonInviteTransaction(Transaction):
     __slots__ = ("last_response",)
 
-    def __init__(self, key: object, peer: object, reliable: bool, tv: TimerValues) -> None:
+    def __init__(self, key: TxKey, peer: Peer, reliable: bool, tv: TimerValues) -> None:
         super().__init__(key, peer, reliable, tv)
         self.state = TxState.TRYING
         self.last_response: bytes | None = None
@@ -212,9 +219,9 @@ class ServerNonInviteTransaction(Transaction):
 
 
 class ClientInviteTransaction(Transaction):
-    __slots__ = ("request", "interval", "ack")
+    __slots__ = ("ack", "interval", "request")
 
-    def __init__(self, key: object, peer: object, reliable: bool, tv: TimerValues, request: bytes) -> None:
+    def __init__(self, key: TxKey, peer: Peer, reliable: bool, tv: TimerValues, request: bytes) -> None:
         super().__init__(key, peer, reliable, tv)
         self.request = request
         self.interval = tv.t1
@@ -267,9 +274,9 @@ class ClientInviteTransaction(Transaction):
 
 
 class ClientNonInviteTransaction(Transaction):
-    __slots__ = ("request", "interval")
+    __slots__ = ("interval", "request")
 
-    def __init__(self, key: object, peer: object, reliable: bool, tv: TimerValues, request: bytes) -> None:
+    def __init__(self, key: TxKey, peer: Peer, reliable: bool, tv: TimerValues, request: bytes) -> None:
         super().__init__(key, peer, reliable, tv)
         self.request = request
         self.interval = tv.t1

@@ -21,10 +21,10 @@ EventHandler = Callable[[list[Event], float], None]
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, shell: "SipShell") -> None:
+    def __init__(self, shell: SipShell) -> None:
         self.shell = shell
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
         self.shell.receive(data, ("udp", addr[0], addr[1]))
 
     def error_received(self, exc: Exception) -> None:
@@ -33,7 +33,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
 
 class _TcpProtocol(asyncio.Protocol):
-    def __init__(self, shell: "SipShell") -> None:
+    def __init__(self, shell: SipShell) -> None:
         self.shell = shell
         self.framer = StreamFramer()
         self.peer: Peer | None = None
@@ -81,7 +81,7 @@ class SipShell:
     async def start(self, host: str, port: int, transports: list[str]) -> None:
         if "udp" in transports:
             udp, _ = await self.loop.create_datagram_endpoint(lambda: _UdpProtocol(self), local_addr=(host, port))
-            self.udp = udp  # type: ignore[assignment]
+            self.udp = udp
             if port == 0:
                 port = udp.get_extra_info("sockname")[1]
         if "tcp" in transports:

@@ -34,7 +34,6 @@ import heapq
 import random
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import Union
 
 from .message import (
     Request,
@@ -50,23 +49,25 @@ from .sdp import Negotiated, SdpError, build_sdp, negotiate, parse_sdp
 from .transaction import (
     ClientInviteTransaction,
     ClientNonInviteTransaction,
+    Peer,
     ServerInviteTransaction,
     ServerNonInviteTransaction,
     Timeout,
     TimerValues,
     Transaction,
+    TxKey,
     TxState,
 )
 
-Peer = tuple[str, str, int]  # (transport "udp"/"tcp", host, port)
+ServerTransaction = ServerInviteTransaction | ServerNonInviteTransaction
+ClientTransaction = ClientInviteTransaction | ClientNonInviteTransaction
+
 
 ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO")
 ALLOW_HEADER = ", ".join(ALLOWED_METHODS)
 # Methods we know of but do not serve: answered 405 with Allow. Anything
 # else is answered 501 (RFC 3261 8.2.1).
-KNOWN_NOT_ALLOWED = frozenset(
-    {"REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE", "REFER", "UPDATE", "PRACK"}
-)
+KNOWN_NOT_ALLOWED = frozenset({"REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE", "REFER", "UPDATE", "PRACK"})
 SUPPORTED_OPTIONS: frozenset[str] = frozenset()  # option tags for Require
 METRIC_METHODS = frozenset(ALLOWED_METHODS) | KNOWN_NOT_ALLOWED
 MAGIC_COOKIE = "z9hG4bK"
@@ -82,7 +83,7 @@ class CallState(enum.Enum):
     ENDED = "ended"
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     """How a call ended, as stored in the call record."""
 
     COMPLETED = "completed"  # answered, then BYE from either side
@@ -97,7 +98,7 @@ class UaConfig:
     host: str = "127.0.0.1"  # address written in Via, Contact and SDP
     port: int = 5060
     user_agent: str = "frontdesk"
-    timers: TimerValues = TimerValues()
+    timers: TimerValues = field(default_factory=TimerValues)
     max_calls: int = 20000  # beyond this, new INVITEs get 503
     rtp_port_min: int = 20000
     rtp_port_max: int = 30000
@@ -160,13 +161,13 @@ class CallTimer:
     name: str
 
 
-Event = Union[IncomingCall, CallConfirmed, CallEnded, CallTimer]
+Event = IncomingCall | CallConfirmed | CallEnded | CallTimer
 
 
 class LatencyHistogram:
     """Cumulative-ready bucket counts, read by the metrics collector."""
 
-    __slots__ = ("buckets", "counts", "total", "count")
+    __slots__ = ("buckets", "count", "counts", "total")
 
     def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         self.buckets = buckets
@@ -213,8 +214,8 @@ class UserAgent:
         self._rng = rng or random.Random()
         self._out: list[tuple[bytes, Peer]] = []
         self._events: list[Event] = []
-        self._server_tx: dict[tuple[str, str, str], Transaction] = {}
-        self._client_tx: dict[tuple[str, str], Transaction] = {}
+        self._server_tx: dict[TxKey, ServerTransaction] = {}
+        self._client_tx: dict[TxKey, ClientTransaction] = {}
         self.calls: dict[str, Call] = {}
         self._heap: list[tuple[float, int, object, str]] = []
         self._seq = 0
@@ -289,15 +290,15 @@ class UserAgent:
     def _forget_tx(self, tx: Transaction) -> None:
         key = tx.key
         if isinstance(tx, (ServerInviteTransaction, ServerNonInviteTransaction)):
-            if self._server_tx.get(key) is tx:  # type: ignore[arg-type]
-                del self._server_tx[key]  # type: ignore[arg-type]
-        elif self._client_tx.get(key) is tx:  # type: ignore[arg-type]
-            del self._client_tx[key]  # type: ignore[arg-type]
+            if self._server_tx.get(key) is tx:
+                del self._server_tx[key]
+        elif self._client_tx.get(key) is tx:
+            del self._client_tx[key]
 
     def _fire_tx(self, tx: Transaction, now: float) -> None:
-        send, timeout = tx.fire(now)  # type: ignore[attr-defined]
+        send, timeout = tx.fire(now)
         if send is not None:
-            self._out.append((send, tx.peer))  # type: ignore[arg-type]
+            self._out.append((send, tx.peer))
             self.stats.retransmissions_sent += 1
         if timeout is not None:
             self._on_tx_timeout(tx, timeout, now)
@@ -377,7 +378,7 @@ class UserAgent:
         if tx is not None:
             # a copy of a request we already have: resend the last answer
             self.stats.retransmissions_received += 1
-            resend = tx.receive_request(now)  # type: ignore[attr-defined]
+            resend = tx.receive_request(now)
             if resend is not None:
                 self._out.append((resend, peer))
                 self.stats.retransmissions_sent += 1
@@ -409,7 +410,7 @@ class UserAgent:
 
     def _respond(
         self,
-        tx: Transaction,
+        tx: ServerTransaction,
         req: Request,
         status: int,
         now: float,
@@ -420,9 +421,9 @@ class UserAgent:
         reason: str | None = None,
     ) -> None:
         peer = tx.peer
-        headers = extra + (("Server", self.config.user_agent),)
+        headers = (*extra, ("Server", self.config.user_agent))
         if body:
-            headers = headers + (("Content-Type", "application/sdp"),)
+            headers = (*headers, ("Content-Type", "application/sdp"))
         rport = received = None
         if peer[0] == "udp":
             received, rport = peer[1], peer[2]
@@ -430,9 +431,9 @@ class UserAgent:
             req, status, reason, to_tag=to_tag, extra=headers, body=body, received=received, rport=rport
         )
         data = resp.to_bytes()
-        send = tx.send_response(data, status, now)  # type: ignore[attr-defined]
+        send = tx.send_response(data, status, now)
         if send is not None:
-            self._out.append((send, peer))  # type: ignore[arg-type]
+            self._out.append((send, peer))
             self.stats.count_response(req.method, status)
         self._schedule(tx)
 
@@ -604,7 +605,7 @@ class UserAgent:
 
     # -- responses to our requests -------------------------------------------
     def _on_response(self, resp: Response, peer: Peer, now: float) -> None:
-        num, method = resp.cseq
+        _num, method = resp.cseq
         key = (resp.top_via.branch, method)
         stats = self.stats
         m = method if method in METRIC_METHODS else "other"
@@ -619,7 +620,7 @@ class UserAgent:
         elif isinstance(tx, ClientInviteTransaction):
             passed, send = tx.receive_response(resp.status, now)
             if send is not None:
-                self._out.append((send, tx.peer))  # type: ignore[arg-type]
+                self._out.append((send, tx.peer))
             if not passed:
                 stats.retransmissions_received += 1
         self._schedule(tx)
@@ -628,7 +629,9 @@ class UserAgent:
     def ring(self, call: Call, now: float) -> None:
         """Send 180 Ringing (the caller hears ringback)."""
         if call.state is CallState.RINGING and not call.ended:
-            self._respond(call.invite_tx, call.invite, 180, now, to_tag=call.local_tag, extra=self._dialog_headers(call))
+            self._respond(
+                call.invite_tx, call.invite, 180, now, to_tag=call.local_tag, extra=self._dialog_headers(call)
+            )
 
     def answer(self, call: Call, now: float) -> None:
         """Send 200 OK with our SDP; the call is ANSWERED until the ACK."""
@@ -640,7 +643,13 @@ class UserAgent:
         call.t_answer = now
         self.stats.answer_latency.observe(max(0.0, now - call.t_invite))
         self._respond(
-            call.invite_tx, call.invite, 200, now, to_tag=call.local_tag, extra=self._dialog_headers(call), body=call.local_sdp
+            call.invite_tx,
+            call.invite,
+            200,
+            now,
+            to_tag=call.local_tag,
+            extra=self._dialog_headers(call),
+            body=call.local_sdp,
         )
 
     def reject(self, call: Call, status: int, now: float, reason: str | None = None) -> None:
