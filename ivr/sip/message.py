@@ -114,6 +114,11 @@ REASON_PHRASES = {
 }
 
 
+def is_digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts e.g. superscripts, which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 class SipParseError(Exception):
     """The bytes are not a usable SIP message.
 
@@ -219,12 +224,15 @@ class Via:
         return f"{self.host}:{self.port}" if self.port else self.host
 
 
+_VIA_PROTO_RE = re.compile(r"^\s*([^/\s]+)\s*/\s*([^/\s]+)\s*/\s*([^\s;]+)\s*(.*)$", re.DOTALL)
+
+
 def parse_via(value: str) -> Via:
-    """Parse one Via value (``SIP/2.0/UDP host:port;branch=...``)."""
-    proto, _, rest = value.strip().partition(" ")
-    parts = proto.split("/")
-    if len(parts) != 3 or parts[0].strip().upper() != "SIP":
-        raise SipParseError(f"malformed Via protocol {proto!r}", 400)
+    """Parse one Via value (``SIP/2.0/UDP host:port;branch=...``, LWS allowed around '/')."""
+    m = _VIA_PROTO_RE.match(value)
+    if m is None or m.group(1).upper() != "SIP":
+        raise SipParseError(f"malformed Via {value[:60]!r}", 400)
+    transport, rest = m.group(3), m.group(4)
     rest = rest.strip()
     sent_by, _, ptext = rest.partition(";")
     sent_by = sent_by.strip()
@@ -240,10 +248,10 @@ def parse_via(value: str) -> Via:
         host, _, port_text = sent_by.partition(":")
     port: int | None = None
     if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not is_digits(port_text) or not 0 < int(port_text) < 65536:
             raise SipParseError(f"malformed Via port {port_text!r}", 400)
         port = int(port_text)
-    return Via(parts[2].strip().upper(), host, port, parse_params(ptext))
+    return Via(transport.upper(), host, port, parse_params(ptext))
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +305,7 @@ def uri_host_port(uri: str) -> tuple[str, int | None]:
         port = rest[end + 2 :] if end >= 0 and rest[end + 1 : end + 2] == ":" else ""
     else:
         host, _, port = rest.partition(":")
-    return host, int(port) if port.isdigit() else None
+    return host, int(port) if is_digits(port) else None
 
 
 @dataclass(slots=True)
@@ -376,9 +384,13 @@ class Message:
             raise SipParseError("missing CSeq", 400)
         num, _, method = raw.strip().partition(" ")
         method = method.strip()
-        if not num.isdigit() or len(num) > 10 or not method or not METHOD_RE.match(method):
+        # the number is below 2**31 (RFC 3261 8.1.1.5); isascii() keeps out
+        # Unicode digits that int() would reject
+        if not is_digits(num) or len(num) > 10 or int(num) >= 2**31:
             raise SipParseError(f"malformed CSeq {raw!r}", 400)
-        value = (int(num), method.upper())
+        if not method or not METHOD_RE.match(method):
+            raise SipParseError(f"malformed CSeq {raw!r}", 400)
+        value = (int(num), method)  # methods are case-sensitive (RFC 3261 7.1)
         self._parsed["cseq"] = value
         return value
 
@@ -509,7 +521,7 @@ def parse_message(data: bytes) -> Request | Response:
     clen = msg.get("content-length")
     if clen is not None:
         clen = clen.strip()
-        if not clen.isdigit() or len(clen) > 6:
+        if not is_digits(clen) or len(clen) > 6:
             raise SipParseError(f"malformed Content-Length {clen!r}", _status_for(msg), _partial(msg))
         n = int(clen)
         if n > len(body):
@@ -554,7 +566,7 @@ def _parse_request_line(line: str) -> Request:
         raise SipParseError(f"malformed method {method[:20]!r}", None)
     if ":" not in uri:
         raise SipParseError(f"malformed Request-URI {uri[:60]!r}", None)
-    if not version.startswith("SIP/"):
+    if not version.upper().startswith("SIP/"):
         raise SipParseError(f"malformed request line {line[:60]!r}", None)
     # an unsupported version is answered 505 once the headers are read
     return Request(method=method, uri=uri, bad_version=version.upper() != SIP_VERSION)
@@ -565,7 +577,7 @@ def _parse_status_line(line: str) -> Response:
     if len(parts) < 2 or parts[0] != SIP_VERSION:
         raise SipParseError(f"malformed status line {line[:60]!r}", None)
     code = parts[1]
-    if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+    if len(code) != 3 or not is_digits(code) or not 100 <= int(code) <= 699:
         raise SipParseError(f"malformed status code {code!r}", None)
     return Response(status=int(code), reason=parts[2] if len(parts) > 2 else "")
 
@@ -631,7 +643,7 @@ class StreamFramer:
         return out
 
 
-_CLEN_RE = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\S*)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+_CLEN_RE = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\S*)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 
 
 def _content_length(head: bytes) -> int:
@@ -684,7 +696,7 @@ def build_response(
         elif key in ("from", "call-id", "cseq"):
             headers.append((key, value))
         elif key == "to":
-            if to_tag and ";tag=" not in value.lower() and status != 100:
+            if to_tag and status != 100 and not req.to.tag:
                 value = f"{value};tag={to_tag}"
             headers.append((key, value))
     headers.extend((canonical_name(k), v) for k, v in extra)

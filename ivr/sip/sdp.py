@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .message import is_digits
+
 # Static payload types we accept, name -> pt (RFC 3551 table 4).
 STATIC_CODECS = {0: "PCMU", 8: "PCMA"}
 SUPPORTED = ("PCMU", "PCMA")
@@ -84,14 +86,14 @@ def parse_sdp(body: bytes) -> MediaOffer:
             if parts[0] != "audio":
                 continue
             seen_audio = True
-            if not parts[1].split("/")[0].isdigit():
+            if not is_digits(parts[1].split("/")[0]):
                 raise SdpError(f"malformed m= port {parts[1]!r}", 400)
-            pts = [int(p) for p in parts[3:] if p.isdigit() and int(p) < 128]
+            pts = [int(p) for p in parts[3:] if is_digits(p) and int(p) < 128]
             media = MediaOffer(session_addr, int(parts[1].split("/")[0]), pts, direction=direction)
         elif kind == "a" and media is not None:
             if value.startswith("rtpmap:"):
                 pt_text, _, enc = value[7:].partition(" ")
-                if pt_text.isdigit():
+                if is_digits(pt_text):
                     media.rtpmap[int(pt_text)] = enc.strip()
             elif value in ("sendrecv", "sendonly", "recvonly", "inactive"):
                 media.direction = value

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import cast
 
 from .message import SipParseError, StreamFramer
 from .ua import Event, Peer, UserAgent
@@ -40,11 +41,11 @@ class _TcpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TCPTransport is not an asyncio.Transport subclass
+        self.transport = cast(asyncio.Transport, transport)
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = ("tcp", host, port)
-        self.shell.tcp_connections[self.peer] = transport
+        self.shell.tcp_connections[self.peer] = self.transport
 
     def data_received(self, data: bytes) -> None:
         assert self.peer is not None and self.transport is not None

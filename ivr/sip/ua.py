@@ -40,6 +40,7 @@ from .message import (
     Response,
     SipParseError,
     build_response,
+    is_digits,
     parse_headers_only,
     parse_message,
     split_list,
@@ -308,8 +309,9 @@ class UserAgent:
         if isinstance(tx, ServerInviteTransaction):
             call = self._call_for_tx(tx)
             if call is not None and not call.ended:
-                if call.state is CallState.ANSWERED:
-                    # 2xx never acknowledged: end the dialog with BYE (13.3.1.4)
+                if call.state in (CallState.ANSWERED, CallState.CONFIRMED) and timeout is Timeout.NO_ACK:
+                    # 2xx (to the INVITE or a re-INVITE) never acknowledged:
+                    # end the dialog with BYE (RFC 3261 13.3.1.4, 14.2)
                     self._send_bye(call, now)
                     self._end(call, now, Outcome.NO_ACK, "frontdesk")
                 else:
@@ -352,7 +354,8 @@ class UserAgent:
             reason = exc.reason.replace("\r", " ").replace("\n", " ")[:120]
             status = exc.status
             phrase = "Version Not Supported" if status == 505 else f"Bad Request ({reason})"
-            resp = build_response(req, status, phrase, extra=(("Server", self.config.user_agent),))
+            extra = (("Server", self.config.user_agent),)
+            resp = build_response(req, status, phrase, to_tag=self._token(), extra=extra)
             self._out.append((resp.to_bytes(), peer))
             self.stats.malformed["answered"] += 1
             self.stats.count_response(req.method, status)
@@ -421,6 +424,8 @@ class UserAgent:
         reason: str | None = None,
     ) -> None:
         peer = tx.peer
+        if to_tag is None and status > 100 and not req.to.tag:
+            to_tag = self._token()  # RFC 3261 8.2.6.2: every response but 100 carries a To tag
         headers = (*extra, ("Server", self.config.user_agent))
         if body:
             headers = (*headers, ("Content-Type", "application/sdp"))
@@ -447,57 +452,13 @@ class UserAgent:
 
     # INVITE ----------------------------------------------------------------------
     def _on_invite(self, req: Request, tx: ServerInviteTransaction, peer: Peer, now: float) -> None:
-        to = req.to
-        if to.tag:
+        if req.to.tag:
             self._on_reinvite(req, tx, now)
-            return
-        mf = req.get("max-forwards")
-        if mf is not None:
-            mf = mf.strip()
-            if not mf.isdigit():
-                self._respond(tx, req, 400, now, reason="Bad Request (malformed Max-Forwards)")
-                return
-            if int(mf) == 0:
-                self._respond(tx, req, 483, now)
-                return
-        scheme = req.uri.split(":", 1)[0].lower()
-        if scheme not in ("sip", "sips", "tel"):
-            self._respond(tx, req, 416, now)
-            return
-        require = req.get_all("require")
-        unsupported = [opt for opt in require if opt.lower() not in SUPPORTED_OPTIONS]
-        if unsupported:
-            self._respond(tx, req, 420, now, extra=(("Unsupported", ", ".join(unsupported)),))
-            return
-        call_id = req.call_id
-        if not call_id:
-            self._respond(tx, req, 400, now, reason="Bad Request (empty Call-ID)")
-            return
-        existing = self.calls.get(call_id)
-        if existing is not None and not existing.ended:
-            # same Call-ID and no To tag but another branch: merged request (8.2.2.2)
-            self._respond(tx, req, 482, now)
-            return
-        negotiated: Negotiated | None = None
-        if req.body:
-            ctype = (req.get("content-type") or "").split(";")[0].strip().lower()
-            if ctype != "application/sdp":
-                self._respond(tx, req, 415, now, extra=(("Accept", "application/sdp"),))
-                return
-            try:
-                negotiated = negotiate(parse_sdp(req.body))
-            except SdpError as exc:
-                self._respond(tx, req, exc.status, now, reason=_reason(exc.status, exc.reason))
-                return
-        if len(self.calls) >= self.config.max_calls:
-            self.stats.calls_rejected_overload += 1
-            self._respond(tx, req, 503, now, extra=(("Retry-After", "5"),))
             return
         frm = req.from_
         contact = req.get_all("contact")
-        remote_target = _contact_uri(contact[0]) if contact else frm.uri
         call = Call(
-            call_id=call_id,
+            call_id=req.call_id,
             peer=peer,
             caller=uri_user(frm.uri) or frm.uri,
             called=uri_user(req.uri),
@@ -506,16 +467,55 @@ class UserAgent:
             t_invite=now,
             invite_tx=tx,
             invite=req,
-            remote_target=remote_target,
+            remote_target=_contact_uri(contact[0]) if contact else frm.uri,
             route_set=[v for rr in req.get_all("record-route") for v in split_list(rr)],
             remote_cseq=req.cseq[0],
-            negotiated=negotiated,
-            remote_offer_pending=negotiated is None,
         )
-        self.calls[call_id] = call
         tx.owner = call
+        refusal = self._refuse_new_call(req, call)
+        if refusal is not None:
+            # refused calls are recorded too (R4): they end at once as rejected
+            status, reason, extra = refusal
+            self._final(call, status, now, reason, extra)
+            self._end(call, now, Outcome.REJECTED, "frontdesk")
+            return
+        call.remote_offer_pending = call.negotiated is None
+        self.calls[call.call_id] = call
         self._respond(tx, req, 100, now)
         self._events.append(IncomingCall(call))
+
+    def _refuse_new_call(self, req: Request, call: Call) -> tuple[int, str | None, tuple[tuple[str, str], ...]] | None:
+        """Why a new INVITE cannot become a call, as (status, reason, extra headers); None when it can."""
+        mf = req.get("max-forwards")
+        if mf is not None:
+            mf = mf.strip()
+            if not is_digits(mf):
+                return 400, "Bad Request (malformed Max-Forwards)", ()
+            if int(mf) == 0:
+                return 483, None, ()
+        if req.uri.split(":", 1)[0].lower() not in ("sip", "sips", "tel"):
+            return 416, None, ()
+        unsupported = [opt for opt in req.get_all("require") if opt.lower() not in SUPPORTED_OPTIONS]
+        if unsupported:
+            return 420, None, (("Unsupported", ", ".join(unsupported)),)
+        if not call.call_id:
+            return 400, "Bad Request (empty Call-ID)", ()
+        existing = self.calls.get(call.call_id)
+        if existing is not None and not existing.ended:
+            # same Call-ID and no To tag but another branch: merged request (8.2.2.2)
+            return 482, None, ()
+        if req.body:
+            ctype = (req.get("content-type") or "").split(";")[0].strip().lower()
+            if ctype != "application/sdp":
+                return 415, None, (("Accept", "application/sdp"),)
+            try:
+                call.negotiated = negotiate(parse_sdp(req.body))
+            except SdpError as exc:
+                return exc.status, _reason(exc.status, exc.reason), ()
+        if len(self.calls) >= self.config.max_calls:
+            self.stats.calls_rejected_overload += 1
+            return 503, None, (("Retry-After", "5"),)
+        return None
 
     def _on_reinvite(self, req: Request, tx: ServerInviteTransaction, now: float) -> None:
         call = self._dialog_for(req)
@@ -597,6 +597,10 @@ class UserAgent:
             self._respond(tx, req, 481, now)
             return
         self._respond(tx, req, 200, now)
+        itx = call.invite_tx
+        if itx.state is TxState.ACCEPTED and itx.receive_ack(now):
+            # a BYE proves the caller has our 2xx even if its ACK was lost
+            self._schedule(itx)
         if call.state is CallState.RINGING:
             self._final(call, 487, now)
             self._end(call, now, Outcome.CANCELLED, "caller")
@@ -680,8 +684,10 @@ class UserAgent:
         call.timers.pop(name, None)
 
     # -- helpers ----------------------------------------------------------------
-    def _final(self, call: Call, status: int, now: float, reason: str | None = None) -> None:
-        self._respond(call.invite_tx, call.invite, status, now, to_tag=call.local_tag, reason=reason)
+    def _final(
+        self, call: Call, status: int, now: float, reason: str | None = None, extra: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        self._respond(call.invite_tx, call.invite, status, now, to_tag=call.local_tag, reason=reason, extra=extra)
 
     def _end(self, call: Call, now: float, outcome: Outcome, by: str | None) -> None:
         if call.ended:
