@@ -130,6 +130,9 @@ def load_config(path: str | Path | None) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        line = text_line(exc.object[: exc.start])
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x})") from None
     return parse_config(text, str(path))
 
 
@@ -141,6 +144,11 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
         mark = exc.problem_mark
         line = mark.line + 1 if mark is not None else 0
         raise ConfigError(f"{filename}:{line}: not valid YAML: {exc.problem}") from None
+    except yaml.reader.ReaderError as exc:  # e.g. a control character
+        line = text_line(text[: exc.position])
+        raise ConfigError(f"{filename}:{line}: not valid YAML: {exc.reason} ({exc.character!r})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{filename}: not valid YAML: {exc}") from None
     if data is None:
         return Config()
     if not isinstance(data, dict):
@@ -158,6 +166,13 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
                 msg = "unknown setting"
             problems.append(f"{filename}:{line}: {field}: {msg}")
         raise ConfigError("\n".join(problems)) from None
+
+
+def text_line(before: str | bytes) -> int:
+    """1-based line number of the position just after ``before``."""
+    if isinstance(before, bytes):
+        return before.count(b"\n") + 1
+    return before.count("\n") + 1
 
 
 def _line_of(node: Any, loc: list[Any]) -> int:

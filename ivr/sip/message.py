@@ -696,7 +696,7 @@ def build_response(
         elif key in ("from", "call-id", "cseq"):
             headers.append((key, value))
         elif key == "to":
-            if to_tag and status != 100 and not req.to.tag:
+            if to_tag and status != 100 and not _tag_or_unparseable(req):
                 value = f"{value};tag={to_tag}"
             headers.append((key, value))
     headers.extend((canonical_name(k), v) for k, v in extra)
@@ -706,6 +706,14 @@ def build_response(
         status=status,
         reason=reason or REASON_PHRASES.get(status, "Unknown"),
     )
+
+
+def _tag_or_unparseable(req: Request) -> str:
+    """The To tag; a To we cannot parse (a request answered 400) counts as tagged."""
+    try:
+        return req.to.tag
+    except SipParseError:
+        return "?"
 
 
 def _stamp_via(value: str, received: str | None, rport: int | None) -> str:

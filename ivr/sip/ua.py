@@ -526,6 +526,8 @@ class UserAgent:
         if call.invite_tx.state is TxState.PROCEEDING or cseq <= call.remote_cseq:
             self._respond(tx, req, 500, now, extra=(("Retry-After", "1"),))
             return
+        # a re-INVITE proves the caller has our earlier 2xx, even if its ACK was lost
+        self._acknowledged(call, now)
         call.remote_cseq = cseq
         negotiated = call.negotiated
         if req.body:
@@ -579,6 +581,15 @@ class UserAgent:
                 return
             self._events.append(CallConfirmed(call))
 
+    def _acknowledged(self, call: Call, now: float) -> None:
+        """Stop resending the INVITE's 2xx: the caller's later request shows it arrived."""
+        itx = call.invite_tx
+        if itx.state is TxState.ACCEPTED and itx.receive_ack(now):
+            self._schedule(itx)
+            if call.state is CallState.ANSWERED:
+                call.state = CallState.CONFIRMED
+                self._events.append(CallConfirmed(call))
+
     # CANCEL / BYE -----------------------------------------------------------
     def _on_cancel(self, req: Request, tx: ServerNonInviteTransaction, key: tuple[str, str, str], now: float) -> None:
         itx = self._server_tx.get((key[0], key[1], "INVITE"))
@@ -596,11 +607,13 @@ class UserAgent:
         if call is None:
             self._respond(tx, req, 481, now)
             return
+        if req.cseq[0] < call.remote_cseq:
+            # out of order within the dialog (RFC 3261 12.2.2)
+            self._respond(tx, req, 500, now, reason="Server Internal Error (CSeq out of order)")
+            return
         self._respond(tx, req, 200, now)
-        itx = call.invite_tx
-        if itx.state is TxState.ACCEPTED and itx.receive_ack(now):
-            # a BYE proves the caller has our 2xx even if its ACK was lost
-            self._schedule(itx)
+        # a BYE proves the caller has our 2xx even if its ACK was lost
+        self._acknowledged(call, now)
         if call.state is CallState.RINGING:
             self._final(call, 487, now)
             self._end(call, now, Outcome.CANCELLED, "caller")
