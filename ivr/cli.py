@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bench-sip", help="benchmark SIP answering against SIPp's own UAS", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=lambda a: importlib.import_module("sim.sipbench").main(a.rest))
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench-sip"]:
+        # its own options go straight through (argparse REMAINDER drops leading ones)
+        return int(importlib.import_module("sim.sipbench").main(argv[1:]) or 0)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -9,11 +9,12 @@ shutdown) in one transaction.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, Float, Integer, String, func, select
+from sqlalchemy import DateTime, Float, Integer, String, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -61,6 +62,19 @@ def _ts(t: float) -> datetime:
     return datetime.fromtimestamp(t, tz=UTC)
 
 
+_SUMMARY_FIELDS = tuple(f.name for f in dataclasses.fields(CallSummary))
+
+
+def summary_row(s: CallSummary) -> dict[str, object]:
+    """The call_records row for a summary: same names, times as datetimes."""
+    row: dict[str, object] = {name: getattr(s, name) for name in _SUMMARY_FIELDS}
+    for name in ("invite_at", "answer_at", "end_at"):
+        value = row[name]
+        row[name] = _ts(value) if isinstance(value, float) else None
+    row["answer_latency_s"] = (s.answer_at - s.invite_at) if s.answer_at is not None else None
+    return row
+
+
 def create_engine(url: str) -> AsyncEngine:
     kwargs = {}
     if url.startswith("sqlite"):
@@ -83,7 +97,6 @@ class CallRecorder:
         self.engine = engine
         self.flush_interval = flush_interval
         self._pending: list[CallSummary] = []
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self.written = 0
         self.write_errors = 0
 
@@ -98,25 +111,12 @@ class CallRecorder:
         batch, self._pending = self._pending, []
         if not batch:
             return 0
-        rows = [
-            CallRecord(
-                call_id=s.call_id,
-                caller=s.caller,
-                called=s.called,
-                invite_at=_ts(s.invite_at),
-                answer_at=_ts(s.answer_at) if s.answer_at is not None else None,
-                end_at=_ts(s.end_at),
-                answer_latency_s=(s.answer_at - s.invite_at) if s.answer_at is not None else None,
-                outcome=s.outcome,
-                hangup_by=s.hangup_by,
-                end_status=s.end_status,
-                transport=s.transport,
-            )
-            for s in batch
-        ]
+        # Core executemany, not ORM objects: a flush of a few hundred records
+        # must not hold the event loop (it sits beside the SIP path)
+        rows = [summary_row(s) for s in batch]
         try:
-            async with self._sessions() as session, session.begin():
-                session.add_all(rows)
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(CallRecord), rows)
         except Exception:
             # keep the batch: it is retried on the next flush, nothing is lost
             self._pending[:0] = batch
