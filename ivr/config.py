@@ -12,9 +12,10 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
 
 class ConfigError(Exception):
@@ -113,11 +114,61 @@ class StorageSettings(_Strict):
         return v
 
 
+class TextRetrySettings(_Strict):
+    base: float = Field(5.0, gt=0, le=3600, description="seconds before the first retry of a failed text")
+    factor: float = Field(2.0, ge=1, le=10, description="each further retry waits this many times longer")
+    max_delay: float = Field(600.0, gt=0, le=86400, description="longest wait between two attempts, seconds")
+    max_attempts: int = Field(8, ge=1, le=100, description="attempts before a text is given up ('failed')")
+
+    @field_validator("max_delay")
+    @classmethod
+    def _not_below_base(cls, v: float, info: ValidationInfo) -> float:
+        base = info.data.get("base")
+        if base is not None and v < base:
+            raise ValueError(f"max_delay ({v} s) must not be shorter than base ({base} s)")
+        return v
+
+
+class TextSettings(_Strict):
+    """The text-message (SMS) outbox: how texts leave the building."""
+
+    sender: Literal["log", "webhook"] = Field("log", description="log: write texts to the log; webhook: POST them")
+    webhook_url: str | None = Field(None, validate_default=True, description="gateway URL for sender: webhook")
+    timeout: float = Field(5.0, gt=0, le=60, description="seconds the gateway has to accept one text")
+    poll_interval: float = Field(1.0, gt=0, le=60, description="seconds between looks for texts due for a retry")
+    retry: TextRetrySettings = TextRetrySettings()
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _url_for_webhook(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            if info.data.get("sender") == "webhook":
+                raise ValueError("sender is 'webhook': set webhook_url to the gateway's http(s) URL")
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{v!r} is not an http:// or https:// URL")
+        return v
+
+
+class AdminSettings(_Strict):
+    token: SecretStr | None = Field(None, description="bearer token for the admin API; none = admin API disabled")
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value().strip()) < 16:
+            raise ValueError("the admin token must be at least 16 characters (e.g. `openssl rand -hex 24`)")
+        return v
+
+
 class Config(_Strict):
     sip: SipSettings = SipSettings()
     media: MediaSettings = MediaSettings()
     http: HttpSettings = HttpSettings()
     storage: StorageSettings = StorageSettings()
+    texts: TextSettings = TextSettings()
+    admin: AdminSettings = AdminSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import itertools
 import math
 import socket
 from pathlib import Path
@@ -80,9 +81,9 @@ async def test_prompt_is_paced_at_20ms_with_consecutive_seq_and_timestamps() -> 
         assert PlaybackFinished(7) in rec.events
         assert 0.4 <= elapsed <= 0.9  # 25 frames of 20 ms
         seqs = [p.sequence for p in pkts]
-        assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+        assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
         stamps = [p.timestamp for p in pkts]
-        assert all((b - a) & 0xFFFFFFFF == 160 for a, b in zip(stamps, stamps[1:], strict=False))
+        assert all((b - a) & 0xFFFFFFFF == 160 for a, b in itertools.pairwise(stamps))
         payloads = [p.payload for p in pkts]
         # the prompt's frames went out in order, then silence
         i = payloads.index(prompt[0])
@@ -193,5 +194,5 @@ def test_prompt_store_renders_text_with_espeak(tmp_path: Path) -> None:
 def test_prompt_store_missing_file_is_an_error(tmp_path: Path) -> None:
     from ivr.media.prompts import PromptError, PromptSource, PromptStore
 
-    with pytest.raises(PromptError, match="'greeting'.*not found"):
+    with pytest.raises(PromptError, match=r"'greeting'.*not found"):
         PromptStore(tmp_path).load({"greeting": PromptSource(file=tmp_path / "nope.wav")})
