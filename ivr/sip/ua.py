@@ -64,11 +64,13 @@ ServerTransaction = ServerInviteTransaction | ServerNonInviteTransaction
 ClientTransaction = ClientInviteTransaction | ClientNonInviteTransaction
 
 
-ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO")
+ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "NOTIFY")
 ALLOW_HEADER = ", ".join(ALLOWED_METHODS)
 # Methods we know of but do not serve: answered 405 with Allow. Anything
 # else is answered 501 (RFC 3261 8.2.1).
-KNOWN_NOT_ALLOWED = frozenset({"REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "MESSAGE", "REFER", "UPDATE", "PRACK"})
+KNOWN_NOT_ALLOWED = frozenset(
+    {"REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "REFER", "UPDATE", "PRACK"}
+)
 SUPPORTED_OPTIONS: frozenset[str] = frozenset()  # option tags for Require
 METRIC_METHODS = frozenset(ALLOWED_METHODS) | KNOWN_NOT_ALLOWED
 MAGIC_COOKIE = "z9hG4bK"
@@ -92,6 +94,8 @@ class Outcome(enum.StrEnum):
     REJECTED = "rejected"  # we refused it (4xx/5xx/6xx)
     NO_ACK = "no_ack"  # answered, the caller never acknowledged
     FAILED = "failed"  # transport or transaction timeout
+    MEDIA_TIMEOUT = "media_timeout"  # the caller's RTP stopped; we hung up
+    TRANSFERRED = "transferred"  # handed on with REFER
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +166,24 @@ class CallTimer:
     name: str
 
 
-Event = IncomingCall | CallConfirmed | CallEnded | CallTimer
+@dataclass(frozen=True, slots=True)
+class InfoReceived:
+    """An in-dialog INFO (keys as application/dtmf-relay)."""
+
+    call: Call
+    content_type: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReferAnswered:
+    """The final response to our REFER (2xx: the caller's phone takes the transfer)."""
+
+    call: Call
+    status: int
+
+
+Event = IncomingCall | CallConfirmed | CallEnded | CallTimer | InfoReceived | ReferAnswered
 
 
 class LatencyHistogram:
@@ -218,6 +239,7 @@ class UserAgent:
         self._server_tx: dict[TxKey, ServerTransaction] = {}
         self._client_tx: dict[TxKey, ClientTransaction] = {}
         self.calls: dict[str, Call] = {}
+        self._refers: dict[tuple[str, str], Call] = {}  # our REFERs awaiting their final response
         self._heap: list[tuple[float, int, object, str]] = []
         self._seq = 0
         self._next_rtp = config.rtp_port_min
@@ -400,9 +422,12 @@ class UserAgent:
             self._on_bye(req, ntx, now)
         elif method == "OPTIONS":
             self._respond(ntx, req, 200, now, extra=self._capabilities())
-        elif method == "INFO":
+        elif method in ("INFO", "NOTIFY"):
+            # INFO carries keys; NOTIFY reports the progress of our REFER (RFC 3515)
             call = self._dialog_for(req)
             self._respond(ntx, req, 200 if call is not None else 481, now)
+            if call is not None and method == "INFO" and req.body:
+                self._events.append(InfoReceived(call, req.get("content-type") or "", req.body))
         elif method in KNOWN_NOT_ALLOWED:
             self._respond(ntx, req, 405, now, extra=(("Allow", ALLOW_HEADER),))
         else:
@@ -634,6 +659,10 @@ class UserAgent:
         if isinstance(tx, ClientNonInviteTransaction):
             if not tx.receive_response(resp.status, now):
                 stats.retransmissions_received += 1
+            elif resp.status >= 200 and method == "REFER":
+                call = self._refers.pop(key, None)
+                if call is not None and not call.ended:
+                    self._events.append(ReferAnswered(call, resp.status))
         elif isinstance(tx, ClientInviteTransaction):
             passed, send = tx.receive_response(resp.status, now)
             if send is not None:
@@ -650,11 +679,11 @@ class UserAgent:
                 call.invite_tx, call.invite, 180, now, to_tag=call.local_tag, extra=self._dialog_headers(call)
             )
 
-    def answer(self, call: Call, now: float) -> None:
-        """Send 200 OK with our SDP; the call is ANSWERED until the ACK."""
+    def answer(self, call: Call, now: float, rtp_port: int | None = None) -> None:
+        """Send 200 OK with our SDP (audio on ``rtp_port``); ANSWERED until the ACK."""
         if call.state is not CallState.RINGING or call.ended:
             return
-        call.rtp_port = self._allocate_rtp_port()
+        call.rtp_port = rtp_port if rtp_port is not None else self._allocate_rtp_port()
         call.local_sdp = self._local_sdp(call)
         call.state = CallState.ANSWERED
         call.t_answer = now
@@ -676,7 +705,7 @@ class UserAgent:
         self._final(call, status, now, reason)
         self._end(call, now, Outcome.REJECTED, "frontdesk")
 
-    def hangup(self, call: Call, now: float) -> None:
+    def hangup(self, call: Call, now: float, outcome: Outcome = Outcome.COMPLETED) -> None:
         """End the call from our side: BYE when answered, 480 while ringing."""
         if call.ended:
             return
@@ -686,7 +715,24 @@ class UserAgent:
             call.pending_bye = True  # BYE only after the ACK (RFC 3261 15)
         else:
             self._send_bye(call, now)
-            self._end(call, now, Outcome.COMPLETED, "frontdesk")
+            self._end(call, now, outcome, "frontdesk")
+
+    def refer(self, call: Call, target: str, now: float) -> None:
+        """Blind transfer (RFC 3515): ask the caller's phone to call ``target``.
+
+        The final response comes back as :class:`ReferAnswered`; the router
+        hangs up once the transfer is accepted.
+        """
+        if call.state is not CallState.CONFIRMED:
+            return
+        contact = self._contact_tcp if call.peer[0] == "tcp" else self._contact
+        branch = self._send_in_dialog(
+            call,
+            "REFER",
+            now,
+            (f"Refer-To: <{target}>", f"Referred-By: {contact}", f"Contact: {contact}"),
+        )
+        self._refers[(branch, "REFER")] = call
 
     def set_call_timer(self, call: Call, name: str, at: float) -> None:
         """Arm (or re-arm) a named timer; fires as a CallTimer event."""
@@ -742,30 +788,39 @@ class UserAgent:
         return f"{self._rng.getrandbits(64):016x}"
 
     def _send_bye(self, call: Call, now: float) -> None:
-        call.local_cseq = max(call.local_cseq, 0) + 1
+        self._send_in_dialog(call, "BYE", now)
+
+    def _send_in_dialog(self, call: Call, method: str, now: float, extra: tuple[str, ...] = ()) -> str:
+        """Send a request inside the call's dialog; returns its branch."""
+        call.local_cseq += 1
         branch = MAGIC_COOKIE + self._token()
         transport = call.peer[0].upper()
         invite = call.invite
         to_value = invite.get("to") or ""
-        if ";tag=" not in to_value.lower():
+        if not invite.to.tag:
             to_value = f"{to_value};tag={call.local_tag}"
         lines = [
-            f"BYE {call.remote_target} SIP/2.0",
+            f"{method} {call.remote_target} SIP/2.0",
             f"Via: SIP/2.0/{transport} {self.config.host}:{self.config.port};branch={branch};rport",
             "Max-Forwards: 70",
             f"From: {to_value}",
             f"To: {invite.get('from')}",
             f"Call-ID: {call.call_id}",
-            f"CSeq: {call.local_cseq} BYE",
+            f"CSeq: {call.local_cseq} {method}",
+            *(f"Route: {r}" for r in call.route_set),
+            *extra,
+            f"User-Agent: {self.config.user_agent}",
+            "Content-Length: 0",
+            "",
+            "",
         ]
-        lines += [f"Route: {r}" for r in call.route_set]
-        lines += [f"User-Agent: {self.config.user_agent}", "Content-Length: 0", "", ""]
         data = "\r\n".join(lines).encode()
-        tx = ClientNonInviteTransaction((branch, "BYE"), call.peer, call.peer[0] != "udp", self.tv, data)
-        self._client_tx[(branch, "BYE")] = tx
+        tx = ClientNonInviteTransaction((branch, method), call.peer, call.peer[0] != "udp", self.tv, data)
+        self._client_tx[(branch, method)] = tx
         self._out.append((tx.start(now), call.peer))
-        self.stats.requests_sent["BYE"] = self.stats.requests_sent.get("BYE", 0) + 1
+        self.stats.requests_sent[method] = self.stats.requests_sent.get(method, 0) + 1
         self._schedule(tx)
+        return branch
 
 
 def _contact_uri(value: str) -> str:
