@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?=
 
-.PHONY: run test lint deps test-deps system-test-deps bench-sip clean
+.PHONY: run test lint deps test-deps system-deps system-test-deps bench-sip clean
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need Python 3.11 ($(PY))"; exit 1; }
@@ -17,13 +17,26 @@ deps: $(BIN)/python
 test-deps: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 
-# Debian packages the tests drive for real (SIPp as the caller).
-system-test-deps:
-	@if ! command -v sipp >/dev/null 2>&1; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sip-tester >/dev/null; \
-	fi
+# Debian packages: espeak-ng and sox render prompts (server and tests);
+# SIPp (sip-tester) is the caller the tests drive for real.
+APT_RUN := espeak-ng sox
+APT_TEST := $(APT_RUN) sip-tester
 
-run: deps
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+endef
+
+system-deps:
+	$(call apt_install,$(APT_RUN))
+
+system-test-deps:
+	$(call apt_install,$(APT_TEST))
+
+run: deps system-deps
 	$(BIN)/frontdesk serve $(if $(CONFIG),--config $(CONFIG))
 
 lint: test-deps
