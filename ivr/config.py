@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
+from .flow.config import IvrSettings
+
 
 class ConfigError(Exception):
     """A configuration problem, already worded for the person who wrote the file."""
@@ -104,7 +106,7 @@ class HttpSettings(_Strict):
 
 class StorageSettings(_Strict):
     url: str = Field("sqlite+aiosqlite:///frontdesk.db", description="SQLAlchemy async URL")
-    flush_interval: float = Field(0.5, gt=0, le=60, description="seconds between call-record batch writes")
+    flush_interval: float = Field(0.2, gt=0, le=60, description="seconds between call-record batch writes")
 
     @field_validator("url")
     @classmethod
@@ -169,6 +171,7 @@ class Config(_Strict):
     storage: StorageSettings = StorageSettings()
     texts: TextSettings = TextSettings()
     admin: AdminSettings = AdminSettings()
+    ivr: IvrSettings = IvrSettings()  # no flows: the built-in demo (ivr/flow/demo.yaml)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
@@ -205,7 +208,8 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{filename}:1: the top level must be a mapping of sections (sip, http, ...)")
     try:
-        return Config.model_validate(data)
+        # relative paths in the file (prompt recordings, group lists) are relative to the file
+        return Config.model_validate(data, context={"config_dir": Path(filename).parent})
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

@@ -12,9 +12,9 @@ import asyncio
 import dataclasses
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 
-from sqlalchemy import DateTime, Float, Integer, String, func, insert, select
+from sqlalchemy import DateTime, Float, Integer, String, Text, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -40,6 +40,11 @@ class CallRecord(Base):
     hangup_by: Mapped[str | None] = mapped_column(String(16), nullable=True)
     end_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     transport: Mapped[str] = mapped_column(String(8))
+    complaint: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)  # R4 category
+    ivr_path: Mapped[str | None] = mapped_column(Text, nullable=True)  # node ids entered, space-separated
+    keys: Mapped[str | None] = mapped_column(String(255), nullable=True)  # keys pressed, in order
+    ivr_outcomes: Mapped[str | None] = mapped_column(Text, nullable=True)  # notes: notice:x,hotkey,self_service,...
+    recording: Mapped[str | None] = mapped_column(String(1024), nullable=True)  # path of a message left
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +61,12 @@ class CallSummary:
     hangup_by: str | None
     end_status: int | None
     transport: str
+    # what the IVR learnt (R4); summary_row writes them under the same names
+    complaint: str | None = None
+    ivr_path: str | None = None
+    keys: str | None = None
+    ivr_outcomes: str | None = None
+    recording: str | None = None
 
 
 def _ts(t: float) -> datetime:
@@ -93,7 +104,7 @@ async def init_schema(engine: AsyncEngine) -> None:
 class CallRecorder:
     """Batches call summaries and writes them off the call path."""
 
-    def __init__(self, engine: AsyncEngine, flush_interval: float = 0.5) -> None:
+    def __init__(self, engine: AsyncEngine, flush_interval: float = 0.2) -> None:
         self.engine = engine
         self.flush_interval = flush_interval
         self._pending: list[CallSummary] = []
@@ -142,3 +153,20 @@ async def count_records(engine: AsyncEngine) -> dict[str, int]:
     async with sessions() as session:
         rows = await session.execute(select(CallRecord.outcome, func.count()).group_by(CallRecord.outcome))
         return {outcome: n for outcome, n in rows.all()}
+
+
+async def complaint_counts(engine: AsyncEngine, year: int, month: int, tz: tzinfo = UTC) -> dict[str, int]:
+    """Complaints by category for one calendar month (R4); the month's bounds are taken in ``tz``."""
+    if not 1 <= month <= 12:
+        raise ValueError(f"month {month} is not 1..12")
+    start = datetime(year, month, 1, tzinfo=tz).astimezone(UTC)
+    end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=tz).astimezone(UTC)
+    sessions = async_sessionmaker(engine)
+    async with sessions() as session:
+        rows = await session.execute(
+            select(CallRecord.complaint, func.count())
+            .where(CallRecord.complaint.is_not(None), CallRecord.invite_at >= start, CallRecord.invite_at < end)
+            .group_by(CallRecord.complaint)
+            .order_by(CallRecord.complaint)
+        )
+        return {str(complaint): int(n) for complaint, n in rows.all()}
