@@ -9,22 +9,37 @@ SIP listeners, flushes the last records and closes the engine.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from . import http
+from callback import db as callback_db
+from callback.outbox import Outbox, OutboxDispatcher, OutboxMetrics, RetryPolicy, build_sender
+
+from . import admin, http
 from .config import Config
-from .metrics import SipCollector
-from .records import CallRecorder, create_engine, init_schema
+from .flow.config import groups_of_function
+from .flow.program import compile_ivr
+from .ivrcall import IvrServices
+from .ivrsetup import load_prompts
+from .media.engine import MediaEngine
+from .media.prompts import PromptStore
+from .metrics import IvrCollector, SipCollector
+from .notices import NoticeBoard
+from .records import Base, CallRecorder, create_engine, init_schema
 from .router import CallRouter, RouterSettings
+from .schema import add_missing_columns
 from .sip.transaction import TimerValues
 from .sip.transport import SipShell
 from .sip.ua import UaConfig, UserAgent
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,9 +52,12 @@ class Runtime:
     shell: SipShell
     recorder: CallRecorder
     registry: CollectorRegistry
+    outbox: Outbox
+    notices: NoticeBoard
 
 
 CONFIG = web.AppKey("config", Config)
+PROMPTS = web.AppKey("prompts", PromptStore)
 RUNTIME = web.AppKey("runtime", Runtime)
 
 
@@ -60,41 +78,98 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     engine = create_engine(config.storage.url)
     await init_schema(engine)
+    await callback_db.init_schema(engine)
+    await add_missing_columns(engine, Base.metadata, callback_db.Base.metadata)
+    registry = CollectorRegistry()
+    notices = NoticeBoard.from_settings(engine, config.ivr)
+    await notices.load()
+    texts = config.texts
+    outbox = Outbox(engine, OutboxMetrics(registry, reasons=("hotkey", "self_service", "callback")))
+    sender = build_sender(texts.sender, texts.webhook_url, texts.timeout)
+    retry = RetryPolicy(texts.retry.base, texts.retry.factor, texts.retry.max_delay, texts.retry.max_attempts)
+    dispatcher = OutboxDispatcher(outbox, sender, retry, poll_interval=texts.poll_interval)
     recorder = CallRecorder(engine, config.storage.flush_interval)
     writer = asyncio.create_task(recorder.run(), name="call-record-writer")
+
+    # text messages asked for by calls: handed over at once, committed by this task
+    texts_in: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
+    intake = asyncio.create_task(_text_intake(texts_in, outbox), name="text-intake")
 
     loop = asyncio.get_running_loop()
     ua = UserAgent(ua_config(config), rng=random.Random())
     sip = config.sip
+    prompts = app.get(PROMPTS)
+    if prompts is None:
+        prompts = await asyncio.to_thread(load_prompts, config)
+    media = MediaEngine(
+        sip.public_address or sip.listen,
+        config.media.rtp_port_min,
+        config.media.rtp_port_max,
+        lambda stream, events: router.on_media_events(stream, events),
+        lambda stream: router.on_media_timeout(stream),
+        config.media.timeout,
+    )
+    recordings = Path(config.media.recordings_dir)
+    recordings.mkdir(parents=True, exist_ok=True)
+    ivr = IvrServices(
+        program=compile_ivr(config.ivr),
+        prompts=prompts,
+        media=media,
+        groups_of=groups_of_function(config.ivr),
+        notices_for=notices.active_for,
+        send_text=lambda to, body, reason: texts_in.put_nowait((to, body, reason)),
+        recordings_dir=recordings,
+    )
     router = CallRouter(
         ua,
         RouterSettings(ring_limit=sip.ring_limit, answer_delay=sip.answer_delay, hold_time=sip.hold_time),
         on_record=recorder.add,
         wall_offset=time.time() - loop.time(),
+        ivr=ivr,
+        clock=loop.time,
     )
     shell = SipShell(ua, router.handle)
+    router.pump = shell.pump
     await shell.start(sip.listen, sip.port, list(sip.transports))
     if sip.port == 0:
         # an ephemeral port (tests): write the real one into Contact/Via
         ua.set_local_port(shell.udp_port or shell.tcp_port or 0)
-    registry = CollectorRegistry()
     registry.register(SipCollector(ua, lambda: recorder.backlog, lambda: recorder.write_errors))
-    app[RUNTIME] = Runtime(config, ua, router, shell, recorder, registry)
+    registry.register(IvrCollector(ivr.metrics, media))
+    app[RUNTIME] = Runtime(config, ua, router, shell, recorder, registry, outbox, notices)
+    app[admin.ADMIN] = admin.AdminState(engine, notices)
+    texter = asyncio.create_task(dispatcher.run(), name="text-outbox")
     try:
         yield
     finally:
         await shell.stop()
-        writer.cancel()
-        try:
-            await writer
-        except asyncio.CancelledError:
-            pass
+        media.close_all()
+        for task in (writer, intake, texter):
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        await sender.close()
         await engine.dispose()
 
 
-def create_app(config: Config) -> web.Application:
+async def _text_intake(queue: asyncio.Queue[tuple[str, str, str]], outbox: Outbox) -> None:
+    while True:
+        to, body, reason = await queue.get()
+        try:
+            await outbox.enqueue(to, body, reason)
+        except ValueError as exc:
+            log.warning("text message to %r not queued: %s", to, exc)
+
+
+def create_app(config: Config, prompts: PromptStore | None = None) -> web.Application:
+    """The server. ``prompts`` already rendered (the CLI does it first) saves a second pass."""
     app = web.Application()
     app[CONFIG] = config
+    if prompts is not None:
+        app[PROMPTS] = prompts
     app.cleanup_ctx.append(_runtime_ctx)
     http.setup_routes(app)
+    admin.setup_admin_routes(app, config.admin)
     return app

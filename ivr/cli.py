@@ -23,6 +23,15 @@ def _serve(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .ivrsetup import load_prompts
+    from .media.prompts import PromptError
+
+    try:
+        prompts = load_prompts(config)  # renders new text prompts once; later starts read the cache
+    except PromptError as exc:
+        where = args.config or "the built-in demo"
+        print(f"{where}: {exc}", file=sys.stderr)
+        return 2
     # Thousands of live calls and transactions are long-lived objects: move
     # start-up objects out of the collector's view and collect young objects
     # less often, or full collections eat the per-message budget.
@@ -40,7 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
         f"HTTP on http://{config.http.listen}:{config.http.port}",
         flush=True,
     )
-    web.run_app(create_app(config), host=config.http.listen, port=config.http.port, print=None)
+    web.run_app(create_app(config, prompts), host=config.http.listen, port=config.http.port, print=None)
     return 0
 
 

@@ -66,7 +66,7 @@ class SipSettings(_Strict):
         10.0, gt=0, le=120, description="seconds a caller may ring before we must answer (2 rings = 10 s)"
     )
     answer_delay: float = Field(0.0, ge=0, description="seconds of ringback before answering")
-    hold_time: float = Field(30.0, gt=0, description="seconds an answered call is kept before we hang up")
+    hold_time: float = Field(3600.0, gt=0, description="longest an answered call is kept before we hang up, seconds")
     max_calls: int = Field(20000, gt=0, description="calls in progress beyond which new INVITEs get 503")
     user_agent: str = "frontdesk"
     timers: SipTimers = SipTimers()
@@ -87,6 +87,9 @@ class SipSettings(_Strict):
 class MediaSettings(_Strict):
     rtp_port_min: int = Field(20000, ge=1024, le=65534)
     rtp_port_max: int = Field(30000, ge=1026, le=65535)
+    timeout: float = Field(30.0, ge=0, description="hang up when the caller's RTP stops this long (0: never)")
+    prompt_cache: Path = Field(Path(".cache/prompts"), description="where rendered prompts are kept")
+    recordings_dir: Path = Field(Path("recordings"), description="where caller messages are written")
 
     @field_validator("rtp_port_max")
     @classmethod

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from .ivrcall import IvrMetrics
+from .media.engine import LATENESS_BUCKETS, MediaEngine
 from .sip.ua import UserAgent
 
 
@@ -108,3 +110,57 @@ class SipCollector(Collector):
             c = CounterMetricFamily("frontdesk_call_record_write_errors", "Failed call-record batch writes (retried)")
             c.add_metric([], self.record_errors())
             yield c
+
+
+class IvrCollector(Collector):
+    """IVR and media counters (plain counts kept by ivr.ivrcall and the RTP engine)."""
+
+    def __init__(self, ivr: IvrMetrics, media: MediaEngine) -> None:
+        self.ivr = ivr
+        self.media = media
+
+    def collect(self) -> Iterator[object]:  # type: ignore[override]
+        m, st = self.ivr, self.media.stats
+        c = CounterMetricFamily("frontdesk_ivr_node_visits", "IVR flow nodes entered", labels=["flow", "node"])
+        for (flow, node), n in sorted(m.node_visits.items()):
+            c.add_metric([flow, node], n)
+        yield c
+        c = CounterMetricFamily(
+            "frontdesk_ivr_notices_played", "Targeted notices played (R6), by prompt", labels=["notice"]
+        )
+        for notice, n in sorted(m.notices_played.items()):
+            c.add_metric([notice], n)
+        yield c
+        for name, doc, value in (
+            ("frontdesk_ivr_hotkey_uses", "Hot-topic key answers played (R7)", m.hotkey_uses),
+            ("frontdesk_ivr_self_service", "Callers sent to self-service (R9)", m.self_service),
+            ("frontdesk_ivr_screened", "Callers screened out (R5)", m.screened),
+            ("frontdesk_ivr_messages_recorded", "Caller messages recorded (R14)", m.messages_recorded),
+            ("frontdesk_ivr_transfers", "Transfers requested with REFER", m.transfers),
+            ("frontdesk_media_timeouts", "Calls hung up because the caller's RTP stopped", st.media_timeouts),
+        ):
+            c = CounterMetricFamily(name, doc)
+            c.add_metric([], value)
+            yield c
+        c = CounterMetricFamily(
+            "frontdesk_dtmf_received", "Keys received, by source (rtp = RFC 4733, info = SIP INFO)", labels=["source"]
+        )
+        for source in ("rtp", "info"):
+            c.add_metric([source], m.dtmf_received.get(source, 0))
+        yield c
+        pin, pout = self.media.totals()
+        c = CounterMetricFamily("frontdesk_rtp_packets", "RTP packets, by direction", labels=["direction"])
+        c.add_metric(["in"], pin)
+        c.add_metric(["out"], pout)
+        yield c
+        g = GaugeMetricFamily("frontdesk_media_streams_active", "Calls with an open RTP stream")
+        g.add_metric([], self.media.active)
+        yield g
+        acc = 0
+        buckets = []
+        for bound, n in zip([*LATENESS_BUCKETS, float("inf")], st.lateness_counts, strict=True):
+            acc += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), acc))
+        h = HistogramMetricFamily("frontdesk_rtp_pacing_lateness_seconds", "How late each shared 20 ms media tick ran")
+        h.add_metric([], buckets, st.lateness_sum)
+        yield h

@@ -1,9 +1,12 @@
 """The call router: the transaction user that decides what happens to a call.
 
-Pure code over :class:`ivr.sip.ua.UserAgent`: it reacts to the core's
-events and answers with commands, ``now`` passed in. For now every call is
-answered after ``answer_delay`` (ringback) and the router hangs up after
-``hold_time``; media, IVR flows and queues plug in here later.
+It reacts to the SIP core's events with commands, ``now`` passed in.
+Every call is answered after ``answer_delay`` of ringback. With IVR
+services (the server always has them; core tests run without) the answer
+opens the call's RTP stream and the ACK starts the IVR flow, which decides
+what the caller hears and when the call ends. Without them the router
+hangs up after ``hold_time``. ``hold_time`` is also the longest any answered
+call is kept.
 
 R1: whatever else happens, a call that is still ringing when its ring limit
 is reached is answered then; no caller is left ringing.
@@ -11,11 +14,29 @@ is reached is answered then; no caller is left ringing.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .ivrcall import IvrCall, IvrServices
+from .media.dtmf import parse_dtmf_info
+from .media.stream import MediaEvent, MediaStream
 from .records import CallSummary
-from .sip.ua import Call, CallConfirmed, CallEnded, CallState, CallTimer, Event, IncomingCall, UserAgent
+from .sip.ua import (
+    Call,
+    CallConfirmed,
+    CallEnded,
+    CallState,
+    CallTimer,
+    Event,
+    IncomingCall,
+    InfoReceived,
+    Outcome,
+    ReferAnswered,
+    UserAgent,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,13 +53,21 @@ class CallRouter:
         settings: RouterSettings,
         on_record: Callable[[CallSummary], None] | None = None,
         wall_offset: float = 0.0,
+        ivr: IvrServices | None = None,
+        clock: Callable[[], float] | None = None,
+        pump: Callable[[], None] | None = None,
     ) -> None:
         self.ua = ua
         self.settings = settings
         self.on_record = on_record
         # loop clock -> wall clock for the records (the core only knows `now`)
         self.wall_offset = wall_offset
+        self.ivr = ivr
+        self.clock = clock  # for media events, which arrive outside handle()
+        self.pump = pump  # sends what the SIP core queued after a media event
+        self.ivr_calls: dict[Call, IvrCall] = {}
 
+    # -- SIP events --------------------------------------------------------------
     def handle(self, events: list[Event], now: float) -> None:
         ua = self.ua
         s = self.settings
@@ -47,25 +76,103 @@ class CallRouter:
                 call = ev.call
                 ua.ring(call, now)
                 if s.answer_delay <= 0:
-                    ua.answer(call, now)
+                    self._answer(call, now)
                 else:
                     ua.set_call_timer(call, "answer", call.t_invite + s.answer_delay)
                     ua.set_call_timer(call, "ring_limit", call.t_invite + s.ring_limit)
             elif isinstance(ev, CallConfirmed):
-                ua.set_call_timer(ev.call, "hold", now + s.hold_time)
+                call = ev.call
+                ua.set_call_timer(call, "hold", now + s.hold_time)
+                ivr = self.ivr_calls.get(call)
+                if ivr is not None:
+                    self._update_media(call, ivr.stream)
+                    ivr.start(now)
             elif isinstance(ev, CallTimer):
                 self._on_timer(ev.call, ev.name, now)
+            elif isinstance(ev, InfoReceived):
+                ivr = self.ivr_calls.get(ev.call)
+                key = parse_dtmf_info(ev.content_type, ev.body)
+                if ivr is not None and key is not None:
+                    ivr.key(key, "info", now)
+            elif isinstance(ev, ReferAnswered):
+                # the caller's phone accepted the transfer: our part is done
+                outcome = Outcome.TRANSFERRED if 200 <= ev.status < 300 else Outcome.COMPLETED
+                ua.hangup(ev.call, now, outcome)
             elif isinstance(ev, CallEnded):
-                self._record(ev.call)
+                self._ended(ev.call, now)
+
+    def _answer(self, call: Call, now: float) -> None:
+        if self.ivr is None:
+            self.ua.answer(call, now)
+            return
+        neg = call.negotiated
+        try:
+            if neg is not None:
+                remote = (neg.remote_address, neg.remote_port)
+                stream = self.ivr.media.open(remote, neg.codec, neg.payload_type, neg.dtmf_payload_type)
+            else:
+                # no offer in the INVITE: we offer, the answer comes in the ACK
+                stream = self.ivr.media.open((call.peer[1], 9), "PCMU", 0, 101)
+        except OSError:
+            log.warning("no RTP port free: refusing call %s", call.call_id)
+            self.ua.reject(call, 503, now)
+            return
+        self.ivr_calls[call] = IvrCall(self.ivr, self.ua, call, stream)
+        self.ua.answer(call, now, rtp_port=stream.local_port)
+
+    @staticmethod
+    def _update_media(call: Call, stream: MediaStream) -> None:
+        neg = call.negotiated
+        if neg is not None and not stream.latched:
+            stream.remote = (neg.remote_address, neg.remote_port)
+            if neg.payload_type != stream.payload_type:
+                from .media.g711 import get_codec
+
+                stream.codec = get_codec(neg.codec)
+                stream.payload_type = neg.payload_type
+                stream.silence = bytes([stream.codec.silence]) * len(stream.silence)
+            stream.dtmf_payload_type = neg.dtmf_payload_type
 
     def _on_timer(self, call: Call, name: str, now: float) -> None:
         if name in ("answer", "ring_limit"):
             if call.state is CallState.RINGING:
-                self.ua.answer(call, now)
+                self._answer(call, now)
         elif name == "hold":
             self.ua.hangup(call, now)
+        elif name.startswith("ivr:"):
+            ivr = self.ivr_calls.get(call)
+            if ivr is not None:
+                ivr.on_timer(name, now)
 
-    def _record(self, call: Call) -> None:
+    def _ended(self, call: Call, now: float) -> None:
+        ivr = self.ivr_calls.pop(call, None)
+        if ivr is not None:
+            if call.hangup_by == "caller":
+                ivr.hung_up(now)
+            assert self.ivr is not None
+            self.ivr.media.close(ivr.stream)
+        self._record(call, ivr)
+
+    # -- media events (from the RTP engine, outside handle()) ------------------------
+    def on_media_events(self, stream: MediaStream, events: list[MediaEvent]) -> None:
+        ivr = stream.owner
+        if isinstance(ivr, IvrCall) and self.clock is not None:
+            ivr.on_media(events, self.clock())
+            self._after_media()
+
+    def on_media_timeout(self, stream: MediaStream) -> None:
+        ivr = stream.owner
+        if isinstance(ivr, IvrCall) and self.clock is not None:
+            ivr.media_timed_out(self.clock())
+            self._after_media()
+
+    def _after_media(self) -> None:
+        # the shell's pump hands new SIP events back to handle() and sends datagrams
+        if self.pump is not None:
+            self.pump()
+
+    # -- records ---------------------------------------------------------------------
+    def _record(self, call: Call, ivr: IvrCall | None) -> None:
         if self.on_record is None:
             return
         off = self.wall_offset
@@ -81,5 +188,10 @@ class CallRouter:
                 hangup_by=call.hangup_by,
                 end_status=call.end_status,
                 transport=call.peer[0],
+                complaint=ivr.complaint if ivr else None,
+                ivr_path=" ".join(ivr.path) if ivr and ivr.path else None,
+                keys="".join(ivr.keys) if ivr and ivr.keys else None,
+                ivr_outcomes=",".join(ivr.outcomes) if ivr and ivr.outcomes else None,
+                recording=ivr.recording if ivr else None,
             )
         )

@@ -14,6 +14,9 @@ Timing rules the executor follows:
   fires the executor feeds ``TimerFired(name)``. ``CancelTimer`` disarms it.
 - ``Record`` starts recording the caller; the executor feeds
   ``RecordingDone`` when it stops (max length, silence, '#', or hang-up).
+  When the caller hangs up during a recording, feed ``RecordingDone``
+  (reason "hangup") before ``HungUp``: events after the end are ignored, and
+  the message would be lost.
 - ``Hangup`` ends the call (BYE); no event follows. ``Transfer`` does too,
   after the referral; the outcome is recorded.
 """
@@ -21,6 +24,10 @@ Timing rules the executor follows:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .program import Flow
 
 # -- events (what happened) ---------------------------------------------------
 
@@ -184,3 +191,7 @@ class FlowState:
     vars: dict[str, str] = field(default_factory=dict)  # collected values by name
     pending: list[str] = field(default_factory=list)  # notices still to play before the flow starts
     finished: bool = False
+    # added by the interpreter: the compiled flow, so that step() needs only the state
+    program: Flow | None = field(default=None, repr=False, compare=False)
+    waiting: str = ""  # what the current node waits for: "playback" | "input" | "recording" | ""
+    outcome: str = ""  # the last outcome noted (the call record's IVR outcome)

@@ -1,0 +1,206 @@
+"""Carries out what the IVR flow interpreter decides, for one answered call.
+
+The interpreter (ivr/flow/interpreter.py) is pure; an :class:`IvrCall`
+owns the call's media stream and turns the interpreter's actions into
+effects: prompts on the stream, timers on the SIP core's heap (named
+``ivr:<name>``), recordings written to WAV, text messages handed to the
+outbox, transfers and hang-ups through the user agent. Media and SIP events
+come back as interpreter events. What the caller did (path, keys, notices,
+hotkey, self-service, screening, complaint, message) is kept for the call
+record (R4).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .flow import actions as fa
+from .flow.interpreter import start, step
+from .flow.program import Program
+from .media.engine import MediaEngine
+from .media.prompts import PromptStore, write_wav
+from .media.stream import KeyPressed, MediaEvent, MediaStream, PlaybackFinished, RecordingStopped
+from .sip.ua import Call, Outcome, UserAgent
+
+log = logging.getLogger(__name__)
+
+TIMER_PREFIX = "ivr:"
+
+
+@dataclass
+class IvrMetrics:
+    """Plain counters, exported by ivr.metrics at scrape time."""
+
+    node_visits: dict[tuple[str, str], int] = field(default_factory=dict)  # (flow, node)
+    notices_played: dict[str, int] = field(default_factory=dict)
+    hotkey_uses: int = 0
+    self_service: int = 0
+    screened: int = 0
+    messages_recorded: int = 0
+    dtmf_received: dict[str, int] = field(default_factory=dict)  # by source: rtp | info
+    transfers: int = 0
+    texts_requested: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class IvrServices:
+    """What every IVR call shares: built once in create_app."""
+
+    program: Program
+    prompts: PromptStore
+    media: MediaEngine
+    groups_of: Callable[[str], frozenset[str]]
+    notices_for: Callable[[frozenset[str]], tuple[str, ...]]
+    send_text: Callable[[str, str, str], None]  # (to, body, reason); durable once the outbox commits
+    recordings_dir: Path
+    surge: Callable[[], bool] = lambda: False
+    metrics: IvrMetrics = field(default_factory=IvrMetrics)
+
+
+class IvrCall:
+    def __init__(self, services: IvrServices, ua: UserAgent, call: Call, stream: MediaStream) -> None:
+        self.services = services
+        self.ua = ua
+        self.call = call
+        self.stream = stream
+        self.state: fa.FlowState | None = None
+        self.barge_in = False
+        self.path: list[str] = []
+        self.keys: list[str] = []
+        self.outcomes: list[str] = []
+        self.complaint: str | None = None
+        self.recording: str | None = None
+        stream.owner = self
+
+    # -- events in ---------------------------------------------------------------
+    def start(self, now: float) -> None:
+        svc = self.services
+        groups = svc.groups_of(self.call.caller)
+        local = time.localtime()
+        info = fa.CallInfo(
+            caller=self.call.caller,
+            called=self.call.called,
+            groups=groups,
+            notices=svc.notices_for(groups),
+            surge=svc.surge(),
+            local_time_minutes=local.tm_hour * 60 + local.tm_min,
+            weekday=local.tm_wday,
+        )
+        self.state, actions = start(svc.program, info, now)
+        self._carry_out(actions, now)
+
+    def feed(self, event: fa.FlowEvent, now: float) -> None:
+        if self.state is None or self.state.finished:
+            return
+        self.state, actions = step(self.state, event, now)
+        self._carry_out(actions, now)
+
+    def on_timer(self, name: str, now: float) -> None:
+        self.feed(fa.TimerFired(name.removeprefix(TIMER_PREFIX)), now)
+
+    def on_media(self, events: list[MediaEvent], now: float) -> None:
+        for ev in events:
+            if isinstance(ev, PlaybackFinished):
+                self.feed(fa.PlaybackDone(ev.play_id), now)
+            elif isinstance(ev, KeyPressed):
+                self.key(ev.key, "rtp", now)
+            elif isinstance(ev, RecordingStopped):
+                self._recorded(ev, now)
+
+    def key(self, key: str, source: str, now: float) -> None:
+        m = self.services.metrics
+        m.dtmf_received[source] = m.dtmf_received.get(source, 0) + 1
+        if source != "rtp":
+            self.stream.key(key)  # INFO keys go through the stream too (they can stop a recording)
+            for ev in self.stream.drain_events():
+                if isinstance(ev, RecordingStopped):
+                    self._recorded(ev, now)
+                    return
+        if self.barge_in and self.stream.playing:
+            self.stream.stop_playback()
+        self.feed(fa.Digit(key), now)
+
+    def hung_up(self, now: float) -> None:
+        if self.stream.recording:
+            self.stream.stop_recording()
+            for ev in self.stream.drain_events():
+                if isinstance(ev, RecordingStopped):
+                    self._recorded(ev, now, reason="hangup")
+        self.feed(fa.HungUp(), now)
+
+    def _recorded(self, ev: RecordingStopped, now: float, reason: str | None = None) -> None:
+        svc = self.services
+        name = f"{int(time.time())}-{abs(hash(self.call.call_id)) % 10**8:08d}.wav"
+        path = svc.recordings_dir / name
+        try:
+            write_wav(path, ev.pcm)  # one small file; the call waits for nothing else
+        except OSError:
+            log.exception("could not write recording %s", path)
+            return
+        svc.metrics.messages_recorded += 1
+        self.recording = str(path)
+        self.feed(fa.RecordingDone(str(path), len(ev.pcm) / 16000, reason or ev.reason), now)
+
+    # -- actions out ---------------------------------------------------------------
+    def _carry_out(self, actions: list[fa.FlowAction], now: float) -> None:
+        ua, call, stream, svc = self.ua, self.call, self.stream, self.services
+        for act in actions:
+            if isinstance(act, fa.Play):
+                frames = [svc.prompts.frames(pid, stream.codec) for pid in act.prompts if pid in svc.prompts]
+                self.barge_in = act.barge_in
+                stream.play(frames, act.play_id)
+                if stream.events:  # an empty play finishes at once
+                    self.on_media(stream.drain_events(), now)
+            elif isinstance(act, fa.StopPlayback):
+                stream.stop_playback()
+            elif isinstance(act, fa.StartTimer):
+                ua.set_call_timer(call, TIMER_PREFIX + act.name, now + act.seconds)
+            elif isinstance(act, fa.CancelTimer):
+                ua.cancel_call_timer(call, TIMER_PREFIX + act.name)
+            elif isinstance(act, fa.Record):
+                stream.start_recording(act.max_seconds, act.silence_seconds, act.stop_key)
+            elif isinstance(act, fa.SendText):
+                svc.metrics.texts_requested[act.reason] = svc.metrics.texts_requested.get(act.reason, 0) + 1
+                svc.send_text(act.to, act.body, act.reason)
+            elif isinstance(act, fa.Transfer):
+                svc.metrics.transfers += 1
+                ua.refer(call, act.uri, now)
+            elif isinstance(act, fa.Hangup):
+                ua.hangup(call, now)
+            elif isinstance(act, fa.Note):
+                self._note(act)
+            # QueueRequest / CallbackRequest: noted by the interpreter; queues and
+            # callbacks act on them once those land
+
+    def _note(self, note: fa.Note) -> None:
+        m = self.services.metrics
+        kind, value = note.kind, note.value
+        if kind == "node":
+            self.path.append(value)
+            key = (self.state.flow if self.state else "", value)
+            m.node_visits[key] = m.node_visits.get(key, 0) + 1
+        elif kind == "key":
+            self.keys.append(value)
+        elif kind == "notice":
+            self.outcomes.append(f"notice:{value}")
+            m.notices_played[value] = m.notices_played.get(value, 0) + 1
+        elif kind == "complaint":
+            self.complaint = value
+        elif kind == "outcome":
+            # hotkey, self_service, screened, message_left, complaint, ... (R4)
+            self.outcomes.append(value)
+            if value == "hotkey":
+                m.hotkey_uses += 1
+            elif value == "self_service":
+                m.self_service += 1
+            elif value == "screened":
+                m.screened += 1
+        elif kind in ("screened", "message", "transfer", "text_skipped"):
+            self.outcomes.append(f"{kind}:{value}" if kind in ("screened", "text_skipped") else kind)
+
+    def media_timed_out(self, now: float) -> None:
+        self.ua.hangup(self.call, now, Outcome.MEDIA_TIMEOUT)

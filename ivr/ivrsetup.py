@@ -1,0 +1,41 @@
+"""Builds the IVR's shared parts from the config: prompts, flows, media engine.
+
+``prompt_sources`` lists every prompt the flows may play (configured ones
+plus the built-in digits, number words and tones); ``load_prompts`` renders
+them into the cache. The CLI calls it before the server starts, so a prompt
+that cannot be found or rendered stops start-up with its name, not a call.
+"""
+
+from __future__ import annotations
+
+import array
+import math
+from pathlib import Path
+
+from .config import Config
+from .flow.config import BUILTIN_TONES, builtin_prompt_texts
+from .media.g711 import SAMPLE_RATE
+from .media.prompts import PromptSource, PromptStore
+
+
+def prompt_sources(config: Config) -> dict[str, PromptSource]:
+    sources = {pid: PromptSource(text=text) for pid, text in builtin_prompt_texts().items()}
+    for pid, p in config.ivr.prompts.items():
+        sources[pid] = PromptSource(text=p.text, file=p.file)
+    return sources
+
+
+def tone_pcm(freq: float, seconds: float, amplitude: int = 6000) -> bytes:
+    n = int(seconds * SAMPLE_RATE)
+    return array.array(
+        "h", [int(amplitude * math.sin(2 * math.pi * freq * i / SAMPLE_RATE)) for i in range(n)]
+    ).tobytes()
+
+
+def load_prompts(config: Config) -> PromptStore:
+    """Render (or find in the cache) every prompt; raises PromptError naming the prompt."""
+    store = PromptStore(Path(config.media.prompt_cache))
+    store.load(prompt_sources(config))
+    for pid, (freq, seconds) in BUILTIN_TONES.items():
+        store.add_pcm(pid, tone_pcm(freq, seconds))
+    return store
