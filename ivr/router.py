@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from .ivrcall import IvrCall, IvrServices
 from .media.dtmf import parse_dtmf_info
+from .media.g711 import get_codec
 from .media.stream import MediaEvent, MediaStream
 from .records import CallSummary
 from .sip.ua import (
@@ -126,8 +127,6 @@ class CallRouter:
         if neg is not None and not stream.latched:
             stream.remote = (neg.remote_address, neg.remote_port)
             if neg.payload_type != stream.payload_type:
-                from .media.g711 import get_codec
-
                 stream.codec = get_codec(neg.codec)
                 stream.payload_type = neg.payload_type
                 stream.silence = bytes([stream.codec.silence]) * len(stream.silence)
@@ -190,7 +189,7 @@ class CallRouter:
                 transport=call.peer[0],
                 complaint=ivr.complaint if ivr else None,
                 ivr_path=" ".join(ivr.path) if ivr and ivr.path else None,
-                keys="".join(ivr.keys) if ivr and ivr.keys else None,
+                keys="".join(ivr.keys)[:255] if ivr and ivr.keys else None,  # column width
                 ivr_outcomes=",".join(ivr.outcomes) if ivr and ivr.outcomes else None,
                 recording=ivr.recording if ivr else None,
             )
