@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from .notices import NoticeBoard
 from .records import Base, CallRecorder, create_engine, init_schema
 from .router import CallRouter, RouterSettings
 from .schema import add_missing_columns
+from .sip.registrar import Credential, Registrar, RegistrarSettings
 from .sip.transaction import TimerValues
 from .sip.transport import SipShell
 from .sip.ua import UaConfig, UserAgent
@@ -74,6 +76,20 @@ def ua_config(config: Config) -> UaConfig:
     )
 
 
+def registrar_for(config: Config) -> Registrar:
+    """Agents' logins from the config; the nonce secret is new each start (old nonces come back stale)."""
+    reg = config.registrar
+    settings = RegistrarSettings(
+        realm=config.sip.realm,
+        min_expires=reg.min_expires,
+        max_expires=reg.max_expires,
+        default_expires=reg.default_expires,
+        nonce_lifetime=reg.nonce_lifetime,
+    )
+    agents = {name: Credential(a.ha1, a.display_name) for name, a in config.agents.items()}
+    return Registrar(settings, agents, secrets.token_bytes(32))
+
+
 async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     engine = create_engine(config.storage.url)
@@ -96,7 +112,7 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     intake = asyncio.create_task(_text_intake(texts_in, outbox), name="text-intake")
 
     loop = asyncio.get_running_loop()
-    ua = UserAgent(ua_config(config), rng=random.Random())
+    ua = UserAgent(ua_config(config), rng=random.Random(), registrar=registrar_for(config))
     sip = config.sip
     prompts = app.get(PROMPTS)
     if prompts is None:

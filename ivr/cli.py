@@ -1,4 +1,4 @@
-"""The ``frontdesk`` command line: ``serve``, ``check-config``, ``bench-sip``."""
+"""The ``frontdesk`` command line: ``serve``, ``check-config``, ``complaints``, ``bench-sip``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import gc
 import importlib
 import logging
 import sys
+from pathlib import Path
 
 from .config import ConfigError, load_config
 
@@ -63,6 +64,90 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hash_password(args: argparse.Namespace) -> int:
+    """Print an agent's config line: the HA1 of name:realm:password, never the password."""
+    import getpass
+
+    from .sip.registrar import USERNAME_RE, ha1
+
+    name = args.username
+    if not USERNAME_RE.match(name):
+        print(f"{name!r} is not a valid agent name: up to 64 letters, digits, '.', '_', '~', '+', '-'", file=sys.stderr)
+        return 2
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {name}: ")
+        if getpass.getpass("again: ") != password:
+            print("the passwords differ", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    if not password:
+        print("empty password", file=sys.stderr)
+        return 2
+    print(f"# under agents: in the config (realm {args.realm!r}, = sip.realm)", file=sys.stderr)
+    print(f"  '{name}': {{ha1: {ha1(name, args.realm, password)}}}")
+    return 0
+
+
+def _month(text: str) -> tuple[int, int]:
+    """``YYYY-MM`` as (year, month), for argparse."""
+    year, sep, month = text.partition("-")
+    if not (sep and len(year) == 4 and len(month) == 2 and year.isdigit() and month.isdigit()):
+        raise argparse.ArgumentTypeError(f"month must be YYYY-MM (e.g. 2024-05), not {text!r}")
+    if not 1 <= int(month) <= 12 or int(year) < 1900:
+        raise argparse.ArgumentTypeError(f"no such month: {text!r}")
+    return int(year), int(month)
+
+
+def _complaints(args: argparse.Namespace) -> int:
+    """Complaints by category for one month (R4), UTC months like GET /admin/complaints."""
+    import json
+    from datetime import UTC, datetime
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .records import complaint_counts, create_engine
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    now = datetime.now(UTC)
+    year, month = args.month or (now.year, now.month)
+    url = config.storage.url
+    if url.startswith("sqlite"):
+        # a report must not create an empty database where the server keeps none
+        path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
+        if path and path != ":memory:" and not Path(path).exists():
+            print(f"no call records: {path} does not exist (storage.url {url})", file=sys.stderr)
+            return 1
+
+    async def count() -> dict[str, int]:
+        engine = create_engine(url)
+        try:
+            return await complaint_counts(engine, year, month)
+        finally:
+            await engine.dispose()
+
+    try:
+        counts = asyncio.run(count())
+    except SQLAlchemyError as exc:
+        print(f"cannot read call records from {url}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    label = f"{year:04d}-{month:02d}"
+    total = sum(counts.values())
+    if args.json:
+        print(json.dumps({"month": label, "counts": counts, "total": total}))
+        return 0
+    print(f"complaints in {label} (UTC)")
+    width = max([len("total"), *map(len, counts)])
+    for category, n in counts.items():
+        print(f"  {category:<{width}}  {n:>6}")
+    print(f"  {'total':<{width}}  {total:>6}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="frontdesk", description="Call-center backend: SIP router, IVR, queues, callbacks."
@@ -74,6 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check-config", help="validate a config file without starting")
     p.add_argument("config")
     p.set_defaults(func=_check_config)
+    p = sub.add_parser("hash-password", help="print an agent's SIP login for the config (password from stdin)")
+    p.add_argument("username")
+    p.add_argument("--realm", default="frontdesk", help="the config's sip.realm (default: frontdesk)")
+    p.set_defaults(func=_hash_password)
+    p = sub.add_parser("complaints", help="complaints by category for a month (R4)")
+    p.add_argument("--config", "-c", help="YAML config file (default: embedded defaults)")
+    p.add_argument("--month", type=_month, help="YYYY-MM, UTC (default: this month)")
+    p.add_argument("--json", action="store_true", help="print JSON like GET /admin/complaints")
+    p.set_defaults(func=_complaints)
     # planning and load tools live in sim/ and are loaded only when asked for
     p = sub.add_parser("bench-sip", help="benchmark SIP answering against SIPp's own UAS", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -10,14 +10,26 @@ Every setting has a default, so the server runs with no file at all
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from .flow.config import IvrSettings
+from .sip.registrar import USERNAME_RE
 
 
 class ConfigError(Exception):
@@ -69,9 +81,18 @@ class SipSettings(_Strict):
     hold_time: float = Field(3600.0, gt=0, description="longest an answered call is kept before we hang up, seconds")
     max_calls: int = Field(20000, gt=0, description="calls in progress beyond which new INVITEs get 503")
     user_agent: str = "frontdesk"
+    realm: str = Field("frontdesk", description="digest realm agents log in to; part of every agent's ha1")
     timers: SipTimers = SipTimers()
 
     _listen = field_validator("listen", "public_address")(lambda v: v if v is None else _check_host(v))
+
+    @field_validator("realm")
+    @classmethod
+    def _plain_realm(cls, v: str) -> str:
+        # quoted in WWW-Authenticate; some phones cannot read a comma inside quotes
+        if not 1 <= len(v) <= 100 or any(c in v for c in '"\\,') or not v.isprintable():
+            raise ValueError("use 1-100 printable characters without quotes, backslashes or commas")
+        return v
 
     @field_validator("answer_delay")
     @classmethod
@@ -167,6 +188,61 @@ class AdminSettings(_Strict):
         return v
 
 
+class RegistrarConfig(_Strict):
+    """How long agents' phones stay registered (REGISTER expiry, RFC 3261 10.2.1)."""
+
+    min_expires: int = Field(60, ge=1, le=86400, description="shorter registrations get 423 Interval Too Brief")
+    max_expires: int = Field(3600, ge=1, le=7 * 86400, description="longer registrations are shortened to this")
+    default_expires: int = Field(600, ge=1, description="when the phone names no expiry, seconds")
+    nonce_lifetime: float = Field(300.0, gt=0, le=86400, description="seconds a digest nonce is good for")
+
+    @field_validator("max_expires")
+    @classmethod
+    def _max_not_below_min(cls, v: int, info: ValidationInfo) -> int:
+        low = info.data.get("min_expires")
+        if low is not None and v < low:
+            raise ValueError(f"max_expires ({v} s) must not be shorter than min_expires ({low} s)")
+        return v
+
+    @field_validator("default_expires")
+    @classmethod
+    def _default_within(cls, v: int, info: ValidationInfo) -> int:
+        low, high = info.data.get("min_expires"), info.data.get("max_expires")
+        if low is not None and high is not None and not low <= v <= high:
+            raise ValueError(f"default_expires ({v} s) must lie between min_expires ({low}) and max_expires ({high})")
+        return v
+
+
+def _agent_name_str(v: Any) -> Any:
+    if isinstance(v, int) and not isinstance(v, bool):
+        raise ValueError(f"write agent names in quotes ('{v}'): YAML read this one as a number")
+    return v
+
+
+def _check_agent_name(v: str) -> str:
+    if not USERNAME_RE.match(v):
+        raise ValueError(f"{v!r} is not a valid agent name: use up to 64 letters, digits, '.', '_', '~', '+' or '-'")
+    return v
+
+
+AgentName = Annotated[str, BeforeValidator(_agent_name_str), AfterValidator(_check_agent_name)]
+_HA1_RE = re.compile(r"^[0-9a-fA-F]{32}$")
+
+
+class AgentSettings(_Strict):
+    """One agent's SIP login. The password is stored only as its HA1."""
+
+    ha1: str = Field(description="hex MD5 of 'name:realm:password' (`frontdesk hash-password NAME`)")
+    display_name: str | None = None
+
+    @field_validator("ha1")
+    @classmethod
+    def _hex_md5(cls, v: str) -> str:
+        if not _HA1_RE.match(v):
+            raise ValueError("ha1 must be 32 hex digits: generate it with `frontdesk hash-password NAME`")
+        return v.lower()
+
+
 class Config(_Strict):
     sip: SipSettings = SipSettings()
     media: MediaSettings = MediaSettings()
@@ -175,6 +251,8 @@ class Config(_Strict):
     texts: TextSettings = TextSettings()
     admin: AdminSettings = AdminSettings()
     ivr: IvrSettings = IvrSettings()  # no flows: the built-in demo (ivr/flow/demo.yaml)
+    registrar: RegistrarConfig = RegistrarConfig()
+    agents: dict[AgentName, AgentSettings] = Field(default_factory=dict, description="SIP logins for agents' phones")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
@@ -239,7 +317,7 @@ def _line_of(node: Any, loc: list[Any]) -> int:
     for key in loc:
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
-                if k.value == key:
+                if k.value == key or (isinstance(key, int) and k.value == str(key)):  # e.g. an unquoted number
                     # point at the key for a missing child, at the value otherwise
                     line = k.start_mark.line + 1
                     node = v

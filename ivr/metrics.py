@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 
 from .ivrcall import IvrMetrics
 from .media.engine import LATENESS_BUCKETS, MediaEngine
+from .sip.registrar import RESULTS
 from .sip.ua import UserAgent
 
 
@@ -101,6 +102,18 @@ class SipCollector(Collector):
             "frontdesk_calls_rejected_overload", "INVITEs refused with 503 because max_calls was reached"
         )
         c.add_metric([], st.calls_rejected_overload)
+        yield c
+        reg = self.ua.registrar
+        g = GaugeMetricFamily("frontdesk_registrations_active", "Agents' phone contacts registered now (bindings)")
+        g.add_metric([], reg.active)
+        yield g
+        c = CounterMetricFamily(
+            "frontdesk_register_requests",
+            "REGISTER requests by result: ok (200), challenged (401), rejected (400/403/423/...)",
+            labels=["result"],
+        )
+        for result in RESULTS:
+            c.add_metric([result], reg.requests.get(result, 0))
         yield c
         if self.record_backlog is not None:
             g = GaugeMetricFamily("frontdesk_call_records_pending", "Call records waiting to be written")

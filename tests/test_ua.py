@@ -661,11 +661,21 @@ def test_mixed_case_extension_method_gets_501() -> None:
     assert got[0].cseq == (1, "fooBar")
 
 
-def test_register_gets_405_with_allow() -> None:
+def test_register_goes_to_the_registrar() -> None:
+    """REGISTER is served (challenged for digest credentials); tests/test_registrar.py has the rest."""
     h = Harness()
     got = responses(h.deliver(Caller().request("REGISTER", body=b"", uri="sip:127.0.0.1")))
+    assert [r.status for r in got] == [401]
+    assert (got[0].get("www-authenticate") or "").startswith('Digest realm="frontdesk", nonce="')
+    assert got[0].to.tag != ""
+
+
+def test_known_method_we_do_not_serve_gets_405_with_allow() -> None:
+    h = Harness()
+    got = responses(h.deliver(Caller().request("SUBSCRIBE", body=b"", uri="sip:127.0.0.1")))
     assert [r.status for r in got] == [405]
-    assert "INVITE" in got[0].get_all("allow")
+    allow = got[0].get_all("allow")
+    assert "INVITE" in allow and "REGISTER" in allow and "SUBSCRIBE" not in allow
 
 
 def test_max_forwards_zero_gets_483() -> None:

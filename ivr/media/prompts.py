@@ -9,8 +9,10 @@ silent call. Frames for each codec are encoded once, on first use.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
+import tempfile
 import wave
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +46,13 @@ def _run(cmd: list[str], what: str) -> None:
     if proc.returncode != 0:
         err = proc.stderr.decode("utf-8", "replace").strip()[:300]
         raise PromptError(f"{what}: {cmd[0]} exited {proc.returncode}: {err}")
+
+
+def _scratch(out: Path) -> Path:
+    """A temp file name beside ``out`` that no other render uses (same text, other prompt id)."""
+    fd, name = tempfile.mkstemp(dir=out.parent, prefix=out.stem + ".", suffix=".wav")
+    os.close(fd)
+    return Path(name)
 
 
 def read_pcm(path: Path) -> bytes:
@@ -92,10 +101,12 @@ class PromptStore:
                 return out
             if shutil.which("espeak-ng") is None:
                 raise PromptError(f"prompt {pid!r}: espeak-ng is not installed (make run installs it)")
-            raw = out.with_suffix(".espeak.wav")
-            _run(["espeak-ng", "-v", src.voice, "-s", str(src.speed), "-w", str(raw), src.text], f"prompt {pid!r}")
-            self._to_8k(raw, out, pid)
-            raw.unlink(missing_ok=True)
+            raw = _scratch(out)
+            try:
+                _run(["espeak-ng", "-v", src.voice, "-s", str(src.speed), "-w", str(raw), src.text], f"prompt {pid!r}")
+                self._to_8k(raw, out, pid)
+            finally:
+                raw.unlink(missing_ok=True)
             return out
         if src.file is not None:
             path = Path(src.file)
@@ -118,10 +129,13 @@ class PromptStore:
     def _to_8k(src: Path, out: Path, pid: str) -> None:
         if shutil.which("sox") is None:
             raise PromptError(f"prompt {pid!r}: sox is not installed (make run installs it)")
-        tmp = out.with_suffix(".sox.wav")
+        tmp = _scratch(out)
         cmd = ["sox", str(src), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", "-e", "signed-integer", str(tmp)]
-        _run(cmd, f"prompt {pid!r}")
-        tmp.replace(out)
+        try:
+            _run(cmd, f"prompt {pid!r}")
+            tmp.replace(out)  # atomic: two renders of the same text both end in one good file
+        finally:
+            tmp.unlink(missing_ok=True)
 
     # -- use ---------------------------------------------------------------------
     def __contains__(self, pid: object) -> bool:

@@ -24,6 +24,8 @@ A call's life::
 Every response we send goes through the server transaction that owns the
 request, so request copies are answered with the same bytes and final
 responses on UDP are retransmitted until acknowledged (RFC 3261 17.2).
+REGISTER is answered by the registrar (``registrar.py``); its bindings
+expire on this user agent's timer.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import dataclasses
 import enum
 import heapq
 import random
+import secrets
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
@@ -46,6 +49,7 @@ from .message import (
     split_list,
     uri_user,
 )
+from .registrar import Registrar, RegistrarSettings
 from .sdp import Negotiated, SdpError, build_sdp, negotiate, parse_sdp
 from .transaction import (
     ClientInviteTransaction,
@@ -64,13 +68,11 @@ ServerTransaction = ServerInviteTransaction | ServerNonInviteTransaction
 ClientTransaction = ClientInviteTransaction | ClientNonInviteTransaction
 
 
-ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "NOTIFY")
+ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO", "NOTIFY", "REGISTER")
 ALLOW_HEADER = ", ".join(ALLOWED_METHODS)
 # Methods we know of but do not serve: answered 405 with Allow. Anything
 # else is answered 501 (RFC 3261 8.2.1).
-KNOWN_NOT_ALLOWED = frozenset(
-    {"REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "REFER", "UPDATE", "PRACK"}
-)
+KNOWN_NOT_ALLOWED = frozenset({"SUBSCRIBE", "PUBLISH", "MESSAGE", "REFER", "UPDATE", "PRACK"})
 SUPPORTED_OPTIONS: frozenset[str] = frozenset()  # option tags for Require
 METRIC_METHODS = frozenset(ALLOWED_METHODS) | KNOWN_NOT_ALLOWED
 MAGIC_COOKIE = "z9hG4bK"
@@ -229,11 +231,15 @@ class SipStats:
 
 
 class UserAgent:
-    def __init__(self, config: UaConfig = UaConfig(), *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, config: UaConfig = UaConfig(), *, rng: random.Random | None = None, registrar: Registrar | None = None
+    ) -> None:
         self.config = config
         self.tv = config.timers
         self.stats = SipStats()
         self._rng = rng or random.Random()
+        # REGISTER is served by the registrar; without one given, nobody can log in (401, then 403)
+        self.registrar = registrar or Registrar(RegistrarSettings(), {}, secrets.token_bytes(32))
         self._out: list[tuple[bytes, Peer]] = []
         self._events: list[Event] = []
         self._server_tx: dict[TxKey, ServerTransaction] = {}
@@ -263,14 +269,20 @@ class UserAgent:
 
     def get_timer(self) -> float | None:
         heap = self._heap
+        at: float | None = None
         while heap:
-            at, _, obj, name = heap[0]
-            if self._entry_live(at, obj, name):
-                return at
+            first, _, obj, name = heap[0]
+            if self._entry_live(first, obj, name):
+                at = first
+                break
             heapq.heappop(heap)
-        return None
+        expiry = self.registrar.next_expiry()  # registrations run out on the same clock
+        if expiry is not None and (at is None or expiry < at):
+            return expiry
+        return at
 
     def handle_timer(self, now: float) -> None:
+        self.registrar.expire(now)
         heap = self._heap
         while heap and heap[0][0] <= now:
             at, _, obj, name = heapq.heappop(heap)
@@ -422,6 +434,9 @@ class UserAgent:
             self._on_bye(req, ntx, now)
         elif method == "OPTIONS":
             self._respond(ntx, req, 200, now, extra=self._capabilities())
+        elif method == "REGISTER":
+            reply = self.registrar.register(req, peer, now)
+            self._respond(ntx, req, reply.status, now, extra=reply.headers, reason=reply.reason)
         elif method in ("INFO", "NOTIFY"):
             # INFO carries keys; NOTIFY reports the progress of our REFER (RFC 3515)
             call = self._dialog_for(req)

@@ -1,0 +1,241 @@
+"""A pyVoIP phone against the real server: it registers, calls in, hears the welcome, and is heard.
+
+pyVoIP is an independent SIP/RTP implementation (DESIGN.md), so this proves
+our digest registrar, our SIP answer and our RTP in both directions against
+code we did not write. The phone:
+
+1. registers with digest authentication (the server has its HA1 in ``agents:``);
+2. calls ``service``: the demo flow answers and plays its ``welcome`` prompt;
+3. reads what it heard and compares its energy envelope (20 ms RMS frames)
+   with the same prompt rendered by :class:`PromptStore` from the same cache;
+4. sends audio of its own: the server counts the RTP packets it received;
+5. presses no key (see below): the menu times out, the flow goes on to
+   ``no_choice`` and the server hangs up with BYE; the call record shows it.
+
+What pyVoIP 1.6.8 does, and how the test deals with it:
+
+- Its ACK to our 200 OK carries a new random To tag (``SIPClient.gen_ack``
+  calls ``gen_tag()``) instead of ours, so it matches no dialog: a correct
+  server ignores it, resends the 200 until 64*T1 and then hangs up with BYE
+  (``no_ack``). The test patches ``gen_ack`` on its own phone to copy the
+  To tag of the 200 OK, the only change made to pyVoIP's behaviour.
+- It cannot send DTMF: no RFC 4733 sender in its RTP code (only a receiver)
+  and no INFO. So the flow is left by the menu's timeout, and the test runs
+  the demo flow with that timeout cut to 1 s and no retries (the demo's
+  5 s x 3 and its 23 s menu prompt would take over a minute).
+- ``read_audio`` hands out 8-bit unsigned linear PCM (``ulaw2lin(..., 1)``
+  then +128); with ``blocking=True`` it skips frames of pure silence, which
+  would bend the envelope, so the test waits and reads without blocking.
+- Its digest answer has no qop (RFC 2069 style), with
+  ``uri="sip:<server>;transport=UDP"`` while the Request-URI is
+  ``sip:<server>``: the registrar compares the two without URI parameters.
+- Its ``call()`` stores the call only after ``invite()`` returns on the
+  100 Trying; a 200 OK read in between is dropped ("Unknown/No call"), and
+  our 200 retransmission (Timer G-like, RFC 6026) is what gets it answered.
+- ``stop()`` deregisters (Expires: 0, again answering the 401) and waits
+  up to ``register_timeout`` for each answer: the test bounds that to 5 s.
+
+The prompt cache is rendered by the test first, one prompt at a time: with
+an empty cache the server's parallel rendering races on prompts of equal
+text (``digit_N``/``num_N``: both write the same ``<key>.sox.wav`` and one
+``replace`` fails), see the report for ivr/media/prompts.py.
+"""
+
+from __future__ import annotations
+
+import array
+import hashlib
+import math
+import re
+import sqlite3
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import ROOT, Server, free_port
+
+from ivr.config import Config
+from ivr.ivrsetup import prompt_sources
+from ivr.media.prompts import PromptStore
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # pyVoIP imports audioop (deprecated in 3.11)
+    from pyVoIP.VoIP import CallState, PhoneStatus, VoIPCall, VoIPPhone
+
+pytestmark = pytest.mark.pyvoip
+
+USER = "agent7"
+PASSWORD = "correct horse battery"
+REALM = "frontdesk"
+FRAME = 160  # samples in 20 ms at 8 kHz
+
+
+def md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def demo_ivr_with_a_quick_menu() -> dict[str, Any]:
+    """The demo flow, with a short main menu that times out after 1 s without retries."""
+    ivr: dict[str, Any] = yaml.safe_load((ROOT / "ivr" / "flow" / "demo.yaml").read_text())["ivr"]
+    ivr["prompts"]["main_menu"] = {"text": "To speak to an agent, press 1."}
+    ivr["flows"]["main"]["nodes"]["main_menu"].update(timeout=1, retries=0)
+    return ivr
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def ack_with_the_dialogs_to_tag(phone: VoIPPhone) -> None:
+    """Make pyVoIP's ACK carry the To tag of the 200 OK it acknowledges (see the module doc)."""
+    sip = phone.sip
+    original = sip.gen_ack
+
+    def gen_ack(response: Any) -> str:
+        ack: str = original(response)
+        tag = response.headers["To"]["tag"]
+        return re.sub(r"^(To: [^\r\n]*?);tag=[^\r\n;]*", rf"\1;tag={tag}", ack, count=1, flags=re.M)
+
+    sip.gen_ack = gen_ack
+
+
+def stop_phone(phone: VoIPPhone) -> None:
+    """pyVoIP runs non-daemon threads: whatever happens, none may outlive the test."""
+    try:
+        phone.stop()
+    finally:
+        sip = phone.sip
+        sip.NSD = False
+        if sip.registerThread is not None:
+            sip.registerThread.cancel()
+        for call in list(phone.calls.values()):
+            for rtp in call.RTPClients:
+                rtp.NSD = False
+        phone.NSD = False
+
+
+def envelope(samples: array.array[int]) -> list[float]:
+    """RMS of each whole 20 ms frame."""
+    out = []
+    for i in range(0, len(samples) - FRAME + 1, FRAME):
+        frame = samples[i : i + FRAME]
+        out.append(math.sqrt(sum(s * s for s in frame) / FRAME))
+    return out
+
+
+def pearson(a: list[float], b: list[float]) -> float:
+    n = len(a)
+    ma, mb = sum(a) / n, sum(b) / n
+    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b, strict=True))
+    va = math.sqrt(sum((x - ma) ** 2 for x in a))
+    vb = math.sqrt(sum((y - mb) ** 2 for y in b))
+    return cov / (va * vb) if va and vb else 0.0
+
+
+def best_match(heard: list[float], expected: list[float]) -> tuple[float, int]:
+    """Highest normalised correlation of ``expected`` against ``heard`` over every lag, and that lag."""
+    best = (-1.0, 0)
+    for lag in range(len(heard) - len(expected) + 1):
+        best = max(best, (pearson(heard[lag : lag + len(expected)], expected), lag))
+    return best
+
+
+def read_call_records(db: Path) -> list[dict[str, Any]]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM call_records")]
+
+
+def test_pyvoip_phone_registers_calls_in_and_hears_the_welcome(
+    server_factory: Callable[[dict[str, object]], Server], tmp_path: Path
+) -> None:
+    ivr = demo_ivr_with_a_quick_menu()
+    cache = tmp_path / "prompts"
+    config = Config.model_validate({"ivr": ivr, "media": {"prompt_cache": str(cache)}})
+    store = PromptStore(cache)
+    store.load(prompt_sources(config), workers=1)  # one at a time: see the module doc
+    server = server_factory(
+        {
+            "sip": {"hold_time": 60, "realm": REALM},
+            "media": {"prompt_cache": str(cache), "recordings_dir": str(tmp_path / "recordings")},
+            "agents": {USER: {"ha1": md5(f"{USER}:{REALM}:{PASSWORD}"), "display_name": "Agent Seven"}},
+            "ivr": ivr,
+        }
+    )
+    rtp_port = free_port()
+    phone = VoIPPhone(
+        "127.0.0.1",
+        server.sip_port,
+        USER,
+        PASSWORD,
+        myIP="127.0.0.1",
+        sipPort=free_port(),
+        rtpPortLow=rtp_port,
+        rtpPortHigh=rtp_port,
+    )
+    phone.sip.register_timeout = 5  # bounds every wait for a REGISTER answer
+    ack_with_the_dialogs_to_tag(phone)
+    call: VoIPCall | None = None
+    try:
+        # 1. register: challenged once, then 200 with the binding
+        phone.start()
+        assert phone.get_status() == PhoneStatus.REGISTERED
+        assert server.metric("frontdesk_registrations_active") == 1
+        assert server.metric("frontdesk_register_requests_total", result="challenged") == 1
+        assert server.metric("frontdesk_register_requests_total", result="ok") == 1
+
+        # 2. call in; the demo flow answers
+        call = phone.call("service")
+        wait_until("the call to be answered", lambda: call is not None and call.state == CallState.ANSWERED, 10)
+        answered_at = time.monotonic()
+
+        # 4. our own audio goes out as well: a 440 Hz tone, 8-bit unsigned like pyVoIP's input
+        tone = bytes(128 + int(60 * math.sin(2 * math.pi * 440 * i / 8000)) for i in range(8000))
+        call.write_audio(tone)
+
+        # 3. what the phone heard: 3 s read once 4 s of audio had time to arrive
+        time.sleep(max(0.0, answered_at + 4.0 - time.monotonic()))
+        raw = call.read_audio(3 * 8000, blocking=False)
+        heard = array.array("h", [b - 128 for b in raw])
+        expected = array.array("h")
+        expected.frombytes(store.pcm("welcome"))
+        heard_env, expected_env = envelope(heard), envelope(expected)
+        assert max(heard_env) > 5, "the phone heard only silence"
+        score, lag = best_match(heard_env, expected_env)
+        assert score > 0.7, f"welcome prompt not recognised: correlation {score:.2f} at {lag * 20} ms"
+        assert lag * 0.02 < 1.0, f"the welcome started {lag * 20} ms into the call, not first"
+        # a prompt that is not playing then does not match as well
+        other = array.array("h")
+        other.frombytes(store.pcm("no_choice")[: len(store.pcm("welcome"))])
+        assert best_match(heard_env, envelope(other))[0] < score
+
+        # the server received the phone's RTP (pyVoIP sends every 20 ms: silence or our tone)
+        assert server.metric("frontdesk_rtp_packets_total", direction="in") > 100
+
+        # 5. no key (pyVoIP cannot send one): the menu times out and the flow hangs up on us
+        wait_until("the server to hang up", lambda: call is not None and call.state == CallState.ENDED, 15)
+        visits = {
+            node: server.metric("frontdesk_ivr_node_visits_total", flow="main", node=node)
+            for node in ("welcome", "main_menu", "no_choice")
+        }
+        assert visits == {"welcome": 1, "main_menu": 1, "no_choice": 1}
+        wait_until("the call record", lambda: len(read_call_records(server.db_path)) == 1, 5)
+        [record] = read_call_records(server.db_path)
+        assert record["caller"] == USER and record["called"] == "service"
+        assert (record["outcome"], record["hangup_by"]) == ("completed", "frontdesk")
+        assert record["ivr_path"] == "welcome surge_check main_menu no_choice"
+        assert record["ivr_outcomes"] == "menu_failed"
+    finally:
+        if call is not None and call.state == CallState.ANSWERED:
+            call.hangup()
+        stop_phone(phone)
+    # stop() deregistered with Expires: 0
+    wait_until("the binding to go", lambda: server.metric("frontdesk_registrations_active") == 0, 5)
