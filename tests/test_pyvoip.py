@@ -9,8 +9,9 @@ code we did not write. The phone:
 3. reads what it heard and compares its energy envelope (20 ms RMS frames)
    with the same prompt rendered by :class:`PromptStore` from the same cache;
 4. sends audio of its own: the server counts the RTP packets it received;
-5. presses no key (see below): the menu times out, the flow goes on to
-   ``no_choice`` and the server hangs up with BYE; the call record shows it.
+5. presses 2 (the hot-topic key) on its own RTP session and hears the
+   hot-topic answer; it hangs up, and the call record, the text message and
+   the metrics show the walk.
 
 What pyVoIP 1.6.8 does, and how the test deals with it:
 
@@ -19,10 +20,10 @@ What pyVoIP 1.6.8 does, and how the test deals with it:
   server ignores it, resends the 200 until 64*T1 and then hangs up with BYE
   (``no_ack``). The test patches ``gen_ack`` on its own phone to copy the
   To tag of the 200 OK, the only change made to pyVoIP's behaviour.
-- It cannot send DTMF: no RFC 4733 sender in its RTP code (only a receiver)
-  and no INFO. So the flow is left by the menu's timeout, and the test runs
-  the demo flow with that timeout cut to 1 s and no retries (the demo's
-  5 s x 3 and its 23 s menu prompt would take over a minute).
+- It cannot build DTMF: no RFC 4733 sender in its RTP code (only a
+  receiver) and no INFO, though its SDP offers telephone-event/101. The
+  test writes the RFC 4733 packets itself and sends them from the phone's
+  own RTP socket, so the key travels in the phone's RTP session.
 - ``read_audio`` hands out 8-bit unsigned linear PCM (``ulaw2lin(..., 1)``
   then +128); with ``blocking=True`` it skips frames of pure silence, which
   would bend the envelope, so the test waits and reads without blocking.
@@ -35,10 +36,8 @@ What pyVoIP 1.6.8 does, and how the test deals with it:
 - ``stop()`` deregisters (Expires: 0, again answering the 401) and waits
   up to ``register_timeout`` for each answer: the test bounds that to 5 s.
 
-The prompt cache is rendered by the test first, one prompt at a time: with
-an empty cache the server's parallel rendering races on prompts of equal
-text (``digit_N``/``num_N``: both write the same ``<key>.sox.wav`` and one
-``replace`` fails), see the report for ivr/media/prompts.py.
+The test renders the prompt cache first (the same one the server uses), so
+it can compare what the phone heard with the prompts' own audio.
 """
 
 from __future__ import annotations
@@ -47,6 +46,7 @@ import array
 import hashlib
 import math
 import re
+import socket
 import sqlite3
 import time
 import warnings
@@ -60,7 +60,9 @@ from conftest import ROOT, Server, free_port
 
 from ivr.config import Config
 from ivr.ivrsetup import prompt_sources
+from ivr.media.dtmf import TelephoneEvent
 from ivr.media.prompts import PromptStore
+from ivr.media.rtp import RtpPacket
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # pyVoIP imports audioop (deprecated in 3.11)
@@ -68,7 +70,7 @@ with warnings.catch_warnings():
 
 pytestmark = pytest.mark.pyvoip
 
-USER = "agent7"
+USER = "7007"  # an extension: digits, so the hotkey's text message can go to it
 PASSWORD = "correct horse battery"
 REALM = "frontdesk"
 FRAME = 160  # samples in 20 ms at 8 kHz
@@ -78,11 +80,9 @@ def md5(text: str) -> str:
     return hashlib.md5(text.encode()).hexdigest()
 
 
-def demo_ivr_with_a_quick_menu() -> dict[str, Any]:
-    """The demo flow, with a short main menu that times out after 1 s without retries."""
+def demo_ivr() -> dict[str, Any]:
+    """The demo flow exactly as `make run` answers with it."""
     ivr: dict[str, Any] = yaml.safe_load((ROOT / "ivr" / "flow" / "demo.yaml").read_text())["ivr"]
-    ivr["prompts"]["main_menu"] = {"text": "To speak to an agent, press 1."}
-    ivr["flows"]["main"]["nodes"]["main_menu"].update(timeout=1, retries=0)
     return ivr
 
 
@@ -122,6 +122,18 @@ def stop_phone(phone: VoIPPhone) -> None:
         phone.NSD = False
 
 
+def press_key(sock: socket.socket, dest: tuple[str, int], key: str) -> None:
+    """An RFC 4733 key as a phone sends it: three updates, then three end packets."""
+    event = "0123456789*#".index(key)
+    seq, ts, ssrc = 4000, 160_000, 0x7007
+    for n, (end, duration) in enumerate(
+        [(False, 160), (False, 320), (False, 480), (True, 800), (True, 800), (True, 800)]
+    ):
+        payload = TelephoneEvent(event, end, 10, duration).serialize()
+        sock.sendto(RtpPacket(101, seq + n, ts, ssrc, payload, marker=n == 0).serialize(), dest)
+        time.sleep(0.02)
+
+
 def envelope(samples: array.array[int]) -> list[float]:
     """RMS of each whole 20 ms frame."""
     out = []
@@ -157,11 +169,11 @@ def read_call_records(db: Path) -> list[dict[str, Any]]:
 def test_pyvoip_phone_registers_calls_in_and_hears_the_welcome(
     server_factory: Callable[[dict[str, object]], Server], tmp_path: Path
 ) -> None:
-    ivr = demo_ivr_with_a_quick_menu()
+    ivr = demo_ivr()
     cache = tmp_path / "prompts"
     config = Config.model_validate({"ivr": ivr, "media": {"prompt_cache": str(cache)}})
     store = PromptStore(cache)
-    store.load(prompt_sources(config), workers=1)  # one at a time: see the module doc
+    store.load(prompt_sources(config))
     server = server_factory(
         {
             "sip": {"hold_time": 60, "realm": REALM},
@@ -220,19 +232,29 @@ def test_pyvoip_phone_registers_calls_in_and_hears_the_welcome(
         # the server received the phone's RTP (pyVoIP sends every 20 ms: silence or our tone)
         assert server.metric("frontdesk_rtp_packets_total", direction="in") > 100
 
-        # 5. no key (pyVoIP cannot send one): the menu times out and the flow hangs up on us
-        wait_until("the server to hang up", lambda: call is not None and call.state == CallState.ENDED, 15)
-        visits = {
-            node: server.metric("frontdesk_ivr_node_visits_total", flow="main", node=node)
-            for node in ("welcome", "main_menu", "no_choice")
-        }
-        assert visits == {"welcome": 1, "main_menu": 1, "no_choice": 1}
+        # 5. press 2 (barge-in on the main menu): the hot-topic answer plays next
+        rtp = call.RTPClients[0]
+        press_key(rtp.sout, (rtp.outIP, rtp.outPort), "2")
+        time.sleep(6.0)
+        raw = call.read_audio(12 * 8000, blocking=False)
+        after = array.array("h", [b - 128 for b in raw])
+        answer = array.array("h")
+        answer.frombytes(store.pcm("hot_topic_answer")[: 4 * 8000 * 2])  # its first 4 s
+        score, _ = best_match(envelope(after), envelope(answer))
+        assert score > 0.7, f"hot-topic answer not heard after the key: correlation {score:.2f}"
+        call.hangup()
         wait_until("the call record", lambda: len(read_call_records(server.db_path)) == 1, 5)
         [record] = read_call_records(server.db_path)
         assert record["caller"] == USER and record["called"] == "service"
-        assert (record["outcome"], record["hangup_by"]) == ("completed", "frontdesk")
-        assert record["ivr_path"] == "welcome surge_check main_menu no_choice"
-        assert record["ivr_outcomes"] == "menu_failed"
+        assert (record["outcome"], record["hangup_by"]) == ("completed", "caller")
+        assert record["keys"] == "2"
+        assert record["ivr_path"].split()[:4] == ["welcome", "surge_check", "main_menu", "hot_topic"]
+        assert "hotkey" in record["ivr_outcomes"].split(",")
+        assert server.metric("frontdesk_dtmf_received_total", source="rtp") == 1
+        assert server.metric("frontdesk_ivr_hotkey_uses_total") == 1
+        with sqlite3.connect(server.db_path) as conn:
+            texts = conn.execute("SELECT to_number, reason FROM text_messages").fetchall()
+        assert texts == [(USER, "hotkey")]
     finally:
         if call is not None and call.state == CallState.ANSWERED:
             call.hangup()
