@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?=
 
-.PHONY: run test lint deps test-deps system-deps system-test-deps bench-sip clean
+.PHONY: run test lint deps test-deps system-deps system-test-deps bench-sip bench-media clean
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need Python 3.11 ($(PY))"; exit 1; }
@@ -48,6 +48,9 @@ test: test-deps system-test-deps lint
 
 bench-sip: deps system-test-deps
 	$(BIN)/frontdesk bench-sip
+
+bench-media: deps system-test-deps
+	$(BIN)/frontdesk bench-media
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache frontdesk.db*

@@ -1,4 +1,4 @@
-"""The ``frontdesk`` command line: ``serve``, ``check-config``, ``complaints``, ``bench-sip``."""
+"""The ``frontdesk`` command line: ``serve``, ``check-config``, ``complaints``, ``hash-password``, benchmarks."""
 
 from __future__ import annotations
 
@@ -148,6 +148,12 @@ def _complaints(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCHMARKS = {
+    "bench-sip": "benchmark SIP answering against SIPp's own UAS (sim/sipbench.py)",
+    "bench-media": "benchmark RTP pacing with many concurrent IVR calls (sim/mediabench.py)",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="frontdesk", description="Call-center backend: SIP router, IVR, queues, callbacks."
@@ -168,14 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--month", type=_month, help="YYYY-MM, UTC (default: this month)")
     p.add_argument("--json", action="store_true", help="print JSON like GET /admin/complaints")
     p.set_defaults(func=_complaints)
-    # planning and load tools live in sim/ and are loaded only when asked for
-    p = sub.add_parser("bench-sip", help="benchmark SIP answering against SIPp's own UAS", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=lambda a: importlib.import_module("sim.sipbench").main(a.rest))
+    # planning and load tools live in sim/ and are loaded only when asked for;
+    # their own options go straight through to them
+    for name, help_text in BENCHMARKS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench-sip"]:
-        # its own options go straight through (argparse REMAINDER drops leading ones)
-        return int(importlib.import_module("sim.sipbench").main(argv[1:]) or 0)
+    if argv[:1] and argv[0] in BENCHMARKS:
+        module = importlib.import_module(f"sim.{argv[0].replace('bench-', '')}bench")
+        return int(module.main(argv[1:]) or 0)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

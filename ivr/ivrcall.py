@@ -109,17 +109,26 @@ class IvrCall:
             elif isinstance(ev, KeyPressed):
                 self.key(ev.key, "rtp", now)
             elif isinstance(ev, RecordingStopped):
+                if ev.key:
+                    self._count_key(ev.key, "rtp", ended_recording=True)
                 self._recorded(ev, now)
 
-    def key(self, key: str, source: str, now: float) -> None:
+    def _count_key(self, key: str, source: str, ended_recording: bool = False) -> None:
         m = self.services.metrics
         m.dtmf_received[source] = m.dtmf_received.get(source, 0) + 1
+        if ended_recording:
+            self.keys.append(key)  # the flow never sees it as a Digit; the record still shows it
+
+    def key(self, key: str, source: str, now: float) -> None:
         if source != "rtp":
-            self.stream.key(key)  # INFO keys go through the stream too (they can stop a recording)
+            # INFO keys go through the stream too: they can stop a recording
+            self.stream.key(key)
             for ev in self.stream.drain_events():
                 if isinstance(ev, RecordingStopped):
+                    self._count_key(key, source, ended_recording=True)
                     self._recorded(ev, now)
                     return
+        self._count_key(key, source)
         if self.barge_in and self.stream.playing:
             self.stream.stop_playback()
         self.feed(fa.Digit(key), now)

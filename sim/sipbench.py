@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -162,15 +162,53 @@ class SippUas:
         return self.proc is not None and self.proc.poll() is None
 
 
+def merge_config(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` laid over it, section by section (nested mappings merged)."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def raise_nofile(wanted: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that lifts the child's soft open-files limit to ``wanted`` (capped at the hard limit)."""
+
+    def preexec() -> None:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+    return preexec
+
+
 class Frontdesk:
-    """``frontdesk serve`` in a subprocess with a throw-away config and database."""
+    """``frontdesk serve`` in a subprocess with a throw-away config and database.
+
+    ``config`` is laid over the benchmark's own settings (ports, database,
+    log level); ``nofile`` lifts the server's open-files soft limit.
+    """
 
     name = "frontdesk"
 
-    def __init__(self, workdir: Path, hold_time: float = 3600.0) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        hold_time: float = 3600.0,
+        *,
+        config: Mapping[str, Any] | None = None,
+        nofile: int | None = None,
+    ) -> None:
         self.workdir = workdir / "frontdesk"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.hold_time = hold_time
+        self.extra_config = dict(config or {})
+        self.nofile = nofile
         self.port = 0
         self.http_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -184,9 +222,12 @@ class Frontdesk:
     def log_path(self) -> Path:
         return self.workdir / "server.log"
 
+    def http_get(self, path: str, timeout: float = 2.0) -> bytes:
+        with urllib.request.urlopen(f"http://{HOST}:{self.http_port}{path}", timeout=timeout) as r:
+            return bytes(r.read())
+
     def healthz(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://{HOST}:{self.http_port}/healthz", timeout=2) as r:
-            return dict(json.loads(r.read()))
+        return dict(json.loads(self.http_get("/healthz")))
 
     def start(self) -> None:
         self.starts += 1
@@ -198,6 +239,7 @@ class Frontdesk:
             "storage": {"url": f"sqlite+aiosqlite:///{db}"},
             "log_level": "warning",
         }
+        config = merge_config(config, self.extra_config)
         cfg = self.workdir / "frontdesk.json"  # JSON is YAML
         cfg.write_text(json.dumps(config))
         out = self.log_path.open("ab")
@@ -208,6 +250,7 @@ class Frontdesk:
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=raise_nofile(self.nofile) if self.nofile else None,
         )
         out.close()
         deadline = time.monotonic() + 30
@@ -547,6 +590,18 @@ def _fmt(v: float | None, spec: str = ".0f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A plain-text table: first column left-aligned, the rest right-aligned, rules above and below the rows."""
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    line = "  ".join("-" * w for w in widths)
+    out = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths, strict=True)))]
+    out.append(line)
+    for row in rows:
+        out.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+    out.append(line)
+    return out
+
+
 def render(results: dict[str, TargetResult], summary: dict[str, Any]) -> str:
     head = ("target", "max clean/s", "(asked)", "first dirty", "80% load/s", "p50 ms", "p99 ms")
     rows = [
@@ -561,13 +616,7 @@ def render(results: dict[str, TargetResult], summary: dict[str, Any]) -> str:
         )
         for r in results.values()
     ]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-    line = "  ".join("-" * w for w in widths)
-    out = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths, strict=True)))]
-    out.append(line)
-    for row in rows:
-        out.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
-    out.append(line)
+    out = table(head, rows)
 
     def yes(ok: bool | None) -> str:
         return "n/a" if ok is None else ("MET" if ok else "NOT MET")
@@ -591,7 +640,7 @@ def render(results: dict[str, TargetResult], summary: dict[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
+def sigterm_unwinds() -> Iterator[None]:
     """Turn SIGTERM into SystemExit so that every ``finally`` runs and children are stopped."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -608,9 +657,23 @@ def _sigterm_unwinds() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _sipp_version(sipp: str) -> str:
+def sipp_version(sipp: str) -> str:
     out = subprocess.run([sipp, "-v"], capture_output=True, text=True, timeout=10)
     return next((ln.strip() for ln in (out.stdout + out.stderr).splitlines() if "SIPp v" in ln), "unknown")
+
+
+def event_loop_name() -> str:
+    """The event loop ``frontdesk serve`` runs on here: uvloop when installed."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def write_json(path: str | Path, report: Mapping[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=2) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -668,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="sipbench-"))
     results: dict[str, TargetResult] = {}
     try:
-        with _sigterm_unwinds():
+        with sigterm_unwinds():
             for name in names:
                 target: Target = SippUas(opts.sipp, workdir) if name == "sipp-uas" else Frontdesk(workdir)
                 try:
@@ -695,12 +758,6 @@ def main(argv: list[str] | None = None) -> int:
     summary["met"] = bool(summary["ratio_met"]) and bool(summary["p99_met"])
     print()
     print(render(results, summary))
-    try:
-        import uvloop  # noqa: F401
-
-        loop = "uvloop"
-    except ImportError:
-        loop = "asyncio"
     report = {
         "benchmark": "frontdesk bench-sip",
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(began)),
@@ -712,15 +769,14 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             "python": sys.version.split()[0],
-            "frontdesk_event_loop": loop,
-            "sipp": _sipp_version(opts.sipp),
+            "frontdesk_event_loop": event_loop_name(),
+            "sipp": sipp_version(opts.sipp),
         },
         "targets": {name: asdict(r) for name, r in results.items()},
         **summary,
     }
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
         print(f"results written to {args.json}")
     print(f"total time {report['duration_s']:.0f} s; load average before/after "
           f"{load_before[0]:.2f}/{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")  # fmt: skip

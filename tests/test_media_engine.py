@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import math
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,31 @@ def test_prompt_store_missing_file_is_an_error(tmp_path: Path) -> None:
 
     with pytest.raises(PromptError, match=r"'greeting'.*not found"):
         PromptStore(tmp_path).load({"greeting": PromptSource(file=tmp_path / "nope.wav")})
+
+
+async def test_a_stalled_tick_catches_up_two_frames_and_skips_the_rest() -> None:
+    rec = Recorder()
+    engine = await make_engine(rec)
+    peer = Peer()
+    try:
+        engine.open(peer.addr, "PCMU", 0, None)
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(0.3)
+        before = peer.drain()[-1]  # the last packet sent before the stall
+        start = loop.time()
+        time.sleep(0.2)  # the event loop stalls for 10 frame periods
+        await asyncio.sleep(0.005)  # the late tick runs
+        burst = peer.drain()
+        await asyncio.sleep(0.5)
+        pkts = burst + peer.drain()
+        elapsed = loop.time() - start
+        assert 1 <= len(burst) <= 2, f"a late tick sent {len(burst)} frames at once"
+        assert engine.stats.frames_skipped >= 7
+        # RTP time still follows the wall clock: the skipped frames are a gap, not a drift
+        ts_span = (pkts[-1].timestamp - before.timestamp) & 0xFFFFFFFF
+        assert abs(ts_span / 8000 - elapsed) < 0.06
+        # and the next ticks are back on the 20 ms grid, not bursting
+        assert len(pkts) <= int((elapsed - 0.2) / 0.02) + 4
+    finally:
+        engine.close_all()
+        peer.close()

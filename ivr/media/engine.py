@@ -5,8 +5,8 @@ range), watched with ``loop.add_reader``. All streams are paced from one
 tick scheduled at absolute times ``t0 + k * 20 ms``, so pacing does not
 drift, and one timer serves every call (DESIGN.md: one task per stream
 falls over near 1,000 streams; one shared tick holds 1,500-2,000). A late
-tick sends the frames it owes (a few at most), so the receiver's clock
-stays right. Media timeouts are checked once a second.
+tick sends the frames it owes (two at most, so one stall does not make
+the next tick late too) and skips the rest as a gap in RTP time. Media timeouts are checked once a second.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .stream import MediaEvent, MediaStream
 
 log = logging.getLogger(__name__)
 
-MAX_CATCH_UP = 5  # frames a late tick may send per stream
+MAX_CATCH_UP = 2  # frames a late tick may send per stream: more would make the next tick late too
 LATENESS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 
@@ -172,18 +172,20 @@ class MediaEngine:
         stats = self.stats
         stats.ticks += 1
         stats.observe_lateness(late)
-        # frames owed: this one plus any whole periods the tick slept through
+        # frames owed: this one plus any whole periods the tick slept through;
+        # the next tick is the first one still in the future
         owed = 1 + int(late / FRAME_SECONDS)
-        if owed > MAX_CATCH_UP:
-            # too late to make up: skip the clock ahead rather than burst
-            stats.frames_skipped += owed - MAX_CATCH_UP
-            self._k += owed - MAX_CATCH_UP
+        self._k += owed - 1
+        skipped = max(0, owed - MAX_CATCH_UP)
+        if skipped:
+            # too late to make up: skip ahead rather than burst (a gap in RTP time)
+            stats.frames_skipped += skipped
             owed = MAX_CATCH_UP
-        else:
-            self._k += owed - 1
         fired: list[MediaStream] = []
         for stream, sock in self._streams.items():
             remote = stream.remote
+            if skipped:
+                stream.skip(skipped)
             for _ in range(owed):
                 try:
                     sock.sendto(stream.next_packet(), remote)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import array
 import math
+import struct
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from .dtmf import DtmfError, DtmfReceiver
 from .g711 import FRAME_SAMPLES, SAMPLE_RATE, Codec
 from .rtp import RtpError, RtpPacket, is_rtcp
+
+_RTP_HEADER = struct.Struct("!BBHII")
 
 Address = tuple[str, int]
 
@@ -40,6 +43,7 @@ class KeyPressed:
 class RecordingStopped:
     pcm: bytes  # 16-bit little-endian mono 8 kHz
     reason: str  # "max_length" | "silence" | "key" | "stopped"
+    key: str = ""  # the key that stopped it (reason "key")
 
 
 MediaEvent = PlaybackFinished | KeyPressed | RecordingStopped
@@ -141,13 +145,19 @@ class MediaStream:
                     self.events.append(PlaybackFinished(self.play_id))
         else:
             payload = self.silence
-        marker = self._marker
+        b1 = self.payload_type | (0x80 if self._marker else 0)
         self._marker = False
-        pkt = RtpPacket(self.payload_type, self.seq, self.timestamp, self.ssrc, payload, marker).serialize()
+        # the RTP header packed directly: this runs 50 times a second per call
+        pkt = _RTP_HEADER.pack(0x80, b1, self.seq, self.timestamp, self.ssrc) + payload
         self.seq = (self.seq + 1) & 0xFFFF
         self.timestamp = (self.timestamp + FRAME_SAMPLES) & 0xFFFFFFFF
         self.packets_out += 1
         return pkt
+
+    def skip(self, frames: int) -> None:
+        """Frames the engine could not send in time: RTP time moves on, a new talkspurt starts."""
+        self.timestamp = (self.timestamp + frames * FRAME_SAMPLES) & 0xFFFFFFFF
+        self._marker = True
 
     # -- receiving -------------------------------------------------------------------
     def receive(self, data: bytes, addr: Address, now: float) -> None:
@@ -179,7 +189,7 @@ class MediaStream:
         """A key pressed (from RTP or SIP INFO)."""
         rec = self._recording
         if rec is not None and key == rec.stop_key:
-            self._finish_recording("key")
+            self._finish_recording("key", key)
             return
         self.events.append(KeyPressed(key))
 
@@ -213,7 +223,7 @@ class MediaStream:
         elif rec.silence_frames >= rec.silence_limit:
             self._finish_recording("silence")
 
-    def _finish_recording(self, reason: str) -> None:
+    def _finish_recording(self, reason: str, key: str = "") -> None:
         rec = self._recording
         assert rec is not None
         self._recording = None
@@ -222,7 +232,7 @@ class MediaStream:
             # keep a short tail, drop the long silence that ended it
             drop = max(0, rec.silence_frames - 10) * FRAME_SAMPLES * 2
             pcm = pcm[: len(pcm) - drop] if drop else pcm
-        self.events.append(RecordingStopped(pcm, reason))
+        self.events.append(RecordingStopped(pcm, reason, key))
 
     def drain_events(self) -> list[MediaEvent]:
         ev, self.events = self.events, []
