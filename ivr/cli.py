@@ -55,12 +55,20 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from .ivrsetup import load_prompts
+    from .media.prompts import PromptError
+
     try:
-        load_config(args.config)
+        config = load_config(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    print(f"{args.config}: OK")
+    try:
+        store = load_prompts(config)  # renders into the prompt cache: the server will not need to
+    except PromptError as exc:
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.config}: OK ({len(store.ids())} prompts ready)")
     return 0
 
 

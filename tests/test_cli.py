@@ -1,0 +1,42 @@
+"""The frontdesk command line: check-config refuses bad files and unusable prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ivr.cli import main
+
+
+def test_check_config_names_file_line_and_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("sip:\n  ring_limit: 5\n  answer_delay: 6\n")
+    assert main(["check-config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}:3: sip.answer_delay:" in err and "ring_limit" in err
+
+
+def test_check_config_refuses_a_prompt_that_cannot_be_rendered(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "broken.wav").write_bytes(b"this is not audio at all")
+    cfg = tmp_path / "frontdesk.yaml"
+    cfg.write_text(
+        "media:\n"
+        f"  prompt_cache: {tmp_path / 'cache'}\n"
+        "ivr:\n"
+        "  prompts:\n"
+        "    welcome: {file: broken.wav}\n"
+    )
+    assert main(["check-config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "'welcome'" in err and "sox" in err
+
+
+def test_check_config_renders_the_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "frontdesk.yaml"
+    cfg.write_text(f"media:\n  prompt_cache: {tmp_path / 'cache'}\n")
+    assert main(["check-config", str(cfg)]) == 0
+    assert "prompts ready" in capsys.readouterr().out
+    assert any((tmp_path / "cache").glob("*.wav"))
