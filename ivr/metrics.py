@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 from .ivrcall import IvrMetrics
 from .media.engine import LATENESS_BUCKETS, MediaEngine
 from .sip.registrar import RESULTS
-from .sip.ua import UserAgent
+from .sip.ua import Outcome, UserAgent
 
 
 class SipCollector(Collector):
@@ -95,7 +95,7 @@ class SipCollector(Collector):
         g.add_metric([], self.ua.transactions_active)
         yield g
         c = CounterMetricFamily("frontdesk_calls_ended", "Calls ended, by outcome", labels=["outcome"])
-        for outcome in ("completed", "cancelled", "rejected", "no_ack", "failed"):
+        for outcome in (o.value for o in Outcome):
             c.add_metric([outcome], st.calls_ended.get(outcome, 0))
         yield c
         c = CounterMetricFamily(

@@ -158,6 +158,26 @@ def test_server_hangs_up_after_hold_time(
     assert server.metric("frontdesk_calls_active") == 0
 
 
+def test_caller_whose_rtp_never_comes_is_hung_up_for_media_timeout(
+    server_factory: ServerFactory, sipp: str, tmp_path: Path
+) -> None:
+    # SIPp's callers send no RTP: with a 1 s media timeout the server ends each call with BYE
+    server = server_factory({"sip": {"hold_time": 60}, "media": {"timeout": 1.0}})
+    calls = 3
+    run = run_sipp(
+        sipp, server.sip_target, tmp_path / "sipp", scenario="uac_server_bye.xml", calls=calls, rate=10, timeout=15
+    )
+    assert_all_calls_succeeded(run, calls)
+    rows = wait_for_records(server.db_path, calls)
+    assert {(r["outcome"], r["hangup_by"]) for r in rows} == {("media_timeout", "frontdesk")}
+    for r in rows:
+        # checked once a second: gone between 1 and about 2.5 s after the answer
+        held = (_when(r["end_at"]) - _when(r["answer_at"])).total_seconds()
+        assert 0.9 <= held < 3.0, r
+    assert server.metric("frontdesk_media_timeouts_total") == calls
+    assert server.metric("frontdesk_calls_ended_total", outcome="media_timeout") == calls
+
+
 # -- 5: packet loss -----------------------------------------------------------------------
 
 
