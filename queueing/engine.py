@@ -1,0 +1,790 @@
+"""The decision engine: events with timestamps in, decisions out.
+
+Theory of operation
+-------------------
+One ``Engine`` holds the whole call center described by a ``Model``: waiting
+callers, agents and their states, pending timers, the surge switch and the
+counters. ``handle(event)`` first fires every timer that is due at or before
+``event.now`` (in time order, one instant at a time), then applies the event,
+re-evaluates the surge switch, routes waiting callers to ready agents once,
+enforces the queue length limits, and returns the decisions. ``next_timer()``
+says when the shell must call back (with ``TimerFired``) at the latest; a late
+or stale ``TimerFired`` is harmless because timers are kept here, not trusted
+from outside. The engine never reads a clock and does no I/O, so the live
+router and the simulator drive the very same code.
+
+Callers: waiting -> ringing -> talking -> (gone), or leave as abandoned or
+overflowed. Priority is by tier (higher first), then by place in line: a
+caller whose ring was not answered goes back to the head of its tier, then by
+arrival. Agents move by the table ``TRANSITIONS`` below.
+
+Illegal agent input (say ``AgentReady`` while talking, or an unknown agent)
+raises ``PolicyError`` before anything changes. Stale call input (an answer for
+a caller who already hung up) is ignored: it is a normal race on a phone line.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from queueing.events import (
+    AgentAnswered,
+    AgentLoggedIn,
+    AgentLoggedOut,
+    AgentNoAnswer,
+    AgentNotReady,
+    AgentReady,
+    CallArrived,
+    CallEnded,
+    CallerHungUp,
+    CancelRing,
+    Connect,
+    Decision,
+    Event,
+    Overflow,
+    OverflowTarget,
+    PauseOutbound,
+    PlayAnnouncement,
+    ResumeOutbound,
+    RingAgent,
+    SetTimer,
+    SurgeCause,
+    SurgeChanged,
+    SurgeSwitch,
+    TimerFired,
+)
+from queueing.ewt import MovingAht, ewt
+from queueing.model import AgentSpec, Model, QueueSpec
+
+_EPS = 1e-9
+
+
+class PolicyError(ValueError):
+    """An event that is illegal in the current state; nothing was changed."""
+
+
+# ------------------------------------------------------------------ agents
+
+
+class AgentState(StrEnum):
+    LOGGED_OUT = "logged_out"
+    READY = "ready"
+    RINGING = "ringing"
+    TALKING = "talking"
+    WRAP_UP = "wrap_up"
+    NOT_READY = "not_ready"
+
+
+_A = AgentState
+# (state, trigger) -> next state. Anything not listed is illegal.
+TRANSITIONS: Mapping[tuple[AgentState, str], AgentState] = {
+    (_A.LOGGED_OUT, "login"): _A.READY,
+    (_A.READY, "ready"): _A.READY,
+    (_A.READY, "not_ready"): _A.NOT_READY,
+    (_A.READY, "logout"): _A.LOGGED_OUT,
+    (_A.READY, "ring"): _A.RINGING,
+    (_A.RINGING, "answer"): _A.TALKING,
+    (_A.RINGING, "miss"): _A.READY,
+    (_A.RINGING, "miss_limit"): _A.NOT_READY,  # N misses in a row: not ready "no answer"
+    (_A.RINGING, "cancel"): _A.READY,  # caller hung up, or another agent answered a ring-all
+    (_A.RINGING, "not_ready"): _A.NOT_READY,  # the caller goes back to the head of the queue
+    (_A.RINGING, "logout"): _A.LOGGED_OUT,  # same
+    (_A.TALKING, "end"): _A.WRAP_UP,
+    (_A.TALKING, "not_ready"): _A.TALKING,  # remembered; applied when wrap-up ends
+    (_A.WRAP_UP, "wrap_done"): _A.READY,
+    (_A.WRAP_UP, "ready"): _A.READY,  # the agent cuts wrap-up short
+    (_A.WRAP_UP, "not_ready"): _A.NOT_READY,
+    (_A.WRAP_UP, "logout"): _A.LOGGED_OUT,
+    (_A.NOT_READY, "ready"): _A.READY,
+    (_A.NOT_READY, "not_ready"): _A.NOT_READY,  # a new reason
+    (_A.NOT_READY, "logout"): _A.LOGGED_OUT,
+}
+NO_ANSWER = "no answer"
+
+
+@dataclass(slots=True)
+class Agent:
+    spec: AgentSpec
+    state: AgentState = AgentState.LOGGED_OUT
+    reason: str | None = None  # why not ready
+    call: str | None = None  # the one call this agent rings or talks with
+    idle_since: float = 0.0
+    answered: int = 0  # since login (fewest_calls)
+    misses: int = 0  # ring-no-answers in a row
+    pending_not_ready: str | None = None
+    talk_started: float = 0.0
+    handled_queue: str | None = None  # queue of the call being wrapped up
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+
+# ----------------------------------------------------------------- callers
+
+
+class CallState(StrEnum):
+    WAITING = "waiting"
+    RINGING = "ringing"
+    TALKING = "talking"
+
+
+@dataclass(slots=True)
+class Call:
+    id: str
+    queue: QueueSpec
+    tier: str
+    priority: int
+    required: Mapping[str, int]
+    urgent: bool
+    arrived: float
+    order: int
+    state: CallState = CallState.WAITING
+    requeued: bool = False
+    agents: set[str] = field(default_factory=set)
+    predicted_ewt: float = 0.0
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        """Sort key of the line: tier first, then callers sent back after a missed ring, then arrival."""
+        return (-self.priority, 0 if self.requeued else 1, self.order)
+
+
+# ------------------------------------------------------------------- stats
+
+
+@dataclass(slots=True)
+class QueueStats:
+    """Counters of one queue, with the live metric definitions (docs/queueing.md)."""
+
+    offered: int = 0
+    answered: int = 0
+    abandoned: int = 0
+    abandoned_short: int = 0  # abandons within the grace period (left out of service level)
+    overflowed: dict[str, int] = field(default_factory=dict)
+    answered_within_t: int = 0
+    answer_wait_total: float = 0.0
+    longest_wait: float = 0.0  # longest time any caller spent in line before leaving it
+    ewt_samples: int = 0
+    ewt_error_total: float = 0.0  # sum of (actual - predicted) waits of answered callers
+    ewt_abs_error_total: float = 0.0
+    ring_no_answer: int = 0
+
+    @property
+    def overflowed_total(self) -> int:
+        return sum(self.overflowed.values())
+
+    @property
+    def asa(self) -> float:
+        """Average speed of answer: mean wait of answered callers (0 before the first answer)."""
+        return self.answer_wait_total / self.answered if self.answered else 0.0
+
+    @property
+    def service_level(self) -> float:
+        """answered within T / (answered + abandoned + overflowed - abandoned within grace); 1.0 when empty."""
+        decided = self.answered + self.abandoned + self.overflowed_total - self.abandoned_short
+        return self.answered_within_t / decided if decided else 1.0
+
+    @property
+    def abandonment_rate(self) -> float:
+        return self.abandoned / self.offered if self.offered else 0.0
+
+    @property
+    def ewt_error_mean(self) -> float:
+        """Mean of (actual - predicted) wait; positive means callers waited longer than told."""
+        return self.ewt_error_total / self.ewt_samples if self.ewt_samples else 0.0
+
+    @property
+    def ewt_abs_error_mean(self) -> float:
+        return self.ewt_abs_error_total / self.ewt_samples if self.ewt_samples else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSnapshot:
+    name: str
+    waiting: int
+    ringing: int
+    longest_waiting: float  # of callers in line now
+    ewt: float  # for a caller joining now
+    aht: float
+    serving: int
+    idle: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    now: float
+    surge: bool
+    queues: Mapping[str, QueueSnapshot]
+    agents_by_state: Mapping[str, int]
+
+
+# ---------------------------------------------------------------- routing
+# Plain policy functions: given the ready agents that can take the caller, pick one.
+
+
+def pick_longest_idle(free: list[Agent]) -> Agent:
+    return min(free, key=lambda a: (a.idle_since, a.id))
+
+
+def pick_fewest_calls(free: list[Agent]) -> Agent:
+    return min(free, key=lambda a: (a.answered, a.idle_since, a.id))
+
+
+def pick_round_robin(free: list[Agent], last: str | None) -> Agent:
+    ordered = sorted(free, key=lambda a: a.id)
+    if last is not None:
+        for agent in ordered:
+            if agent.id > last:
+                return agent
+    return ordered[0]
+
+
+# ------------------------------------------------------------------ engine
+
+
+class Engine:
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.queues: dict[str, QueueSpec] = {q.name: q for q in model.queues}
+        # Read-only views for the shell and tests; change them only through handle().
+        self.agents: dict[str, Agent] = {a.id: Agent(a) for a in model.agents}
+        self.calls: dict[str, Call] = {}
+        self.stats: dict[str, QueueStats] = {q.name: QueueStats() for q in model.queues}
+        self.surge = False
+        self.surge_changes: dict[str, int] = {"manual": 0, "schedule": 0, "auto": 0}
+        self.now: float | None = None
+        self._aht = {q.name: MovingAht(q.initial_aht, q.aht_alpha) for q in model.queues}
+        self._timers: dict[tuple[str, str], float] = {}
+        self._heap: list[tuple[float, int, str, str]] = []
+        self._seq = itertools.count()
+        self._order = itertools.count()
+        self._round_robin: dict[str, str] = {}
+        self._manual: bool | None = None
+        self._scheduled_external = False
+        self._scheduled_window = False
+        self._auto = False
+        self._auto_changed_at = -math.inf
+        self._sl_window: deque[tuple[float, bool]] = deque()  # (left the line at, answered within T)
+        self._fresh: list[str] = []  # callers who arrived in this event
+
+    # ---------------------------------------------------------------- public
+
+    def handle(self, event: Event) -> list[Decision]:
+        if self.now is not None and event.now < self.now - _EPS:
+            raise PolicyError(f"time went backwards: {event.now} < {self.now}")
+        self._validate(event)
+        out: list[Decision] = []
+        if self.now is None:
+            self._start(event.now, out)
+        self._fire_timers(event.now, out)
+        self.now = max(event.now, self.now if self.now is not None else event.now)
+        self._apply(event, out)
+        self._settle(out)
+        return out
+
+    def next_timer(self) -> float | None:
+        while self._heap:
+            at, _, kind, ident = self._heap[0]
+            if self._timers.get((kind, ident)) == at:
+                return at
+            heapq.heappop(self._heap)
+        return None
+
+    def snapshot(self) -> Snapshot:
+        now = self.now if self.now is not None else 0.0
+        queues: dict[str, QueueSnapshot] = {}
+        for name, spec in self.queues.items():
+            line = self._line(name)
+            serving, idle = self._serving(spec)
+            queues[name] = QueueSnapshot(
+                name=name,
+                waiting=len(line),
+                ringing=sum(1 for c in self.calls.values() if c.queue.name == name and c.state is CallState.RINGING),
+                longest_waiting=max((now - c.arrived for c in line), default=0.0),
+                ewt=ewt(len(line) + 1, serving, idle, self._aht[name].value),
+                aht=self._aht[name].value,
+                serving=serving,
+                idle=idle,
+            )
+        by_state = {s.value: 0 for s in AgentState}
+        for agent in self.agents.values():
+            by_state[agent.state.value] += 1
+        return Snapshot(now=now, surge=self.surge, queues=queues, agents_by_state=by_state)
+
+    def position(self, call_id: str) -> int | None:
+        """1-based place in line of a waiting caller, else None."""
+        call = self.calls.get(call_id)
+        if call is None or call.state is not CallState.WAITING:
+            return None
+        return 1 + sum(1 for c in self._line(call.queue.name) if c.key < call.key)
+
+    def max_wait(self, queue: str) -> float:
+        return self.queues[queue].max_wait.value(self.surge)
+
+    # ------------------------------------------------------------ validation
+
+    def _agent(self, agent_id: str) -> Agent:
+        try:
+            return self.agents[agent_id]
+        except KeyError:
+            raise PolicyError(f"unknown agent {agent_id!r}") from None
+
+    def _validate(self, event: Event) -> None:
+        trigger = {AgentLoggedIn: "login", AgentReady: "ready", AgentNotReady: "not_ready", AgentLoggedOut: "logout"}
+        match event:
+            case CallArrived():
+                if event.queue not in self.queues:
+                    raise PolicyError(f"unknown queue {event.queue!r}")
+                if event.call_id in self.calls:
+                    raise PolicyError(f"call {event.call_id!r} is already in the books")
+            case AgentLoggedIn() | AgentReady() | AgentNotReady() | AgentLoggedOut():
+                agent = self._agent(event.agent)
+                if (agent.state, trigger[type(event)]) not in TRANSITIONS:
+                    raise PolicyError(f"agent {agent.id}: {type(event).__name__} is illegal while {agent.state}")
+                if isinstance(event, AgentLoggedOut) and agent.state is AgentState.TALKING:
+                    raise PolicyError(f"agent {agent.id}: cannot log out while talking")
+            case AgentAnswered() | AgentNoAnswer():
+                self._agent(event.agent)
+            case SurgeSwitch():
+                if event.on is None and event.cause != "manual":
+                    raise PolicyError("only a manual switch can be released (on=None)")
+            case _:
+                pass
+
+    # ---------------------------------------------------------------- timers
+
+    def _arm(self, kind: str, ident: str, at: float, out: list[Decision]) -> None:
+        self._timers[(kind, ident)] = at
+        heapq.heappush(self._heap, (at, next(self._seq), kind, ident))
+        out.append(SetTimer(kind, ident, at))
+
+    def _disarm(self, kind: str, ident: str) -> None:
+        self._timers.pop((kind, ident), None)
+
+    def _fire_timers(self, until: float, out: list[Decision]) -> None:
+        """Fire due timers in time order; settle after each earlier instant (the event's own instant settles later)."""
+        while True:
+            at = self.next_timer()
+            if at is None or at > until + _EPS:
+                return
+            self.now = max(at, self.now if self.now is not None else at)
+            while (nxt := self.next_timer()) is not None and nxt <= at + _EPS:
+                _, _, kind, ident = heapq.heappop(self._heap)
+                del self._timers[(kind, ident)]
+                self._on_timer(kind, ident, out)
+            if at < until - _EPS:
+                self._settle(out)
+
+    def _on_timer(self, kind: str, ident: str, out: list[Decision]) -> None:
+        now = self._now
+        if kind == "max_wait":
+            call = self.calls.get(ident)
+            if call is not None and call.state is CallState.WAITING:
+                self._check_deadline(call, out)
+        elif kind == "announce":
+            call = self.calls.get(ident)
+            if call is not None and call.state is CallState.WAITING:
+                self._announce(call, out)
+        elif kind == "ring":
+            call = self.calls.get(ident)
+            if call is not None and call.state is CallState.RINGING:
+                self._ring_failed(call, sorted(call.agents), out, miss=True)
+        elif kind == "wrap_up":
+            agent = self.agents.get(ident)
+            if agent is not None and agent.state is AgentState.WRAP_UP:
+                self._end_wrap_up(agent)
+                if agent.pending_not_ready is not None:
+                    self._move(agent, "not_ready")
+                    agent.reason, agent.pending_not_ready = agent.pending_not_ready, None
+                else:
+                    self._move(agent, "wrap_done")
+                    agent.idle_since = now
+        elif kind == "schedule":
+            self._scheduled_window = any(s <= now + _EPS < e for s, e in self.model.surge.schedule)
+        # "surge" (dwell over) needs nothing here: _settle re-evaluates.
+
+    @property
+    def _now(self) -> float:
+        assert self.now is not None
+        return self.now
+
+    def _start(self, now: float, out: list[Decision]) -> None:
+        self.now = now
+        for i, (start, end) in enumerate(self.model.surge.schedule):
+            if start > now:
+                self._arm("schedule", f"{i}:start", start, out)
+            if end > now:
+                self._arm("schedule", f"{i}:end", end, out)
+        self._scheduled_window = any(s <= now < e for s, e in self.model.surge.schedule)
+
+    # ---------------------------------------------------------------- events
+
+    def _apply(self, event: Event, out: list[Decision]) -> None:
+        match event:
+            case CallArrived():
+                self._arrive(event, out)
+            case AgentLoggedIn():
+                agent = self.agents[event.agent]
+                self._move(agent, "login")
+                agent.idle_since, agent.answered, agent.misses, agent.reason = self._now, 0, 0, None
+            case AgentReady():
+                agent = self.agents[event.agent]
+                if agent.state is AgentState.READY:
+                    return
+                if agent.state is AgentState.WRAP_UP:
+                    self._end_wrap_up(agent)
+                self._move(agent, "ready")
+                agent.idle_since, agent.misses, agent.reason = self._now, 0, None
+            case AgentNotReady():
+                self._not_ready(self.agents[event.agent], "not_ready", event.reason, out)
+            case AgentLoggedOut():
+                self._not_ready(self.agents[event.agent], "logout", None, out)
+            case AgentAnswered():
+                self._answer(event, out)
+            case AgentNoAnswer():
+                agent = self.agents[event.agent]
+                call = self.calls.get(event.call)
+                if agent.state is AgentState.RINGING and agent.call == event.call and call is not None:
+                    self._ring_failed(call, [agent.id], out, miss=True)
+            case CallEnded() | CallerHungUp():
+                self._hang_up(event.call, out)
+            case TimerFired():
+                pass  # due timers already fired above
+            case SurgeSwitch():
+                if event.cause == "manual":
+                    self._manual = event.on
+                elif event.cause == "schedule":
+                    self._scheduled_external = bool(event.on)
+                else:
+                    self._auto = bool(event.on)
+                    self._auto_changed_at = self._now
+
+    def _move(self, agent: Agent, trigger: str) -> None:
+        try:
+            agent.state = TRANSITIONS[(agent.state, trigger)]
+        except KeyError:  # only reachable through a bug: input is validated first
+            raise PolicyError(f"agent {agent.id}: {trigger} is illegal while {agent.state}") from None
+
+    def _arrive(self, event: CallArrived, out: list[Decision]) -> None:
+        spec = self.queues[event.queue]
+        required = dict(spec.skills)
+        for skill in event.skills:
+            required[skill] = max(required.get(skill, 1), 1)
+        call = Call(
+            id=event.call_id,
+            queue=spec,
+            tier=event.tier,
+            priority=spec.tier_priority(event.tier),
+            required=required,
+            urgent=event.urgent,
+            arrived=self._now,
+            order=next(self._order),
+        )
+        stats = self.stats[spec.name]
+        stats.offered += 1
+        surge = self.model.surge
+        if self.surge and surge.notice:
+            out.append(PlayAnnouncement(call.id, "notice"))
+        self.calls[call.id] = call
+        call.predicted_ewt = self._ewt_of(call)
+        # R8: peak shaving only in surge, only for a really long wait, never top tier or urgent callers.
+        if (
+            self.surge
+            and surge.peak_shaving_ewt is not None
+            and call.predicted_ewt > surge.peak_shaving_ewt
+            and not self._protected(call)
+        ):
+            out.append(PlayAnnouncement(call.id, "peak_shaving"))
+            self._overflow(call, "peak_shaving", "peak_shaving", out)
+            return
+        self._arm("max_wait", call.id, call.arrived + spec.max_wait.value(self.surge), out)
+        self._fresh.append(call.id)
+
+    def _protected(self, call: Call) -> bool:
+        return call.urgent or call.priority >= call.queue.top_priority
+
+    def _not_ready(self, agent: Agent, trigger: str, reason: str | None, out: list[Decision]) -> None:
+        if agent.state is AgentState.TALKING:  # only "not_ready" gets here (validated)
+            agent.pending_not_ready = reason
+            return
+        if agent.state is AgentState.RINGING and agent.call is not None:
+            call = self.calls[agent.call]
+            out.append(CancelRing(agent.id, call.id))
+            self._ring_failed(call, [agent.id], out, miss=False)
+        if agent.state is AgentState.WRAP_UP:
+            self._end_wrap_up(agent)
+        self._move(agent, trigger)
+        agent.reason = reason
+
+    def _answer(self, event: AgentAnswered, out: list[Decision]) -> None:
+        agent = self.agents[event.agent]
+        call = self.calls.get(event.call)
+        if call is None or agent.state is not AgentState.RINGING or agent.call != call.id:
+            return  # stale: the caller hung up or the ring was already given up
+        now = self._now
+        for other in sorted(call.agents - {agent.id}):
+            out.append(CancelRing(other, call.id))
+            self._release(self.agents[other], "cancel")
+        self._move(agent, "answer")
+        agent.misses = 0
+        agent.answered += 1
+        agent.talk_started = now
+        call.state = CallState.TALKING
+        call.agents = {agent.id}
+        for kind in ("ring", "max_wait", "announce"):
+            self._disarm(kind, call.id)
+        wait = now - call.arrived
+        spec = call.queue
+        stats = self.stats[spec.name]
+        stats.answered += 1
+        stats.answer_wait_total += wait
+        stats.longest_wait = max(stats.longest_wait, wait)
+        within = wait <= spec.service_level_t + _EPS
+        stats.answered_within_t += within
+        if math.isfinite(call.predicted_ewt):
+            stats.ewt_samples += 1
+            stats.ewt_error_total += wait - call.predicted_ewt
+            stats.ewt_abs_error_total += abs(wait - call.predicted_ewt)
+        self._sl_window.append((now, within))
+        out.append(Connect(agent.id, call.id))
+
+    def _release(self, agent: Agent, trigger: str) -> None:
+        self._move(agent, trigger)
+        agent.call = None
+        agent.idle_since = self._now
+
+    def _ring_failed(self, call: Call, agent_ids: Iterable[str], out: list[Decision], *, miss: bool) -> None:
+        """Some ringing agents gave up; if none is left ringing, the caller goes back to the head of the line."""
+        for agent_id in agent_ids:
+            agent = self.agents[agent_id]
+            call.agents.discard(agent_id)
+            if not miss:
+                agent.call = None  # the caller of _not_ready moves the agent itself
+                continue
+            self.stats[call.queue.name].ring_no_answer += 1
+            agent.misses += 1
+            if agent.misses >= agent.spec.max_misses:
+                self._release(agent, "miss_limit")
+                agent.reason = NO_ANSWER
+            else:
+                self._release(agent, "miss")
+        if call.agents:
+            return
+        self._disarm("ring", call.id)
+        call.state = CallState.WAITING
+        call.requeued = True
+        self._check_deadline(call, out)
+
+    def _hang_up(self, call_id: str, out: list[Decision]) -> None:
+        call = self.calls.get(call_id)
+        if call is None:
+            return  # stale
+        now = self._now
+        if call.state is CallState.TALKING:
+            (agent_id,) = call.agents
+            agent = self.agents[agent_id]
+            self._move(agent, "end")
+            agent.call = None
+            agent.handled_queue = call.queue.name
+            self._arm("wrap_up", agent.id, now + call.queue.wrap_up, out)
+            del self.calls[call.id]
+            return
+        for agent_id in sorted(call.agents):
+            out.append(CancelRing(agent_id, call.id))
+            self._release(self.agents[agent_id], "cancel")
+        wait = now - call.arrived
+        stats = self.stats[call.queue.name]
+        stats.abandoned += 1
+        stats.longest_wait = max(stats.longest_wait, wait)
+        if wait < call.queue.abandon_grace:
+            stats.abandoned_short += 1
+        else:
+            self._sl_window.append((now, False))
+        self._forget(call)
+
+    def _end_wrap_up(self, agent: Agent) -> None:
+        self._disarm("wrap_up", agent.id)
+        if agent.handled_queue is not None:
+            self._aht[agent.handled_queue].add(self._now - agent.talk_started)
+            agent.handled_queue = None
+
+    def _forget(self, call: Call) -> None:
+        for kind in ("ring", "max_wait", "announce"):
+            self._disarm(kind, call.id)
+        self.calls.pop(call.id, None)
+
+    # --------------------------------------------------------------- the line
+
+    def _line(self, queue: str) -> list[Call]:
+        return sorted(
+            (c for c in self.calls.values() if c.queue.name == queue and c.state is CallState.WAITING),
+            key=lambda c: c.key,
+        )
+
+    def _serving(self, spec: QueueSpec) -> tuple[int, int]:
+        serving = idle = 0
+        for agent in self.agents.values():
+            if agent.spec.can_take(spec.skills) and agent.state not in (AgentState.LOGGED_OUT, AgentState.NOT_READY):
+                serving += 1
+                idle += agent.state is AgentState.READY
+        return serving, idle
+
+    def _ewt_of(self, call: Call) -> float:
+        position = 1 + sum(1 for c in self._line(call.queue.name) if c.key < call.key and c.id != call.id)
+        serving, idle = self._serving(call.queue)
+        return ewt(position, serving, idle, self._aht[call.queue.name].value)
+
+    def _check_deadline(self, call: Call, out: list[Decision]) -> None:
+        deadline = call.arrived + call.queue.max_wait.value(self.surge)
+        if self._now >= deadline - _EPS:
+            self._overflow(call, self._overflow_target(call), "max_wait", out)
+        else:
+            self._arm("max_wait", call.id, deadline, out)
+
+    def _overflow_target(self, call: Call) -> OverflowTarget:
+        target = call.queue.surge_overflow if self.surge else call.queue.overflow
+        if target == "peak_shaving" and self._protected(call):
+            return "callback"  # R8: never shave top-tier or urgent callers
+        return target
+
+    def _overflow(self, call: Call, target: OverflowTarget, reason: str, out: list[Decision]) -> None:
+        stats = self.stats[call.queue.name]
+        stats.overflowed[target] = stats.overflowed.get(target, 0) + 1
+        stats.longest_wait = max(stats.longest_wait, self._now - call.arrived)
+        self._sl_window.append((self._now, False))
+        out.append(Overflow(call.id, target, reason))
+        self._forget(call)
+
+    def _announce(self, call: Call, out: list[Decision]) -> None:
+        position = self.position(call.id)
+        serving, idle = self._serving(call.queue)
+        assert position is not None
+        estimate = ewt(position, serving, idle, self._aht[call.queue.name].value)
+        out.append(PlayAnnouncement(call.id, "position_ewt", position, estimate))
+        self._arm("announce", call.id, self._now + call.queue.announce_every.value(self.surge), out)
+
+    # ------------------------------------------------------------ settle
+
+    def _settle(self, out: list[Decision]) -> None:
+        """After events at one instant: surge switch, routing, length limits, greetings of new callers."""
+        self._update_surge(out)
+        self._dispatch(out)
+        self._enforce_lengths(out)
+        for call_id in self._fresh:
+            call = self.calls.get(call_id)
+            if call is not None and call.state is CallState.WAITING:
+                self._announce(call, out)
+        self._fresh.clear()
+
+    def _dispatch(self, out: list[Decision]) -> None:
+        now = self._now
+        waiting = sorted((c for c in self.calls.values() if c.state is CallState.WAITING), key=lambda c: c.key)
+        for call in waiting:
+            free = [a for a in self.agents.values() if a.state is AgentState.READY and a.spec.can_take(call.required)]
+            if not free:
+                continue
+            spec = call.queue
+            if spec.strategy == "ring_all":
+                chosen = sorted(free, key=lambda a: a.id)
+            elif spec.strategy == "round_robin":
+                chosen = [pick_round_robin(free, self._round_robin.get(spec.name))]
+                self._round_robin[spec.name] = chosen[0].id
+            elif spec.strategy == "fewest_calls":
+                chosen = [pick_fewest_calls(free)]
+            else:
+                chosen = [pick_longest_idle(free)]
+            call.state = CallState.RINGING
+            self._disarm("announce", call.id)
+            for agent in chosen:
+                self._move(agent, "ring")
+                agent.call = call.id
+                call.agents.add(agent.id)
+                out.append(RingAgent(agent.id, call.id, spec.ring_timeout))
+            self._arm("ring", call.id, now + spec.ring_timeout, out)
+
+    def _enforce_lengths(self, out: list[Decision]) -> None:
+        for name, spec in self.queues.items():
+            line = self._line(name)
+            limit = int(spec.max_length.value(self.surge))
+            # the surplus at the back of the line (lowest tier, latest) leaves
+            for call in line[limit:][::-1]:
+                self._overflow(call, self._overflow_target(call), "max_length", out)
+
+    # ------------------------------------------------------------------ surge
+
+    def _update_surge(self, out: list[Decision]) -> None:
+        self._update_auto(out)
+        cause: SurgeCause
+        if self._manual is not None:
+            on, cause = self._manual, "manual"
+        elif self._scheduled_window or self._scheduled_external:
+            on, cause = True, "schedule"
+        else:
+            on, cause = self._auto, "auto"
+        if on == self.surge:
+            return
+        self.surge = on
+        self.surge_changes[cause] += 1
+        out.append(SurgeChanged(on, cause))
+        if self.model.surge.pause_outbound:
+            out.append(PauseOutbound() if on else ResumeOutbound())
+        # R11: the wait limit changed; callers past the new limit leave now, others get a new deadline.
+        for call in sorted(self.calls.values(), key=lambda c: c.key):
+            if call.state is CallState.WAITING:
+                self._check_deadline(call, out)
+
+    def _update_auto(self, out: list[Decision]) -> None:
+        spec = self.model.surge
+        now = self._now
+        if not spec.auto:
+            return
+        if now - self._auto_changed_at < spec.min_dwell - _EPS:
+            key_at = self._timers.get(("surge", "dwell"))
+            if key_at is None:
+                self._arm("surge", "dwell", self._auto_changed_at + spec.min_dwell, out)
+            return
+        while self._sl_window and self._sl_window[0][0] < now - spec.service_level_window:
+            self._sl_window.popleft()
+        ewt_now = 0.0
+        length = 0
+        for name, q in self.queues.items():
+            line = self._line(name)
+            length = max(length, len(line))
+            if line:
+                serving, idle = self._serving(q)
+                ewt_now = max(ewt_now, ewt(len(line), serving, idle, self._aht[name].value))
+        level: float | None = None
+        if len(self._sl_window) >= spec.service_level_min_samples:
+            level = sum(within for _, within in self._sl_window) / len(self._sl_window)
+
+        def above(value: float, threshold: float | None) -> bool:
+            return threshold is not None and value >= threshold
+
+        def at_or_below(value: float, threshold: float | None, fallback: float | None) -> bool:
+            t = threshold if threshold is not None else fallback
+            return t is None or value <= t
+
+        if not self._auto:
+            turn_on = (
+                above(ewt_now, spec.ewt_on)
+                or above(length, spec.queue_length_on)
+                or (level is not None and spec.service_level_on is not None and level < spec.service_level_on)
+            )
+            if turn_on:
+                self._auto, self._auto_changed_at = True, now
+        else:
+            sl_off = spec.service_level_off if spec.service_level_off is not None else spec.service_level_on
+            turn_off = (
+                at_or_below(ewt_now, spec.ewt_off, spec.ewt_on)
+                and at_or_below(length, spec.queue_length_off, spec.queue_length_on)
+                and (level is None or sl_off is None or level >= sl_off)
+            )
+            if turn_off:
+                self._auto, self._auto_changed_at = False, now
