@@ -6,20 +6,31 @@ Bytes in, bytes and events out, time passed in (STYLE.md, aioquic style)::
 
     ua.receive(data, peer, now)          # a datagram or a framed TCP message
     ua.datagrams_to_send() -> [(bytes, peer)]
-    ua.events() -> [IncomingCall | CallConfirmed | CallEnded | CallTimer]
+    ua.events() -> [IncomingCall | CallConfirmed | CallEnded | CallTimer | OutRinging | ...]
     ua.get_timer() -> float | None       # when to call handle_timer next
     ua.handle_timer(now)
 
 The transaction user (the call router) reacts to events by calling
-``ring``, ``answer``, ``reject``, ``hangup`` and ``set_call_timer``; those
-only queue datagrams and events too. A ``peer`` is ``(transport, host,
-port)``; the asyncio shell maps it back to a socket or a TCP connection.
+``ring``, ``answer``, ``reject``, ``hangup``, ``set_call_timer``, ``place_call``
+and ``drop``; those only queue datagrams and events too. A ``peer`` is
+``(transport, host, port)``; the asyncio shell maps it back to a socket or a
+TCP connection.
 
 A call's life::
 
     RINGING --answer--> ANSWERED --ACK--> CONFIRMED --BYE either way--> ENDED
     RINGING --CANCEL / reject / early BYE--> ENDED
     ANSWERED --no ACK by 64*T1--> ENDED (we send BYE)
+
+A call we place (``place_call``, e.g. ringing an agent's phone; we are the UAC)::
+
+    CALLING --1xx > 100--> RINGING (OutRinging) --2xx, we ACK--> ANSWERED (OutAnswered)
+    CALLING/RINGING --3xx-6xx, Timer B (408)--> ENDED (OutFailed)
+    CALLING/RINGING --drop: CANCEL (after a 1xx), 487--> ENDED (OutFailed 487)
+    ANSWERED --BYE either way--> ENDED (OutEnded)
+
+The ACK for a 2xx is ours to send and resend for each copy of the 2xx (the
+client INVITE transaction ends at the first one, RFC 3261 13.2.2.4).
 
 Every response we send goes through the server transaction that owns the
 request, so request copies are answered with the same bytes and final
@@ -185,7 +196,99 @@ class ReferAnswered:
     status: int
 
 
-Event = IncomingCall | CallConfirmed | CallEnded | CallTimer | InfoReceived | ReferAnswered
+class OutState(enum.Enum):
+    CALLING = "calling"  # INVITE sent, nothing or only 100 Trying back
+    RINGING = "ringing"  # a 1xx above 100 arrived
+    ANSWERED = "answered"  # 2xx received and acknowledged
+    ENDED = "ended"
+
+
+@dataclass(slots=True, eq=False)
+class OutCall:
+    """One call we place (the dialog we hold as UAC), e.g. ringing an agent's phone."""
+
+    call_id: str
+    peer: Peer  # where requests go: (transport, host, port)
+    target: str  # request URI (the agent's contact)
+    local_tag: str
+    remote_tag: str = ""  # from the To of the first response with a tag / the 2xx
+    local_cseq: int = 1
+    state: OutState = OutState.CALLING
+    t_start: float = 0.0
+    t_answer: float | None = None
+    t_end: float | None = None
+    negotiated: Negotiated | None = None  # from the SDP answer in the 2xx
+    end_status: int | None = None  # final status when it failed (486, 487, 408 for timeout, 480...)
+    ended_by: str | None = None  # "remote" | "local"
+    rtp_port: int = 0
+    owner: object = None  # for the router
+    # the dialog
+    from_value: str = ""  # our From header, with our tag
+    to_value: str = ""  # the To header of the INVITE (no tag)
+    remote_target: str = ""  # Contact of the 2xx (the target until then)
+    route_set: list[str] = field(default_factory=list)  # Record-Route of the 2xx, reversed
+    remote_cseq: int = 0  # last CSeq of a request from the peer in this dialog
+    # the INVITE and its client transaction
+    invite_cseq: int = 1
+    branch: str = ""
+    via: str = ""  # the INVITE's Via value (CANCEL and a non-2xx ACK reuse it)
+    invite_tx: ClientInviteTransaction | None = None
+    provisional: bool = False  # any 1xx arrived: CANCEL may be sent (RFC 3261 9.1)
+    want_cancel: bool = False  # drop() asked for a CANCEL
+    cancel_sent: bool = False
+    ack: bytes | None = None  # our ACK for the 2xx, resent for each copy of the 2xx
+    local_sdp: bytes = b""
+    sdp_version: int = 1
+    reinvite_tx: ServerInviteTransaction | None = None  # the peer's last re-INVITE
+    remote_offer_pending: bool = False  # we offered in a 200 to a re-INVITE, answer due in ACK
+    timers: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ended(self) -> bool:
+        return self.state is OutState.ENDED
+
+
+@dataclass(frozen=True, slots=True)
+class OutRinging:
+    """The first 1xx above 100 (180 Ringing, 183 Session Progress) to a call we placed."""
+
+    call: OutCall
+
+
+@dataclass(frozen=True, slots=True)
+class OutAnswered:
+    """A 2xx to a call we placed; the ACK is already sent and ``call.negotiated`` set."""
+
+    call: OutCall
+
+
+@dataclass(frozen=True, slots=True)
+class OutFailed:
+    """A call we placed ended unanswered: the final status (408 Timer B, 503 transport, 487 after CANCEL)."""
+
+    call: OutCall
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutEnded:
+    """An answered call we placed ended by BYE (``call.ended_by`` says whose)."""
+
+    call: OutCall
+
+
+Event = (
+    IncomingCall
+    | CallConfirmed
+    | CallEnded
+    | CallTimer
+    | InfoReceived
+    | ReferAnswered
+    | OutRinging
+    | OutAnswered
+    | OutFailed
+    | OutEnded
+)
 
 
 class LatencyHistogram:
@@ -220,6 +323,8 @@ class SipStats:
         self.calls_ended: dict[str, int] = {}
         self.answer_latency = LatencyHistogram()
         self.calls_rejected_overload = 0
+        # calls we placed, by result: answered, busy, cancelled, timeout, rejected, failed
+        self.out_calls: dict[str, int] = {}
 
     def count_request(self, method: str) -> None:
         m = method if method in METRIC_METHODS else "other"
@@ -246,6 +351,9 @@ class UserAgent:
         self._client_tx: dict[TxKey, ClientTransaction] = {}
         self.calls: dict[str, Call] = {}
         self._refers: dict[tuple[str, str], Call] = {}  # our REFERs awaiting their final response
+        self.out_calls: dict[str, OutCall] = {}  # calls we placed, by Call-ID, until they end
+        self._out_linger: dict[str, OutCall] = {}  # ended ones whose 2xx may still come again (64*T1)
+        self._tx_owner: dict[TxKey, OutCall] = {}  # client INVITE transactions of our calls
         self._heap: list[tuple[float, int, object, str]] = []
         self._seq = 0
         self._next_rtp = config.rtp_port_min
@@ -291,6 +399,9 @@ class UserAgent:
             if isinstance(obj, Call):
                 del obj.timers[name]
                 self._events.append(CallTimer(obj, name))
+            elif isinstance(obj, OutCall):
+                del obj.timers[name]
+                self._on_out_timer(obj, name, now)
             else:
                 assert isinstance(obj, Transaction)
                 self._fire_tx(obj, now)
@@ -303,6 +414,8 @@ class UserAgent:
     @staticmethod
     def _entry_live(at: float, obj: object, name: str) -> bool:
         if name:
+            if isinstance(obj, OutCall):
+                return obj.timers.get(name) == at  # "linger" runs on after the call ended
             assert isinstance(obj, Call)
             return obj.timers.get(name) == at and not obj.ended
         assert isinstance(obj, Transaction)
@@ -329,6 +442,7 @@ class UserAgent:
                 del self._server_tx[key]
         elif self._client_tx.get(key) is tx:
             del self._client_tx[key]
+            self._tx_owner.pop(key, None)
 
     def _fire_tx(self, tx: Transaction, now: float) -> None:
         send, timeout = tx.fire(now)
@@ -350,6 +464,16 @@ class UserAgent:
                     self._end(call, now, Outcome.NO_ACK, "frontdesk")
                 else:
                     self._end(call, now, call.outcome or Outcome.FAILED, call.hangup_by)
+            elif isinstance(tx.owner, OutCall) and timeout is Timeout.NO_ACK:
+                # our 2xx to the peer's re-INVITE was never acknowledged (RFC 3261 14.2)
+                dialog = tx.owner
+                if dialog.state is OutState.ANSWERED and dialog.reinvite_tx is tx:
+                    self._send_out_bye(dialog, now)
+                    self._out_finish(dialog, now, "local")
+        elif isinstance(tx, ClientInviteTransaction) and timeout is Timeout.NO_RESPONSE:
+            out = self._tx_owner.get(tx.key)
+            if out is not None and out.invite_tx is tx and not out.ended:
+                self._out_fail(out, 408, now, "local", "timeout")  # Timer B
 
     @staticmethod
     def _call_for_tx(tx: ServerInviteTransaction) -> Call | None:
@@ -440,7 +564,8 @@ class UserAgent:
         elif method in ("INFO", "NOTIFY"):
             # INFO carries keys; NOTIFY reports the progress of our REFER (RFC 3515)
             call = self._dialog_for(req)
-            self._respond(ntx, req, 200 if call is not None else 481, now)
+            found = call is not None or self._out_dialog_for(req) is not None
+            self._respond(ntx, req, 200 if found else 481, now)
             if call is not None and method == "INFO" and req.body:
                 self._events.append(InfoReceived(call, req.get("content-type") or "", req.body))
         elif method in KNOWN_NOT_ALLOWED:
@@ -560,7 +685,11 @@ class UserAgent:
     def _on_reinvite(self, req: Request, tx: ServerInviteTransaction, now: float) -> None:
         call = self._dialog_for(req)
         if call is None:
-            self._respond(tx, req, 481, now)
+            out = self._out_dialog_for(req)
+            if out is not None:
+                self._on_out_reinvite(out, req, tx, now)
+            else:
+                self._respond(tx, req, 481, now)
             return
         cseq = req.cseq[0]
         if call.invite_tx.state is TxState.PROCEEDING or cseq <= call.remote_cseq:
@@ -596,7 +725,10 @@ class UserAgent:
             return
         call = self._dialog_for(req)
         if call is None:
-            return  # stray ACK: nothing to answer (17.2.3)
+            out = self._out_dialog_for(req)
+            if out is not None:
+                self._on_out_ack(out, req, now)
+            return  # else a stray ACK: nothing to answer (17.2.3)
         itx = call.invite_tx
         if req.cseq[0] != call.remote_cseq:
             return  # ACK for an older INVITE of this dialog
@@ -645,7 +777,11 @@ class UserAgent:
     def _on_bye(self, req: Request, tx: ServerNonInviteTransaction, now: float) -> None:
         call = self._dialog_for(req)
         if call is None:
-            self._respond(tx, req, 481, now)
+            out = self._out_dialog_for(req)
+            if out is not None:
+                self._on_out_bye(out, req, tx, now)
+            else:
+                self._respond(tx, req, 481, now)
             return
         if req.cseq[0] < call.remote_cseq:
             # out of order within the dialog (RFC 3261 12.2.2)
@@ -669,6 +805,10 @@ class UserAgent:
         stats.responses_received[(m, resp.status)] = stats.responses_received.get((m, resp.status), 0) + 1
         tx = self._client_tx.get(key)
         if tx is None:
+            if method == "INVITE" and 200 <= resp.status < 300 and self._resend_ack(resp):
+                # a copy of the 2xx (its transaction ended with the first one): ACK it again (13.2.2.4)
+                stats.retransmissions_received += 1
+                return
             stats.stray_responses += 1
             return
         if isinstance(tx, ClientNonInviteTransaction):
@@ -679,11 +819,21 @@ class UserAgent:
                 if call is not None and not call.ended:
                     self._events.append(ReferAnswered(call, resp.status))
         elif isinstance(tx, ClientInviteTransaction):
-            passed, send = tx.receive_response(resp.status, now)
+            out = self._tx_owner.get(tx.key)
+            ack = None
+            if out is not None and resp.status >= 300 and tx.state in (TxState.CALLING, TxState.PROCEEDING):
+                ack = self._non2xx_ack(out, resp)
+            passed, send = tx.receive_response(resp.status, now, ack=ack)
             if send is not None:
                 self._out.append((send, tx.peer))
+                if passed:
+                    stats.requests_sent["ACK"] = stats.requests_sent.get("ACK", 0) + 1
+                else:
+                    stats.retransmissions_sent += 1
             if not passed:
                 stats.retransmissions_received += 1
+            elif out is not None and out.invite_tx is tx and not out.ended:
+                self._on_out_response(out, resp, now)
         self._schedule(tx)
 
     # -- commands from the transaction user -----------------------------------
@@ -756,6 +906,85 @@ class UserAgent:
 
     def cancel_call_timer(self, call: Call, name: str) -> None:
         call.timers.pop(name, None)
+
+    # -- calls we place (UAC) ---------------------------------------------------
+    def place_call(
+        self,
+        target: str,
+        peer: Peer,
+        rtp_port: int,
+        now: float,
+        *,
+        from_user: str = "frontdesk",
+        from_display: str | None = None,
+        call_id: str | None = None,
+        extra_headers: tuple[tuple[str, str], ...] = (),
+    ) -> OutCall:
+        """Send an INVITE with our SDP offer (audio on ``rtp_port``) to ``target`` via ``peer``.
+
+        The outcome comes back as :class:`OutRinging`, then :class:`OutAnswered`
+        or :class:`OutFailed`; an answered call ends with :class:`OutEnded`.
+        """
+        if ":" not in target or any(c in target for c in "\r\n <>"):
+            raise ValueError(f"not a SIP URI: {target!r}")
+        for name, value in extra_headers:
+            if not name or any(c in name + value for c in "\r\n") or ":" in name:
+                raise ValueError(f"bad extra header {name!r}")
+        host = self.config.host
+        call_id = call_id or f"{self._token()}@{host}"
+        if call_id in self.out_calls or call_id in self._out_linger:
+            raise ValueError(f"Call-ID {call_id!r} is in use")
+        display = ""
+        if from_display:
+            escaped = from_display.replace("\\", "\\\\").replace('"', '\\"')
+            display = f'"{escaped}" '.replace("\r", "").replace("\n", "")
+        branch = MAGIC_COOKIE + self._token()
+        call = OutCall(
+            call_id=call_id,
+            peer=peer,
+            target=target,
+            local_tag=self._token(),
+            t_start=now,
+            rtp_port=rtp_port or self._allocate_rtp_port(),
+            remote_target=target,
+            branch=branch,
+            via=f"SIP/2.0/{peer[0].upper()} {host}:{self.config.port};branch={branch};rport",
+        )
+        call.from_value = f"{display}<sip:{from_user}@{host}>;tag={call.local_tag}"
+        call.to_value = f"<{target}>"
+        call.local_sdp = self._out_sdp(call, None)
+        contact = self._contact_tcp if peer[0] == "tcp" else self._contact
+        headers = (("Contact", contact), ("Allow", ALLOW_HEADER), *extra_headers, ("Content-Type", "application/sdp"))
+        data = self._out_request(
+            call, "INVITE", target, call.via, call.to_value, call.invite_cseq, headers, call.local_sdp
+        )
+        tx = ClientInviteTransaction((branch, "INVITE"), peer, peer[0] != "udp", self.tv, data)
+        call.invite_tx = tx
+        self._client_tx[tx.key] = tx
+        self._tx_owner[tx.key] = call
+        self.out_calls[call_id] = call
+        self._out.append((tx.start(now), peer))
+        self._count_sent("INVITE")
+        self._schedule(tx)
+        return call
+
+    def drop(self, call: OutCall, now: float) -> None:
+        """End a call we placed: CANCEL while it rings (OutFailed 487), BYE once answered (OutEnded)."""
+        if call.state is OutState.ANSWERED:
+            self._send_out_bye(call, now)
+            self._out_finish(call, now, "local")
+        elif call.state is not OutState.ENDED and not call.want_cancel:
+            call.want_cancel = True
+            if call.provisional:
+                self._send_cancel(call, now)
+            # else: CANCEL only once a provisional response came (RFC 3261 9.1)
+
+    def transport_error(self, peer: Peer, now: float) -> None:
+        """The shell could not reach ``peer``: calls we place there and not yet answered fail with 503 (8.1.3.1)."""
+        for call in [c for c in self.out_calls.values() if c.peer == peer and c.state is not OutState.ANSWERED]:
+            if call.invite_tx is not None:
+                self._kill_tx(call.invite_tx)
+            self._out_fail(call, 503, now, "local", "failed")
 
     # -- helpers ----------------------------------------------------------------
     def _final(
@@ -836,6 +1065,293 @@ class UserAgent:
         self.stats.requests_sent[method] = self.stats.requests_sent.get(method, 0) + 1
         self._schedule(tx)
         return branch
+
+    # -- calls we place: responses, in-dialog requests, ending --------------------
+    def _on_out_response(self, call: OutCall, resp: Response, now: float) -> None:
+        status = resp.status
+        if status < 200:
+            call.provisional = True
+            if status > 100 and resp.to.tag and not call.remote_tag:
+                call.remote_tag = resp.to.tag  # early dialog
+            if call.want_cancel:
+                if not call.cancel_sent:
+                    self._send_cancel(call, now)
+            elif status > 100 and call.state is OutState.CALLING:
+                call.state = OutState.RINGING
+                self._events.append(OutRinging(call))
+            return
+        if status >= 300:
+            if status == 487 and call.want_cancel:
+                self._out_fail(call, 487, now, "local", "cancelled")
+            else:
+                self._out_fail(call, status, now, "remote", _failure_class(status))
+            return
+        # 2xx: the dialog is confirmed; the UAC core ACKs it (RFC 3261 13.2.2.4)
+        call.remote_tag = resp.to.tag
+        contact = resp.get_all("contact")
+        if contact:
+            call.remote_target = _contact_uri(contact[0])
+        call.route_set = [v for rr in reversed(resp.get_all("record-route")) for v in split_list(rr)]
+        uri, routes = self._out_route(call)
+        branch = MAGIC_COOKIE + self._token()
+        via = f"SIP/2.0/{call.peer[0].upper()} {self.config.host}:{self.config.port};branch={branch};rport"
+        call.ack = self._out_request(call, "ACK", uri, via, self._remote_to(call), call.invite_cseq, routes)
+        self._out.append((call.ack, call.peer))
+        self._count_sent("ACK")
+        if call.want_cancel:
+            # answered while our CANCEL was on its way: hang up at once
+            self._send_out_bye(call, now)
+            self._out_fail(call, 487, now, "local", "cancelled")
+            return
+        try:
+            if not resp.body:
+                raise SdpError("2xx without an SDP answer")
+            negotiated = negotiate(parse_sdp(resp.body))
+        except SdpError:
+            # the answer to our offer is unusable: end the session (RFC 3261 13.2.2.4, 3264)
+            self._send_out_bye(call, now)
+            self._out_fail(call, 488, now, "local", "failed")
+            return
+        call.negotiated = negotiated
+        call.state = OutState.ANSWERED
+        call.t_answer = now
+        self._count_out("answered")
+        self._events.append(OutAnswered(call))
+
+    def _non2xx_ack(self, call: OutCall, resp: Response) -> bytes:
+        """The ACK for a 3xx-6xx: same branch as the INVITE, the response's To (RFC 3261 17.1.1.3)."""
+        return self._out_request(
+            call, "ACK", call.target, call.via, resp.get("to") or call.to_value, call.invite_cseq, user_agent=False
+        )
+
+    def _resend_ack(self, resp: Response) -> bool:
+        call = self.out_calls.get(resp.call_id) or self._out_linger.get(resp.call_id)
+        if (
+            call is None
+            or call.ack is None
+            or resp.from_.tag != call.local_tag
+            or resp.to.tag != call.remote_tag
+            or resp.cseq[0] != call.invite_cseq
+        ):
+            return False
+        self._out.append((call.ack, call.peer))
+        self.stats.retransmissions_sent += 1
+        return True
+
+    def _out_dialog_for(self, req: Request) -> OutCall | None:
+        """The answered call we placed that an in-dialog request from the peer belongs to."""
+        call = self.out_calls.get(req.call_id)
+        if call is None or call.state is not OutState.ANSWERED:
+            return None
+        if req.to.tag != call.local_tag or req.from_.tag != call.remote_tag:
+            return None
+        return call
+
+    def _on_out_bye(self, call: OutCall, req: Request, tx: ServerNonInviteTransaction, now: float) -> None:
+        if req.cseq[0] < call.remote_cseq:
+            self._respond(tx, req, 500, now, reason="Server Internal Error (CSeq out of order)")
+            return
+        self._respond(tx, req, 200, now)
+        self._out_finish(call, now, "remote")
+
+    def _on_out_reinvite(self, call: OutCall, req: Request, tx: ServerInviteTransaction, now: float) -> None:
+        """The peer's re-INVITE (hold, new address): answered at once with our SDP on the same port."""
+        cseq = req.cseq[0]
+        if cseq <= call.remote_cseq:
+            self._respond(tx, req, 500, now, extra=(("Retry-After", "1"),))
+            return
+        if call.remote_offer_pending:
+            # our offer in the last 200 still awaits its answer in the ACK (RFC 3261 14.2)
+            self._respond(tx, req, 491, now)
+            return
+        call.remote_cseq = cseq
+        negotiated = call.negotiated
+        if req.body:
+            try:
+                negotiated = negotiate(parse_sdp(req.body))
+            except SdpError as exc:
+                self._respond(tx, req, exc.status, now, reason=_reason(exc.status, exc.reason))
+                return
+        call.negotiated = negotiated
+        call.remote_offer_pending = not req.body  # no offer: ours goes in the 200, the answer in the ACK
+        old = call.reinvite_tx
+        if old is not None and old.state is TxState.ACCEPTED and old.receive_ack(now):
+            self._schedule(old)  # a new re-INVITE proves the last 200 arrived
+        call.reinvite_tx = tx
+        tx.owner = call
+        body = call.local_sdp = self._out_sdp(call, negotiated)
+        contact = self._contact_tcp if call.peer[0] == "tcp" else self._contact
+        extra = (("Contact", contact), ("Allow", ALLOW_HEADER))
+        self._respond(tx, req, 200, now, extra=extra, body=body)
+
+    def _on_out_ack(self, call: OutCall, req: Request, now: float) -> None:
+        tx = call.reinvite_tx
+        if tx is None or req.cseq[0] != call.remote_cseq:
+            return
+        if not tx.receive_ack(now):
+            self.stats.retransmissions_received += 1
+            return
+        self._schedule(tx)
+        if call.remote_offer_pending:
+            call.remote_offer_pending = False
+            try:
+                call.negotiated = negotiate(parse_sdp(req.body))
+            except SdpError:
+                self._send_out_bye(call, now)
+                self._out_finish(call, now, "local")
+
+    def _on_out_timer(self, call: OutCall, name: str, now: float) -> None:
+        if name == "linger":
+            if self._out_linger.get(call.call_id) is call:
+                del self._out_linger[call.call_id]
+        elif name == "cancel" and not call.ended:
+            # no final response 64*T1 after our CANCEL: the INVITE counts as cancelled (RFC 3261 9.1)
+            if call.invite_tx is not None:
+                self._kill_tx(call.invite_tx)
+            self._out_fail(call, 487, now, "local", "cancelled")
+
+    def _send_cancel(self, call: OutCall, now: float) -> None:
+        """CANCEL: the INVITE's Request-URI, Via (branch), From, To and CSeq number (RFC 3261 9.1)."""
+        call.cancel_sent = True
+        data = self._out_request(call, "CANCEL", call.target, call.via, call.to_value, call.invite_cseq)
+        tx = ClientNonInviteTransaction((call.branch, "CANCEL"), call.peer, call.peer[0] != "udp", self.tv, data)
+        self._client_tx[tx.key] = tx
+        self._out.append((tx.start(now), call.peer))
+        self._count_sent("CANCEL")
+        self._schedule(tx)
+        at = now + 64 * self.tv.t1
+        call.timers["cancel"] = at
+        self._push(at, call, "cancel")
+
+    def _send_out_bye(self, call: OutCall, now: float) -> None:
+        call.local_cseq += 1
+        uri, routes = self._out_route(call)
+        branch = MAGIC_COOKIE + self._token()
+        via = f"SIP/2.0/{call.peer[0].upper()} {self.config.host}:{self.config.port};branch={branch};rport"
+        data = self._out_request(call, "BYE", uri, via, self._remote_to(call), call.local_cseq, routes)
+        tx = ClientNonInviteTransaction((branch, "BYE"), call.peer, call.peer[0] != "udp", self.tv, data)
+        self._client_tx[tx.key] = tx
+        self._out.append((tx.start(now), call.peer))
+        self._count_sent("BYE")
+        self._schedule(tx)
+
+    def _out_route(self, call: OutCall) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """Request-URI and Route headers of an in-dialog request (RFC 3261 12.2.1.1)."""
+        routes = call.route_set
+        if routes and not _loose_route(routes[0]):
+            # strict router: it becomes the Request-URI, the remote target the last Route
+            return _contact_uri(routes[0]), (
+                *(("Route", r) for r in routes[1:]),
+                ("Route", f"<{call.remote_target}>"),
+            )
+        return call.remote_target, tuple(("Route", r) for r in routes)
+
+    @staticmethod
+    def _remote_to(call: OutCall) -> str:
+        return f"{call.to_value};tag={call.remote_tag}" if call.remote_tag else call.to_value
+
+    def _out_request(
+        self,
+        call: OutCall,
+        method: str,
+        uri: str,
+        via: str,
+        to_value: str,
+        cseq: int,
+        headers: tuple[tuple[str, str], ...] = (),
+        body: bytes = b"",
+        *,
+        user_agent: bool = True,
+    ) -> bytes:
+        lines = [
+            f"{method} {uri} SIP/2.0",
+            f"Via: {via}",
+            "Max-Forwards: 70",
+            f"From: {call.from_value}",
+            f"To: {to_value}",
+            f"Call-ID: {call.call_id}",
+            f"CSeq: {cseq} {method}",
+            *(f"{name}: {value}" for name, value in headers),
+        ]
+        if user_agent:
+            lines.append(f"User-Agent: {self.config.user_agent}")
+        lines += [f"Content-Length: {len(body)}", "", ""]
+        return "\r\n".join(lines).encode() + body
+
+    def _out_sdp(self, call: OutCall, negotiated: Negotiated | None) -> bytes:
+        """Our SDP (an offer when ``negotiated`` is None); the o= version goes up when it changes."""
+
+        def build() -> bytes:
+            return build_sdp(
+                self.config.host,
+                call.rtp_port,
+                session_id=abs(hash(call.call_id)) % 10**9,
+                version=call.sdp_version,
+                negotiated=negotiated,
+            )
+
+        sdp = build()
+        if call.local_sdp and sdp != call.local_sdp:
+            call.sdp_version += 1
+            sdp = build()
+        return sdp
+
+    def _out_fail(self, call: OutCall, status: int, now: float, by: str, result: str) -> None:
+        if call.ended:
+            return
+        call.end_status = status
+        self._out_close(call, now, by)
+        self._count_out(result)
+        self._events.append(OutFailed(call, status))
+
+    def _out_finish(self, call: OutCall, now: float, by: str) -> None:
+        """An answered call we placed ended by BYE."""
+        if call.ended:
+            return
+        tx = call.reinvite_tx
+        if tx is not None and tx.state is TxState.ACCEPTED and tx.receive_ack(now):
+            self._schedule(tx)  # the BYE proves our 200 to the re-INVITE arrived: stop resending it
+        self._out_close(call, now, by)
+        self._events.append(OutEnded(call))
+
+    def _out_close(self, call: OutCall, now: float, by: str) -> None:
+        call.state = OutState.ENDED
+        call.t_end = now
+        call.ended_by = by
+        call.timers.clear()
+        if self.out_calls.get(call.call_id) is call:
+            del self.out_calls[call.call_id]
+        if call.ack is not None:
+            # copies of the 2xx may still come: keep the ACK for them a while (RFC 3261 13.2.2.4)
+            self._out_linger[call.call_id] = call
+            at = now + 64 * self.tv.t1
+            call.timers["linger"] = at
+            self._push(at, call, "linger")
+
+    def _kill_tx(self, tx: Transaction) -> None:
+        """Abandon a transaction (no more resends or timeouts)."""
+        tx._terminate()
+        self._forget_tx(tx)
+
+    def _count_sent(self, method: str) -> None:
+        self.stats.requests_sent[method] = self.stats.requests_sent.get(method, 0) + 1
+
+    def _count_out(self, result: str) -> None:
+        self.stats.out_calls[result] = self.stats.out_calls.get(result, 0) + 1
+
+
+def _failure_class(status: int) -> str:
+    """How a final non-2xx response from the called party is counted in ``stats.out_calls``."""
+    if status in (486, 600):
+        return "busy"
+    if status == 408:
+        return "timeout"
+    return "rejected"
+
+
+def _loose_route(value: str) -> bool:
+    uri = _contact_uri(value)
+    return any(p.split("=", 1)[0].strip().lower() == "lr" for p in uri.split(";")[1:])
 
 
 def _contact_uri(value: str) -> str:
