@@ -109,6 +109,7 @@ class MediaEngine:
         sock = self._streams.pop(stream, None)
         if sock is None:
             return
+        stream.unbridge()  # the other leg must not relay into a closed stream
         self.loop.remove_reader(sock.fileno())
         sock.close()
         self.stats.packets_in += stream.packets_in

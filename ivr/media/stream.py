@@ -9,6 +9,12 @@ finished, a key was pressed, a recording stopped.
 Symmetric RTP (RFC 4961): we send to the address the SDP named until the
 first packet arrives from the caller, then to wherever the caller's packets
 come from, which is what works through NAT.
+
+Bridging (:meth:`MediaStream.bridge`) relays the voice of one leg to another
+through the server: each leg keeps its own SSRC, sequence, timestamps and
+pacing on the shared tick, and plays what the other leg sent (transcoded
+PCMU<->PCMA when the legs differ) from a small jitter buffer whenever no
+prompt is playing. Telephone-events are not relayed: keys stay with us.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import array
 import math
 import struct
 import sys
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,6 +55,21 @@ class RecordingStopped:
 
 MediaEvent = PlaybackFinished | KeyPressed | RecordingStopped
 
+_TRANSCODE: dict[tuple[str, str], bytes] = {}
+
+
+def _transcode_table(src: Codec, dst: Codec) -> bytes:
+    """A bytes.translate table from one G.711 law to the other.
+
+    G.711 codes each sample on its own, so ``dst.encode(src.decode(x))`` is a
+    byte-for-byte mapping: built once per pair over all 256 codes.
+    """
+    key = (src.name, dst.name)
+    table = _TRANSCODE.get(key)
+    if table is None:
+        table = _TRANSCODE[key] = dst.encode(src.decode(bytes(range(256))))
+    return table
+
 
 def frame_rms(pcm: bytes) -> float:
     samples = array.array("h")
@@ -77,6 +99,7 @@ class MediaStream:
     """Sender and receiver state of one RTP session (one call leg)."""
 
     SILENCE_RMS = 300.0  # about -40 dBFS: below this a frame counts as silence
+    RELAY_CAP = 5  # frames (100 ms) the bridge's jitter buffer holds before it drops the oldest
 
     def __init__(
         self,
@@ -112,6 +135,14 @@ class MediaStream:
         self._recording: _Recording | None = None
         self.events: list[MediaEvent] = []
         self.owner: object = None  # whatever the engine's user attaches (the call)
+        # bridge: the other leg, and the frames it sent us (in our codec) waiting for a tick
+        self.bridged: MediaStream | None = None
+        self.relay_cap = self.RELAY_CAP
+        self._relay: deque[bytes] = deque()
+        self._relay_rest = b""  # bytes short of a 20 ms frame (30 ms phones)
+        self._relay_talking = False  # the last packet sent carried relayed audio
+        self.relayed_in = 0  # voice packets received on this leg and handed to the other
+        self.relay_dropped = 0  # frames this leg's relay buffer dropped (over relay_cap)
 
     # -- playback -------------------------------------------------------------------
     def play(self, prompts: Sequence[Sequence[bytes]], play_id: int) -> None:
@@ -132,9 +163,11 @@ class MediaStream:
         return bool(self._queue)
 
     def next_packet(self) -> bytes:
-        """The next 20 ms packet: prompt audio, or silence when nothing plays."""
+        """The next 20 ms packet: prompt audio, else the bridged leg's audio, else silence."""
         queue = self._queue
+        relay = self._relay
         if queue:
+            self._relay_talking = False
             frames = queue[0]
             payload = frames[self._frame_index]
             self._frame_index += 1
@@ -143,8 +176,14 @@ class MediaStream:
                 self._frame_index = 0
                 if not queue:
                     self.events.append(PlaybackFinished(self.play_id))
+        elif relay:
+            payload = relay.popleft()
+            if not self._relay_talking:
+                self._relay_talking = True
+                self._marker = True  # relayed talk starts after silence or a prompt
         else:
             payload = self.silence
+            self._relay_talking = False
         b1 = self.payload_type | (0x80 if self._marker else 0)
         self._marker = False
         # the RTP header packed directly: this runs 50 times a second per call
@@ -182,8 +221,12 @@ class MediaStream:
                 return
             for key in keys:
                 self.key(key)
-        elif pt == self.payload_type and self._recording is not None:
-            self._record(self.codec.decode(pkt.payload))
+        elif pt == self.payload_type:
+            if self._recording is not None:
+                self._record(self.codec.decode(pkt.payload))
+            other = self.bridged
+            if other is not None:
+                self._relay_to(other, pkt.payload)
 
     def key(self, key: str) -> None:
         """A key pressed (from RTP or SIP INFO)."""
@@ -192,6 +235,53 @@ class MediaStream:
             self._finish_recording("key", key)
             return
         self.events.append(KeyPressed(key))
+
+    # -- bridging ---------------------------------------------------------------------
+    def bridge(self, other: MediaStream) -> None:
+        """Relay voice both ways between this leg and ``other``.
+
+        Either leg's earlier bridge is undone first; the relay buffers start empty.
+        """
+        if other is self:
+            raise ValueError("a stream cannot be bridged to itself")
+        if self.bridged is other:
+            return
+        self.unbridge()
+        other.unbridge()
+        self.bridged = other
+        other.bridged = self
+
+    def unbridge(self) -> None:
+        """Undo the bridge on both legs and drop what was waiting to be relayed."""
+        other = self.bridged
+        self.bridged = None
+        self._clear_relay()
+        if other is not None and other.bridged is self:
+            other.bridged = None
+            other._clear_relay()
+
+    def _clear_relay(self) -> None:
+        self._relay.clear()
+        self._relay_rest = b""
+
+    def _relay_to(self, other: MediaStream, payload: bytes) -> None:
+        """Hand a voice payload received on this leg to the other leg's relay buffer."""
+        self.relayed_in += 1
+        if other.codec.name != self.codec.name:
+            payload = payload.translate(_transcode_table(self.codec, other.codec))
+        size = FRAME_SAMPLES  # bytes in a 20 ms frame: G.711 is a byte a sample
+        if other._relay_rest:
+            payload = other._relay_rest + payload
+        buf = other._relay
+        end = len(payload) - len(payload) % size
+        for i in range(0, end, size):
+            buf.append(payload[i : i + size])
+        other._relay_rest = payload[end:]
+        over = len(buf) - other.relay_cap
+        if over > 0:
+            for _ in range(over):
+                buf.popleft()
+            other.relay_dropped += over
 
     # -- recording -----------------------------------------------------------------------
     def start_recording(self, max_seconds: float, silence_seconds: float, stop_key: str = "#") -> None:
