@@ -9,10 +9,13 @@ Every setting has a default, so the server runs with no file at all
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import math
 import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 from urllib.parse import urlsplit
 
 import yaml
@@ -26,9 +29,14 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from .flow.config import IvrSettings
+from queueing.events import OverflowTarget
+from queueing.model import ModelError, Strategy
+
+from .flow.config import Day, IvrSettings, Minutes, Name
 from .sip.registrar import USERNAME_RE
 
 
@@ -229,11 +237,18 @@ AgentName = Annotated[str, BeforeValidator(_agent_name_str), AfterValidator(_che
 _HA1_RE = re.compile(r"^[0-9a-fA-F]{32}$")
 
 
+SkillLevel = Annotated[int, Field(ge=1, le=100)]
+
+
 class AgentSettings(_Strict):
-    """One agent's SIP login. The password is stored only as its HA1."""
+    """One agent's SIP login and what calls the agent can take. The password is stored only as its HA1."""
 
     ha1: str = Field(description="hex MD5 of 'name:realm:password' (`frontdesk hash-password NAME`)")
     display_name: str | None = None
+    skills: dict[Name, SkillLevel] = Field(
+        default_factory=dict, description="skill -> level; the agent takes a queue's calls when every level is met"
+    )
+    max_misses: int = Field(2, ge=1, le=100, description="unanswered rings in a row before the agent is not ready")
 
     @field_validator("ha1")
     @classmethod
@@ -241,6 +256,177 @@ class AgentSettings(_Strict):
         if not _HA1_RE.match(v):
             raise ValueError("ha1 must be 32 hex digits: generate it with `frontdesk hash-password NAME`")
         return v.lower()
+
+
+# -- queues and the surge switch (docs/queueing.md) ---------------------------------
+
+
+def _problems(title: str, problems: Iterable[tuple[tuple[str | int, ...], str, Any]]) -> NoReturn:
+    """Raise a ValidationError at exact locations, so parse_config can name the line."""
+    details = [
+        InitErrorDetails(type=PydanticCustomError("queue_config", "{msg}", {"msg": msg}), loc=loc, input=value)
+        for loc, msg, value in problems
+    ]
+    raise ValidationError.from_exception_data(title, details)
+
+
+def _limit_shorthand(low: float, strict: bool, whole: bool, what: str) -> Callable[[Any], Any]:
+    """A plain number means the same value in normal and surge mode; check it here for a one-line error."""
+
+    def widen(v: Any) -> Any:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            if not math.isfinite(v) or (v <= low if strict else v < low) or (whole and v != int(v)):
+                bound = f"{'greater than' if strict else 'at least'} {low:g}"
+                raise ValueError(f"{what} must be {f'a whole number ({bound})' if whole else bound}, got {v}")
+            return {"normal": v, "surge": v}
+        return v
+
+    return widen
+
+
+class WaitLimit(_Strict):
+    """Seconds, one value for normal mode and one for surge (R11)."""
+
+    normal: float = Field(gt=0, allow_inf_nan=False, description="seconds in normal mode")
+    surge: float = Field(gt=0, allow_inf_nan=False, description="seconds in surge mode")
+
+
+class LengthLimit(_Strict):
+    """Callers waiting in line, one value for normal mode and one for surge (R11)."""
+
+    normal: int = Field(ge=0, description="callers in normal mode")
+    surge: int = Field(ge=0, description="callers in surge mode")
+
+
+Wait = Annotated[WaitLimit, BeforeValidator(_limit_shorthand(0, True, False, "a wait in seconds"))]
+Length = Annotated[LengthLimit, BeforeValidator(_limit_shorthand(0, False, True, "a queue length"))]
+
+
+class TierSettings(_Strict):
+    """A customer tier (R16): higher priority is served first; callers in ``groups`` get this tier."""
+
+    name: Name
+    priority: int = Field(ge=0, le=1000, description="higher is served first")
+    groups: list[Name] = Field(default_factory=list, description="caller groups (ivr.groups) that put a caller here")
+
+
+def _default_tiers() -> list[TierSettings]:
+    return [
+        TierSettings(name="special", priority=3),
+        TierSettings(name="senior", priority=2),
+        TierSettings(name="ordinary", priority=1),
+    ]
+
+
+class ServiceLevelSettings(_Strict):
+    """The service-level objective: ``target`` of calls answered within ``seconds``."""
+
+    seconds: float = Field(20.0, gt=0, le=3600, description="T of 'X % answered within T seconds'")
+    target: float = Field(0.8, ge=0, le=1, description="the share aimed at, 0..1")
+
+
+class QueueSettings(_Strict):
+    """One queue: who may take its calls, how they are chosen, and the limits (docs/queueing.md)."""
+
+    skills: dict[Name, SkillLevel] = Field(default_factory=dict, description="skill -> minimum agent level")
+    strategy: Strategy = Field("longest_idle", description="longest_idle | round_robin | fewest_calls | ring_all")
+    tiers: list[TierSettings] = Field(default_factory=_default_tiers, min_length=1, description="R16")
+    urgent_groups: list[Name] = Field(default_factory=list, description="caller groups never peak-shaved (R8)")
+    announce_every: Wait = Field(
+        WaitLimit(normal=30, surge=20), description="seconds between position/wait announcements"
+    )
+    max_wait: Wait = Field(WaitLimit(normal=60, surge=40), description="seconds in line before overflow (R11)")
+    max_length: Length = Field(
+        LengthLimit(normal=20, surge=10), description="callers in line beyond which the last overflow"
+    )
+    overflow: OverflowTarget = Field("message", description="where overflowing callers go in normal mode")
+    surge_overflow: OverflowTarget = Field("callback", description="where they go in surge mode (R10)")
+    ring_timeout: float = Field(12.0, gt=0, le=300, description="seconds an agent's phone rings before the next try")
+    wrap_up: float = Field(10.0, ge=0, le=3600, description="seconds after a call before the agent is ready again")
+    service_level: ServiceLevelSettings = ServiceLevelSettings()
+    abandon_grace: float = Field(
+        5.0, ge=0, le=300, description="abandons quicker than this are not held against the service level"
+    )
+    initial_aht: float = Field(
+        180.0, gt=0, le=36000, description="handle time assumed before the first call ends, seconds"
+    )
+
+    @field_validator("tiers")
+    @classmethod
+    def _unique_tiers(cls, v: list[TierSettings]) -> list[TierSettings]:
+        seen: set[str] = set()
+        problems: list[tuple[tuple[str | int, ...], str, Any]] = []
+        for i, tier in enumerate(v):
+            if tier.name in seen:
+                problems.append(((i, "name"), f"tier {tier.name!r} is listed twice", tier.name))
+            seen.add(tier.name)
+        if problems:
+            _problems("QueueSettings", problems)
+        return v
+
+
+def _default_queues() -> dict[str, QueueSettings]:
+    return {"general": QueueSettings()}
+
+
+class SurgeWindow(_Strict):
+    """A daily surge window in the server's local time, [start, end)."""
+
+    start: Minutes = Field(description='"HH:MM" (kept as minutes after midnight)')
+    end: Minutes = Field(description='"HH:MM", after start; "24:00" is midnight at the end of the day')
+    days: list[Day] | None = Field(None, min_length=1, description="mon..sun; default: every day")
+
+    @field_validator("end")
+    @classmethod
+    def _after_start(cls, v: int, info: ValidationInfo) -> int:
+        start = info.data.get("start")
+        if start is not None and v <= start:
+            raise ValueError("end must be after start (a window past midnight is two windows)")
+        return v
+
+
+class SurgeSettings(_Strict):
+    """The surge switch: when it turns on by itself, and what it does (docs/queueing.md)."""
+
+    auto: bool = Field(True, description="switch on and off by the thresholds below")
+    ewt_on: float | None = Field(120.0, ge=0, allow_inf_nan=False, description="on when a queue's EWT reaches this")
+    ewt_off: float | None = Field(
+        45.0, ge=0, allow_inf_nan=False, description="off only when every EWT is back to this"
+    )
+    queue_length_on: int | None = Field(None, ge=1, description="on when a queue has this many callers waiting")
+    queue_length_off: int | None = Field(None, ge=0, description="off only when every queue is back to this")
+    service_level_on: float | None = Field(None, ge=0, le=1, description="on when the recent service level falls below")
+    service_level_off: float | None = Field(None, ge=0, le=1, description="off only when it is back at or above")
+    service_level_window: float = Field(300.0, gt=0, le=86400, description="seconds of calls the service level covers")
+    min_dwell: float = Field(60.0, ge=0, le=86400, description="seconds the automatic switch stays put after a change")
+    schedule: list[SurgeWindow] = Field(default_factory=list, description="daily surge windows, server local time")
+    peak_shaving_ewt: float | None = Field(
+        300.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="R8: in surge, shave callers whose EWT is above this; null = never",
+    )
+    notice: bool = Field(False, description="R6: in surge, play a notice to every caller joining a queue")
+    pause_outbound: bool = Field(True, description="R15: in surge, pause outbound callbacks and marketing")
+
+    @field_validator("ewt_off", "queue_length_off")
+    @classmethod
+    def _off_not_above_on(cls, v: float | None, info: ValidationInfo) -> float | None:
+        on_name = info.field_name.removesuffix("_off") + "_on" if info.field_name else ""
+        on = info.data.get(on_name)
+        if v is not None and on is not None and v > on:
+            raise ValueError(f"{info.field_name} ({v}) must not exceed {on_name} ({on}): the switch would flap")
+        return v
+
+    @field_validator("service_level_off")
+    @classmethod
+    def _off_not_below_on(cls, v: float | None, info: ValidationInfo) -> float | None:
+        on = info.data.get("service_level_on")
+        if v is not None and on is not None and v < on:
+            raise ValueError(
+                f"service_level_off ({v}) must not be below service_level_on ({on}): the switch would flap"
+            )
+        return v
 
 
 class Config(_Strict):
@@ -253,7 +439,49 @@ class Config(_Strict):
     ivr: IvrSettings = IvrSettings()  # no flows: the built-in demo (ivr/flow/demo.yaml)
     registrar: RegistrarConfig = RegistrarConfig()
     agents: dict[AgentName, AgentSettings] = Field(default_factory=dict, description="SIP logins for agents' phones")
+    queues: dict[Name, QueueSettings] = Field(
+        default_factory=_default_queues, min_length=1, description="queue name -> settings; default: one 'general'"
+    )
+    surge: SurgeSettings = SurgeSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _queue_references(self) -> Config:
+        groups = self.ivr.groups
+        problems: list[tuple[tuple[str | int, ...], str, Any]] = []
+        for qname, queue in self.queues.items():
+            refs: list[tuple[tuple[str | int, ...], str]] = [
+                (("tiers", i, "groups", j), g) for i, t in enumerate(queue.tiers) for j, g in enumerate(t.groups)
+            ]
+            refs += [(("urgent_groups", j), g) for j, g in enumerate(queue.urgent_groups)]
+            for loc, group in refs:
+                if group not in groups:
+                    close = difflib.get_close_matches(group, list(groups), n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    msg = f"unknown caller group {group!r}{hint}: define it under ivr.groups"
+                    problems.append((("queues", qname, *loc), msg, group))
+        # every queue node of every flow names a queue that exists
+        for fname, flow in self.ivr.flows.items():
+            for nid, node in flow.nodes.items():
+                wanted = getattr(node, "queue", None)
+                if getattr(node, "type", None) == "queue" and wanted not in self.queues:
+                    known = ", ".join(sorted(self.queues))
+                    if "ivr" not in self.model_fields_set:
+                        msg = f"the built-in demo flow sends callers to queue {wanted!r}: define it, or write ivr.flows"
+                        problems.append((("queues",), msg, wanted))
+                        continue
+                    msg = f"unknown queue {wanted!r}: define it under queues (queues now: {known})"
+                    problems.append((("ivr", "flows", fname, "nodes", nid, "queue"), msg, wanted))
+        if problems:
+            _problems("Config", problems)
+        # every rule of the queueing model holds once the fields pass; this catches any the fields missed
+        from .queuesetup import model_from_config
+
+        try:
+            model_from_config(self)
+        except ModelError as exc:
+            _problems("Config", [(("queues",), str(exc), None)])
+        return self
 
 
 def load_config(path: str | Path | None) -> Config:

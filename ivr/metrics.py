@@ -1,17 +1,23 @@
-"""Prometheus export of the SIP core's counters.
+"""Prometheus export of the SIP core's, the IVR's and the queues' counters.
 
 The core counts into plain integers (:class:`ivr.sip.ua.SipStats`) so the
 per-message path pays for a dict update, not for a metrics library; this
-collector turns them into metric families when Prometheus scrapes.
+collector turns them into metric families when Prometheus scrapes. The queue
+engine keeps its own counters (``queueing.engine.QueueStats``), read the
+same way by :class:`QueueCollector`.
 All names share the ``frontdesk_`` prefix and use base units.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol, get_args
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
+
+from queueing.engine import AgentState, Engine
+from queueing.events import OverflowTarget, SurgeCause
 
 from .ivrcall import IvrMetrics
 from .media.engine import LATENESS_BUCKETS, MediaEngine
@@ -177,3 +183,176 @@ class IvrCollector(Collector):
         h = HistogramMetricFamily("frontdesk_rtp_pacing_lateness_seconds", "How late each shared 20 ms media tick ran")
         h.add_metric([], buckets, st.lateness_sum)
         yield h
+
+
+class AgentCallCounts(Protocol):
+    """What the live router counts about the calls it places to agents' phones (the engine does not see SIP)."""
+
+    @property
+    def agent_calls(self) -> Mapping[str, int]: ...  # INVITEs to agents by result
+
+    @property
+    def unreachable(self) -> int: ...  # rings to agents with no registered phone
+
+
+class QueueCollector(Collector):
+    """Queues, agents and the surge switch, read from the queueing engine at scrape time (docs/queueing.md).
+
+    ``engine_getter`` is called on every scrape, so the router may swap engines
+    (a reload) without re-registering. Counters run from the engine's start.
+    ``router_counts``, when given, adds the live router's counts of calls to agents.
+    """
+
+    def __init__(
+        self,
+        engine_getter: Callable[[], Engine],
+        outbound_paused: Callable[[], bool],
+        router_counts: AgentCallCounts | None = None,
+    ) -> None:
+        self.engine_getter = engine_getter
+        self.outbound_paused = outbound_paused
+        self.router_counts = router_counts
+
+    def collect(self) -> Iterator[object]:  # type: ignore[override]
+        engine = self.engine_getter()
+        snap = engine.snapshot()
+        names = sorted(engine.queues)
+        stats = engine.stats
+
+        for name, doc, attr in (
+            ("frontdesk_queue_calls_offered", "Callers who joined the queue", "offered"),
+            ("frontdesk_queue_calls_answered", "Callers answered by an agent", "answered"),
+            ("frontdesk_queue_calls_abandoned", "Callers who hung up while waiting or ringing", "abandoned"),
+            (
+                "frontdesk_queue_ring_no_answer",
+                "Agent rings that went unanswered (ring timeout or refused)",
+                "ring_no_answer",
+            ),
+            (
+                "frontdesk_queue_answered_within_threshold",
+                "Callers answered within the service-level threshold",
+                "answered_within_t",
+            ),
+            (
+                "frontdesk_queue_abandoned_short",
+                "Abandons within the grace period (left out of the service level)",
+                "abandoned_short",
+            ),
+        ):
+            c = CounterMetricFamily(name, doc, labels=["queue"])
+            for q in names:
+                c.add_metric([q], getattr(stats[q], attr))
+            yield c
+        c = CounterMetricFamily(
+            "frontdesk_queue_calls_overflowed",
+            "Callers taken out of the queue, by where they went",
+            labels=["queue", "target"],
+        )
+        for q in names:
+            for target in get_args(OverflowTarget):
+                c.add_metric([q, target], stats[q].overflowed.get(target, 0))
+        yield c
+
+        queue_snaps = snap.queues
+        for name, doc, value in (
+            (
+                "frontdesk_queue_waiting_calls",
+                "Callers waiting in line now (not ringing)",
+                lambda q: queue_snaps[q].waiting,
+            ),
+            (
+                "frontdesk_queue_ringing_calls",
+                "Callers whose agent phone is ringing now",
+                lambda q: queue_snaps[q].ringing,
+            ),
+            (
+                "frontdesk_queue_longest_wait_seconds",
+                "Longest wait of the callers in line now",
+                lambda q: queue_snaps[q].longest_waiting,
+            ),
+            (
+                "frontdesk_queue_ewt_seconds",
+                "Estimated wait for a caller joining now (+Inf when no agent serves the queue)",
+                lambda q: queue_snaps[q].ewt,
+            ),
+            (
+                "frontdesk_queue_aht_seconds",
+                "Average handle time (talk + wrap-up), moving average",
+                lambda q: queue_snaps[q].aht,
+            ),
+            (
+                "frontdesk_queue_service_level_ratio",
+                "Answered within the threshold / (answered + abandoned + overflowed - short abandons), since start",
+                lambda q: stats[q].service_level,
+            ),
+            (
+                "frontdesk_queue_service_level_threshold_seconds",
+                "T of the service level: answers within this count",
+                lambda q: engine.queues[q].service_level_t,
+            ),
+            (
+                "frontdesk_queue_service_level_target_ratio",
+                "The service level aimed at",
+                lambda q: engine.queues[q].service_level_target,
+            ),
+            ("frontdesk_queue_asa_seconds", "Average speed of answer since start", lambda q: stats[q].asa),
+            (
+                "frontdesk_queue_agents_serving",
+                "Agents logged in, not 'not ready', with the queue's skills",
+                lambda q: queue_snaps[q].serving,
+            ),
+        ):
+            g = GaugeMetricFamily(name, doc, labels=["queue"])
+            for q in names:
+                g.add_metric([q], value(q))
+            yield g
+
+        s = SummaryMetricFamily(
+            "frontdesk_queue_answer_wait_seconds", "Waits of answered callers, joining to answer", labels=["queue"]
+        )
+        for q in names:
+            s.add_metric([q], count_value=stats[q].answered, sum_value=stats[q].answer_wait_total)
+        yield s
+        s = SummaryMetricFamily(
+            "frontdesk_queue_ewt_error_seconds",
+            "Actual minus predicted wait of answered callers (positive: they waited longer than estimated)",
+            labels=["queue"],
+        )
+        for q in names:
+            s.add_metric([q], count_value=stats[q].ewt_samples, sum_value=stats[q].ewt_error_total)
+        yield s
+        s = SummaryMetricFamily(
+            "frontdesk_queue_ewt_abs_error_seconds", "Absolute error of the wait predicted on joining", labels=["queue"]
+        )
+        for q in names:
+            s.add_metric([q], count_value=stats[q].ewt_samples, sum_value=stats[q].ewt_abs_error_total)
+        yield s
+
+        g = GaugeMetricFamily("frontdesk_agents", "Agents by state", labels=["state"])
+        for state in AgentState:
+            g.add_metric([state.value], snap.agents_by_state.get(state.value, 0))
+        yield g
+        g = GaugeMetricFamily("frontdesk_surge_active", "1 while surge mode is on")
+        g.add_metric([], 1 if engine.surge else 0)
+        yield g
+        c = CounterMetricFamily(
+            "frontdesk_surge_changes", "Surge switch changes, by what decided them", labels=["cause"]
+        )
+        for cause in get_args(SurgeCause):
+            c.add_metric([cause], engine.surge_changes.get(cause, 0))
+        yield c
+        g = GaugeMetricFamily("frontdesk_outbound_paused", "1 while outbound calls are paused (R15)")
+        g.add_metric([], 1 if self.outbound_paused() else 0)
+        yield g
+        if self.router_counts is not None:
+            c = CounterMetricFamily(
+                "frontdesk_queue_agent_calls", "Calls placed to agents' phones, by result", labels=["result"]
+            )
+            for result, n in sorted(self.router_counts.agent_calls.items()):
+                c.add_metric([result], n)
+            yield c
+            c = CounterMetricFamily(
+                "frontdesk_queue_agent_unreachable", "Rings asked for an agent whose phone is not registered"
+            )
+            c.add_metric([], self.router_counts.unreachable)
+            yield c

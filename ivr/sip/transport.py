@@ -44,6 +44,7 @@ def _udp_socket(host: str, port: int) -> socket.socket:
         raise
     return sock
 
+
 EventHandler = Callable[[list[Event], float], None]
 
 
