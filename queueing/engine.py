@@ -25,6 +25,7 @@ a caller who already hung up) is ignored: it is a normal race on a phone line.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import math
@@ -51,11 +52,13 @@ from queueing.events import (
     OverflowTarget,
     PauseOutbound,
     PlayAnnouncement,
+    QueueReconfigured,
     ResumeOutbound,
     RingAgent,
     SetTimer,
     SurgeCause,
     SurgeChanged,
+    SurgeReconfigured,
     SurgeSwitch,
     TimerFired,
 )
@@ -149,6 +152,7 @@ class Call:
     requeued: bool = False
     agents: set[str] = field(default_factory=set)
     predicted_ewt: float = 0.0
+    extra_skills: frozenset[str] = frozenset()
 
     @property
     def key(self) -> tuple[int, int, int]:
@@ -355,6 +359,9 @@ class Engine:
             case SurgeSwitch():
                 if event.on is None and event.cause != "manual":
                     raise PolicyError("only a manual switch can be released (on=None)")
+            case QueueReconfigured():
+                if event.spec.name not in self.queues:
+                    raise PolicyError(f"unknown queue {event.spec.name!r}")
             case _:
                 pass
 
@@ -395,7 +402,9 @@ class Engine:
         elif kind == "ring":
             call = self.calls.get(ident)
             if call is not None and call.state is CallState.RINGING:
-                self._ring_failed(call, sorted(call.agents), out, miss=True)
+                agents = sorted(call.agents)
+                out.extend(CancelRing(agent_id, call.id) for agent_id in agents)  # stop the phones ringing
+                self._ring_failed(call, agents, out, miss=True)
         elif kind == "wrap_up":
             agent = self.agents.get(ident)
             if agent is not None and agent.state is AgentState.WRAP_UP:
@@ -465,6 +474,28 @@ class Engine:
                 else:
                     self._auto = bool(event.on)
                     self._auto_changed_at = self._now
+            case QueueReconfigured():
+                self._reconfigure(event.spec, out)
+            case SurgeReconfigured():
+                self.model = dataclasses.replace(self.model, surge=event.spec)
+
+    def _reconfigure(self, spec: QueueSpec, out: list[Decision]) -> None:
+        """New settings for a queue: its callers keep their places; new limits apply at once."""
+        self.queues[spec.name] = spec
+        self.model = dataclasses.replace(self.model, queues=tuple(self.queues.values()))
+        aht = self._aht[spec.name]
+        aht.alpha = spec.aht_alpha
+        for call in sorted(self.calls.values(), key=lambda c: c.key):
+            if call.queue.name != spec.name:
+                continue
+            call.queue = spec
+            call.priority = spec.tier_priority(call.tier)
+            required = dict(spec.skills)
+            for skill in call.extra_skills:
+                required[skill] = max(required.get(skill, 1), 1)
+            call.required = required
+            if call.state is CallState.WAITING:
+                self._check_deadline(call, out)
 
     def _move(self, agent: Agent, trigger: str) -> None:
         try:
@@ -486,6 +517,7 @@ class Engine:
             urgent=event.urgent,
             arrived=self._now,
             order=next(self._order),
+            extra_skills=event.skills,
         )
         stats = self.stats[spec.name]
         stats.offered += 1
@@ -581,6 +613,8 @@ class Engine:
         call.state = CallState.WAITING
         call.requeued = True
         self._check_deadline(call, out)
+        if call.id in self.calls:  # still in line: announcements go on
+            self._arm("announce", call.id, self._now + call.queue.announce_every.value(self.surge), out)
 
     def _hang_up(self, call_id: str, out: list[Decision]) -> None:
         call = self.calls.get(call_id)

@@ -11,7 +11,10 @@ time of their own: they apply at the ``now`` of the event that produced them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from queueing.model import QueueSpec, SurgeSpec
 
 SurgeCause = Literal["manual", "schedule", "auto"]
 OverflowTarget = Literal["callback", "message", "self_service", "peak_shaving"]
@@ -112,6 +115,22 @@ class SurgeSwitch:
     now: float
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueReconfigured:
+    """Ops changed a queue's settings at runtime (limits, strategy, targets); the queue keeps its name and callers."""
+
+    spec: QueueSpec
+    now: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SurgeReconfigured:
+    """Ops changed the surge thresholds or what surge does, at runtime."""
+
+    spec: SurgeSpec
+    now: float
+
+
 Event = (
     CallArrived
     | AgentLoggedIn
@@ -124,6 +143,8 @@ Event = (
     | CallerHungUp
     | TimerFired
     | SurgeSwitch
+    | QueueReconfigured
+    | SurgeReconfigured
 )
 
 

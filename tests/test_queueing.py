@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import MappingProxyType
 
@@ -28,10 +29,12 @@ from queueing.events import (
     Overflow,
     PauseOutbound,
     PlayAnnouncement,
+    QueueReconfigured,
     ResumeOutbound,
     RingAgent,
     SetTimer,
     SurgeChanged,
+    SurgeReconfigured,
     SurgeSwitch,
     TimerFired,
 )
@@ -131,9 +134,12 @@ def test_ring_timeout_sends_caller_back_to_head_and_agent_not_ready_after_n_miss
     arrive(e, "c2", 1.0)
     # a1 never answers; c1 keeps its place ahead of c2
     out = tick(e, 12.0)
+    assert of(CancelRing, out) == [CancelRing("a1", "c1")]  # the phone stops ringing
     assert of(RingAgent, out) == [RingAgent("a1", "c1", 12.0)]
+    assert out.index(CancelRing("a1", "c1")) < out.index(RingAgent("a1", "c1", 12.0))
     assert e.stats["sales"].ring_no_answer == 1
     out = tick(e, 24.0)
+    assert of(CancelRing, out) == [CancelRing("a1", "c1")]
     assert e.agents["a1"].state is AgentState.NOT_READY
     assert e.agents["a1"].reason == "no answer"
     assert of(RingAgent, out) == []
@@ -196,6 +202,27 @@ def test_surge_switch_shortens_the_wait_of_callers_already_in_line() -> None:
     out = e.handle(SurgeSwitch(on=None, cause="manual", now=50.0))
     assert out[:2] == [SurgeChanged(False, "auto"), ResumeOutbound()]
     assert SetTimer("max_wait", "c2", 90.0) in out
+
+
+def test_runtime_reconfiguration_applies_new_limits_to_callers_already_in_line() -> None:
+    e = make(surge=SurgeSpec(auto=False, peak_shaving_ewt=None))
+    for i, t in enumerate((0.0, 10.0, 20.0)):
+        arrive(e, f"c{i}", t)
+    spec = dataclasses.replace(
+        e.queues["sales"], max_wait=Limit(25.0, 15.0), max_length=Limit(1, 1), overflow="self_service"
+    )
+    out = e.handle(QueueReconfigured(spec=spec, now=26.0))
+    # c0 waited 26 s > 25 s; of c1 and c2 only one place is left: the later caller leaves
+    assert of(Overflow, out) == [
+        Overflow("c0", "self_service", "max_wait"),
+        Overflow("c2", "self_service", "max_length"),
+    ]
+    assert SetTimer("max_wait", "c1", 35.0) in out
+    assert e.calls["c1"].queue is spec
+    with pytest.raises(PolicyError):
+        e.handle(QueueReconfigured(spec=QueueSpec(name="nope"), now=27.0))
+    e.handle(SurgeReconfigured(spec=SurgeSpec(auto=True, ewt_on=1.0, ewt_off=0.5, min_dwell=0.0), now=28.0))
+    assert e.surge  # c1 is still waiting with nobody serving: EWT is infinite
 
 
 def test_max_length_overflows_the_back_of_the_line_not_the_key_tier() -> None:
