@@ -15,6 +15,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from aiohttp import web
@@ -22,8 +23,9 @@ from prometheus_client import CollectorRegistry
 
 from callback import db as callback_db
 from callback.outbox import Outbox, OutboxDispatcher, OutboxMetrics, RetryPolicy, build_sender
+from queueing.engine import Engine
 
-from . import admin, http
+from . import admin, http, queueapi
 from .config import Config
 from .flow.config import groups_of_function
 from .flow.program import compile_ivr
@@ -31,8 +33,10 @@ from .ivrcall import IvrServices
 from .ivrsetup import load_prompts
 from .media.engine import MediaEngine
 from .media.prompts import PromptStore
-from .metrics import IvrCollector, SipCollector
+from .metrics import IvrCollector, QueueCollector, SipCollector
 from .notices import NoticeBoard
+from .queues import LiveQueues
+from .queuesetup import in_schedule, model_from_config, tier_of
 from .records import Base, CallRecorder, create_engine, init_schema
 from .router import CallRouter, RouterSettings
 from .schema import add_missing_columns
@@ -136,6 +140,22 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         send_text=lambda to, body, reason: texts_in.put_nowait((to, body, reason)),
         recordings_dir=recordings,
     )
+    queues = LiveQueues(
+        Engine(model_from_config(config)),
+        ua,
+        media,
+        loop.time,
+        loop,
+        lambda queue, groups: tier_of(config.queues[queue], groups),
+    )
+    ivr.queues = queues
+    ivr.surge = lambda: queues.engine.surge
+
+    # registrations change inside the SIP core's receive/timer: act on them just after
+    def registration_changed(agent: str, up: bool) -> None:
+        loop.call_soon(queues.on_registration, agent, up)
+
+    ua.registrar.on_change = registration_changed
     router = CallRouter(
         ua,
         RouterSettings(ring_limit=sip.ring_limit, answer_delay=sip.answer_delay, hold_time=sip.hold_time),
@@ -146,21 +166,26 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     shell = SipShell(ua, router.handle)
     router.pump = shell.pump
+    queues.pump = shell.pump
     await shell.start(sip.listen, sip.port, list(sip.transports))
     if sip.port == 0:
         # an ephemeral port (tests): write the real one into Contact/Via
         ua.set_local_port(shell.udp_port or shell.tcp_port or 0)
     registry.register(SipCollector(ua, lambda: recorder.backlog, lambda: recorder.write_errors))
     registry.register(IvrCollector(ivr.metrics, media))
+    registry.register(QueueCollector(lambda: queues.engine, lambda: queues.outbound_paused, queues.counters))
     app[RUNTIME] = Runtime(config, ua, router, shell, recorder, registry, outbox, notices)
     app[admin.ADMIN] = admin.AdminState(engine, notices)
+    app[queueapi.QUEUES] = queues
     texter = asyncio.create_task(dispatcher.run(), name="text-outbox")
+    scheduler = asyncio.create_task(_surge_schedule(config, queues), name="surge-schedule")
     try:
         yield
     finally:
         await shell.stop()
+        queues.close()
         media.close_all()
-        for task in (writer, intake, texter):
+        for task in (writer, intake, texter, scheduler):
             task.cancel()
             try:
                 await task
@@ -168,6 +193,19 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
                 pass
         await sender.close()
         await engine.dispose()
+
+
+async def _surge_schedule(config: Config, queues: LiveQueues, every: float = 15.0) -> None:
+    """Daily surge windows (local time) become schedule switches of the engine."""
+    if not config.surge.schedule:
+        return
+    inside = False
+    while True:
+        now_inside = in_schedule(config.surge, datetime.now())
+        if now_inside != inside:
+            inside = now_inside
+            queues.surge_switch(inside, "schedule")
+        await asyncio.sleep(every)
 
 
 async def _text_intake(queue: asyncio.Queue[tuple[str, str, str]], outbox: Outbox) -> None:
@@ -188,4 +226,5 @@ def create_app(config: Config, prompts: PromptStore | None = None) -> web.Applic
     app.cleanup_ctx.append(_runtime_ctx)
     http.setup_routes(app)
     admin.setup_admin_routes(app, config.admin)
+    queueapi.setup_queue_routes(app, config.admin)
     return app

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .flow import actions as fa
 from .flow.interpreter import start, step
@@ -26,9 +27,13 @@ from .media.prompts import PromptStore, write_wav
 from .media.stream import KeyPressed, MediaEvent, MediaStream, PlaybackFinished, RecordingStopped
 from .sip.ua import Call, Outcome, UserAgent
 
+if TYPE_CHECKING:
+    from .queues import LiveQueues
+
 log = logging.getLogger(__name__)
 
 TIMER_PREFIX = "ivr:"
+HOLD_PLAY_ID = -1  # hold music and queue announcements: never a play id of the flow's
 
 
 @dataclass
@@ -59,6 +64,7 @@ class IvrServices:
     recordings_dir: Path
     surge: Callable[[], bool] = lambda: False
     metrics: IvrMetrics = field(default_factory=IvrMetrics)
+    queues: LiveQueues | None = None  # live queues; without them a queue node only plays its prompt
 
 
 class IvrCall:
@@ -74,12 +80,17 @@ class IvrCall:
         self.outcomes: list[str] = []
         self.complaint: str | None = None
         self.recording: str | None = None
+        self.groups: frozenset[str] = frozenset()
+        self.queued = False  # handed to the live queues, until connected or overflowed
+        self.holding = False  # hold music (and announcements) playing
+        self.pending_announcement: tuple[str, ...] = ()
+        self.enqueue_to: str | None = None
         stream.owner = self
 
     # -- events in ---------------------------------------------------------------
     def start(self, now: float) -> None:
         svc = self.services
-        groups = svc.groups_of(self.call.caller)
+        groups = self.groups = svc.groups_of(self.call.caller)
         local = time.localtime()
         info = fa.CallInfo(
             caller=self.call.caller,
@@ -89,6 +100,7 @@ class IvrCall:
             surge=svc.surge(),
             local_time_minutes=local.tm_hour * 60 + local.tm_min,
             weekday=local.tm_wday,
+            queues=svc.queues is not None,
         )
         self.state, actions = start(svc.program, info, now)
         self._carry_out(actions, now)
@@ -98,6 +110,41 @@ class IvrCall:
             return
         self.state, actions = step(self.state, event, now)
         self._carry_out(actions, now)
+        queue, self.enqueue_to = self.enqueue_to, None
+        if queue is not None and self.services.queues is not None:
+            # after this step's actions (the holding prompt): the engine may connect or overflow at once
+            self.services.queues.enqueue(self, queue, self.groups, now)
+        if self.queued and not self.holding and self.state.waiting == "queued":
+            self._hold(self.pending_announcement)
+            self.pending_announcement = ()
+
+    # -- the live queue ---------------------------------------------------------------
+    def _hold(self, announcement: tuple[str, ...]) -> None:
+        """Play ``announcement`` (if any), then hold music; it loops until the caller leaves the queue."""
+        prompts = self.services.prompts
+        frames = [prompts.frames(pid, self.stream.codec) for pid in (*announcement, "hold_music") if pid in prompts]
+        self.holding = True
+        self.stream.play(frames, HOLD_PLAY_ID)
+
+    def announce(self, prompt_ids: tuple[str, ...], now: float) -> None:
+        """A queue announcement: now if hold music plays, else after the queue node's own prompt."""
+        if self.holding:
+            self._hold(prompt_ids)
+        else:
+            self.pending_announcement = prompt_ids
+
+    def connected(self, now: float) -> None:
+        """An agent answered: the flow ends here and the router bridges the audio."""
+        self.queued = self.holding = False
+        self.stream.stop_playback()
+        self.feed(fa.QueueLeft("connected"), now)
+
+    def leave_queue(self, target: str, now: float) -> None:
+        """The queue overflowed this caller: the flow goes on at the target's node."""
+        self.queued = self.holding = False
+        self.pending_announcement = ()
+        self.stream.stop_playback()
+        self.feed(fa.QueueLeft(target), now)
 
     def on_timer(self, name: str, now: float) -> None:
         self.feed(fa.TimerFired(name.removeprefix(TIMER_PREFIX)), now)
@@ -105,6 +152,10 @@ class IvrCall:
     def on_media(self, events: list[MediaEvent], now: float) -> None:
         for ev in events:
             if isinstance(ev, PlaybackFinished):
+                if ev.play_id == HOLD_PLAY_ID:
+                    if self.holding:
+                        self._hold(())  # the music loops
+                    continue
                 self.feed(fa.PlaybackDone(ev.play_id), now)
             elif isinstance(ev, KeyPressed):
                 self.key(ev.key, "rtp", now)
@@ -182,8 +233,11 @@ class IvrCall:
                 ua.hangup(call, now)
             elif isinstance(act, fa.Note):
                 self._note(act)
-            # QueueRequest / CallbackRequest: noted by the interpreter; queues and
-            # callbacks act on them once those land
+            elif isinstance(act, fa.QueueRequest) and svc.queues is not None:
+                ua.cancel_call_timer(call, "hold")  # max wait bounds the queue, the agent the talk
+                self.queued = True
+                self.enqueue_to = act.queue
+            # CallbackRequest: noted by the interpreter; callbacks act on it once they land
 
     def _note(self, note: fa.Note) -> None:
         m = self.services.metrics
@@ -208,6 +262,8 @@ class IvrCall:
                 m.self_service += 1
             elif value == "screened":
                 m.screened += 1
+        elif kind == "overflow":
+            self.outcomes.append(f"overflow:{value}")
         elif kind in ("screened", "message", "transfer", "text_skipped"):
             self.outcomes.append(f"{kind}:{value}" if kind in ("screened", "text_skipped") else kind)
 

@@ -38,4 +38,24 @@ def load_prompts(config: Config) -> PromptStore:
     store.load(prompt_sources(config))
     for pid, (freq, seconds) in BUILTIN_TONES.items():
         store.add_pcm(pid, tone_pcm(freq, seconds))
+    if "hold_music" not in config.ivr.prompts:
+        store.add_pcm("hold_music", hold_music_pcm())
     return store
+
+
+def hold_music_pcm() -> bytes:
+    """About eight seconds of a soft arpeggio, looped while callers wait in a queue."""
+    notes = (261.63, 329.63, 392.0, 523.25, 392.0, 329.63, 293.66, 349.23, 440.0, 587.33, 440.0, 349.23)
+    pcm = bytearray()
+    for i, freq in enumerate(notes):
+        n = int(0.6 * SAMPLE_RATE)
+        fade = int(0.05 * SAMPLE_RATE)
+        bass = notes[(i // 6) * 6] / 2
+        samples = array.array("h")
+        for k in range(n):
+            env = min(1.0, k / fade, (n - k) / fade)
+            t = 2 * math.pi * k / SAMPLE_RATE
+            v = 2500 * math.sin(freq * t) + 1500 * math.sin(bass * t)
+            samples.append(int(env * v))
+        pcm += samples.tobytes()
+    return bytes(pcm) + bytes(int(0.8 * SAMPLE_RATE) * 2)

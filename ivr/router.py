@@ -32,7 +32,11 @@ from .sip.ua import (
     Event,
     IncomingCall,
     InfoReceived,
+    OutAnswered,
     Outcome,
+    OutEnded,
+    OutFailed,
+    OutRinging,
     ReferAnswered,
     UserAgent,
 )
@@ -101,6 +105,13 @@ class CallRouter:
                 ua.hangup(ev.call, now, outcome)
             elif isinstance(ev, CallEnded):
                 self._ended(ev.call, now)
+            elif isinstance(ev, (OutRinging, OutAnswered, OutFailed, OutEnded)):
+                # the legs to agents' phones belong to the live queues
+                queues = self.ivr.queues if self.ivr is not None else None
+                if queues is not None:
+                    queues.on_sip_event(ev)
+                elif not isinstance(ev, (OutFailed, OutEnded)):
+                    ua.drop(ev.call, now)
 
     def _answer(self, call: Call, now: float) -> None:
         if self.ivr is None:
@@ -149,6 +160,8 @@ class CallRouter:
             if call.hangup_by == "caller":
                 ivr.hung_up(now)
             assert self.ivr is not None
+            if self.ivr.queues is not None:
+                self.ivr.queues.caller_gone(call.call_id, now)
             self.ivr.media.close(ivr.stream)
         self._record(call, ivr)
 

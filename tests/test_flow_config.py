@@ -469,8 +469,18 @@ def test_builtin_prompts() -> None:
     assert texts["num_13"] == "thirteen" and texts["num_90"] == "ninety" and texts["num_hundred"] == "hundred"
     expected = {f"digit_{d}" for d in range(10)} | {"digit_star", "digit_hash"}
     expected |= {f"num_{n}" for n in [*range(20), 20, 30, 40, 50, 60, 70, 80, 90]} | {"num_hundred", "num_thousand"}
+    expected |= {
+        "queue_position",
+        "queue_in_line",
+        "queue_wait",
+        "queue_minutes",
+        "queue_wait_under_a_minute",
+        "queue_wait_unknown",
+        "queue_busy_notice",
+        "queue_peak_shaving",
+    }
     assert set(texts) == expected
-    assert BUILTIN_PROMPTS == expected | {"beep"}
+    assert BUILTIN_PROMPTS == expected | {"beep", "hold_music"}
     assert "beep" in BUILTIN_TONES
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ivr.config import parse_config
+from ivr.config import ConfigError, parse_config
 from ivr.flow.actions import (
     CallbackRequest,
     CallInfo,
@@ -23,6 +23,7 @@ from ivr.flow.actions import (
     Note,
     Play,
     PlaybackDone,
+    QueueLeft,
     QueueRequest,
     Record,
     RecordingDone,
@@ -439,6 +440,73 @@ def test_queue_placeholder() -> None:
     assert call.state.outcome == "queued"
 
 
+def test_live_queue_waits_for_the_agent_or_goes_on_at_the_overflow_node() -> None:
+    text = (
+        "ivr:\n"
+        "  prompts: {m: {text: m}, hold: {text: hold}, busy: {text: busy}}\n"
+        "  flows:\n"
+        "    f:\n"
+        "      start: m\n"
+        "      nodes:\n"
+        "        m: {type: menu, prompt: m, keys: {1: q, 2: q2}}\n"
+        "        q: {type: queue, queue: sales, prompt: hold, overflow: {message: busy_msg}, next: bye}\n"
+        "        q2: {type: queue, queue: sales}\n"
+        "        busy_msg: {type: play, prompts: [busy], next: bye}\n"
+        "        bye: {type: hangup}\n"
+        "queues: {sales: {}}\n"
+    )
+    program = compile_ivr(parse_config(text, "x.yaml").ivr)
+    live = replace(info(), queues=True)
+    # connected while the holding prompt still plays: the flow ends, no hang-up (the call is the agent's)
+    call = Call(program, live)
+    call.press("1")
+    assert call.last[1:] == [Note("node", "q"), QueueRequest("sales"), Note("outcome", "queued"), Play(("hold",), 2)]
+    assert call.send(QueueLeft("connected")) == [Note("outcome", "agent")]
+    assert call.state.finished
+    # the prompt ends: the caller waits for QueueLeft; keys do nothing
+    call = Call(program, live)
+    call.press("1")
+    assert call.played() == []
+    assert call.state.waiting == "queued"
+    assert call.press("5") == [Note("key", "5")]
+    assert call.send(QueueLeft("message")) == [
+        Note("overflow", "message"),
+        Note("node", "busy_msg"),
+        Play(("busy",), 3),
+    ]
+    # a target with no node of its own goes to next; with no next the call ends
+    call = Call(program, live)
+    call.press("1")
+    assert call.send(QueueLeft("peak_shaving"))[:2] == [Note("overflow", "peak_shaving"), Note("node", "bye")]
+    call = Call(program, live)
+    call.press("2")
+    assert call.last[1:] == [Note("node", "q2"), QueueRequest("sales"), Note("outcome", "queued")]
+    assert call.state.waiting == "queued"
+    assert call.send(QueueLeft("self_service")) == [Note("overflow", "self_service"), Hangup()]
+    # QueueLeft anywhere but at a queue node is ignored
+    call = Call(program, live)
+    assert call.send(QueueLeft("connected")) == []
+
+
+def test_queue_overflow_targets_must_be_nodes() -> None:
+    text = (
+        "ivr:\n"
+        "  prompts: {m: {text: m}}\n"
+        "  flows:\n"
+        "    f:\n"
+        "      start: q\n"
+        "      nodes:\n"
+        "        q: {type: queue, queue: sales, overflow: {message: nowhere}}\n"
+        "queues: {sales: {}}\n"
+    )
+    with pytest.raises(ConfigError, match=r"x.yaml:7: .*overflow.*nowhere"):
+        parse_config(text, "x.yaml")
+    # and the queue itself must be one the config defines
+    text = text.replace("{message: nowhere}", "{}").replace("queues: {sales: {}}", "queues: {support: {}}")
+    with pytest.raises(ConfigError, match=r"x.yaml:7: ivr.flows.f.nodes.q.queue: unknown queue 'sales'"):
+        parse_config(text, "x.yaml")
+
+
 def test_callback_placeholder() -> None:
     call = to_menu()
     call.press("6")
@@ -810,6 +878,7 @@ def test_nodes_without_prompts_act_at_once() -> None:
         "        q: {type: queue, queue: sales}\n"
         "        cb: {type: callback, queue: sales, outcome: callback_booked}\n"
         "        t: {type: transfer, uri: 'tel:+15550100', prompt: connecting}\n"
+        "queues: {sales: {}}\n"
     )
     program = compile_ivr(parse_config(text, "x.yaml").ivr)
     call = Call(program, info())

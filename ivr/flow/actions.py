@@ -43,6 +43,7 @@ class CallInfo:
     surge: bool  # the surge switch is on
     local_time_minutes: int  # minutes since local midnight, for time-of-day branches
     weekday: int  # 0 = Monday
+    queues: bool = False  # live queues: a queue node waits for QueueLeft instead of going on after its prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +78,14 @@ class HungUp:
     """The caller hung up (the interpreter only records where)."""
 
 
-FlowEvent = Started | PlaybackDone | Digit | TimerFired | RecordingDone | HungUp
+@dataclass(frozen=True, slots=True)
+class QueueLeft:
+    """The caller left the queue: ``"connected"`` to an agent, or an overflow target (callback, message, ...)."""
+
+    how: str
+
+
+FlowEvent = Started | PlaybackDone | Digit | TimerFired | RecordingDone | HungUp | QueueLeft
 
 
 # -- actions (what to do) -------------------------------------------------------
@@ -135,7 +143,7 @@ class Hangup:
 
 @dataclass(frozen=True, slots=True)
 class QueueRequest:
-    """Placeholder until queues land: the caller asked for an agent in ``queue``."""
+    """The caller asked for an agent in ``queue``; the executor answers with ``QueueLeft`` when live queues run."""
 
     queue: str
 

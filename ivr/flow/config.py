@@ -79,10 +79,31 @@ def builtin_prompt_texts() -> dict[str, str]:
     texts.update({f"num_{n}": word for n, word in _TENS.items()})
     texts["num_hundred"] = "hundred"
     texts["num_thousand"] = "thousand"
+    texts.update(QUEUE_PROMPT_TEXTS)
     return texts
 
 
-BUILTIN_PROMPTS: frozenset[str] = frozenset(builtin_prompt_texts()) | frozenset(BUILTIN_TONES)
+#: What callers waiting in a queue hear (docs/queueing.md); a prompt of the same id in the config replaces one.
+QUEUE_PROMPT_TEXTS: dict[str, str] = {
+    "queue_position": "You are number",
+    "queue_in_line": "in the queue.",
+    "queue_wait": "Your estimated waiting time is",
+    "queue_minutes": "minutes.",
+    "queue_wait_under_a_minute": "Your estimated waiting time is less than one minute.",
+    "queue_wait_unknown": "All our agents are busy at the moment. Please stay on the line.",
+    "queue_busy_notice": "Our lines are very busy right now. We will answer you as soon as we can.",
+    "queue_peak_shaving": (
+        "We are receiving a very large number of calls right now, and we cannot tell you when an agent "
+        "will be free. To save you waiting, please call again later, or use our self-service channels "
+        "on the web, in the app, or by text message."
+    ),
+}
+
+
+#: Built-in music made in code (ivr/ivrsetup.py).
+BUILTIN_MUSIC: frozenset[str] = frozenset({"hold_music"})
+
+BUILTIN_PROMPTS: frozenset[str] = frozenset(builtin_prompt_texts()) | frozenset(BUILTIN_TONES) | BUILTIN_MUSIC
 
 
 # -- small value types -----------------------------------------------------------
@@ -530,16 +551,29 @@ class BranchNode(NodeBase):
         return [(("cases", i, "next"), c.next) for i, c in enumerate(self.cases)] + [(("default",), self.default)]
 
 
+OverflowName = Literal["callback", "message", "self_service", "peak_shaving"]
+
+
 class QueueNode(NodeBase):
-    """Placeholder until queues land: asks for an agent, plays the holding prompt, then goes on."""
+    """Wait in ``queue`` for an agent (docs/queueing.md).
+
+    The caller hears ``prompt``, then hold music with position and wait
+    announcements until an agent answers; the flow ends there (the call is
+    the agent's). When the queue overflows the caller (full, waited too
+    long, peak shaving) the flow goes on at ``overflow[target]``, else at
+    ``next``, else the call ends politely.
+    """
 
     type: Literal["queue"]
     queue: Name
-    prompt: Name | None = Field(None, description="holding prompt")
-    next: Name | None = Field(None, description="after the holding prompt; default: hang up")
+    prompt: Name | None = Field(None, description="holding prompt, played first")
+    overflow: dict[OverflowName, Name] = Field(
+        default_factory=dict, description="node to go on at, per overflow target (callback, message, ...)"
+    )
+    next: Name | None = Field(None, description="after an overflow with no node of its own; default: hang up")
 
     def targets(self) -> list[tuple[Loc, str]]:
-        return _opt(("next",), self.next)
+        return _opt(("next",), self.next) + [(("overflow", k), v) for k, v in self.overflow.items()]
 
     def prompt_refs(self) -> list[tuple[Loc, str]]:
         return _opt(("prompt",), self.prompt)

@@ -12,6 +12,7 @@ waiting         left by                                            nodes
 ``playback``    ``PlaybackDone`` with the current ``play_id``      every node that plays
 ``input``       ``Digit`` or ``TimerFired("input:<play_id>")``    menu, collect
 ``recording``   ``RecordingDone``                                  message
+``queued``      ``QueueLeft`` (also while its prompt plays)         queue (with live queues)
 ``""``          nothing (finished, or a recording ended by         -
                 hang-up and ``HungUp`` is next)
 ==============  =================================================  ==========================
@@ -49,6 +50,7 @@ from .actions import (
     Note,
     Play,
     PlaybackDone,
+    QueueLeft,
     QueueRequest,
     Record,
     RecordingDone,
@@ -82,6 +84,7 @@ __all__ = ["MAX_HOPS", "start", "step"]
 PLAYBACK = "playback"
 INPUT = "input"
 RECORDING = "recording"
+QUEUED = "queued"
 
 #: Nodes entered in one step without waiting for the caller; beyond this the call is ended.
 MAX_HOPS = 64
@@ -155,6 +158,11 @@ class _Call:
                 if s.waiting == RECORDING:
                     s.waiting = ""
                     self.recorded(event)
+            case QueueLeft(how=how):
+                node = self.flow.nodes.get(s.node) if s.node else None
+                if isinstance(node, QueueStep) and s.waiting in (PLAYBACK, QUEUED):
+                    s.waiting = ""
+                    self.left_queue(node, how)
 
     def started(self, info: CallInfo) -> None:
         s, flow = self.s, self.flow
@@ -183,6 +191,8 @@ class _Call:
                 self.goto(target)
             case MenuStep(timeout=timeout) | CollectStep(timeout=timeout):
                 self.wait_input(timeout)
+            case QueueStep() if self.info.queues:
+                s.waiting = QUEUED  # hold music and announcements until QueueLeft
             case QueueStep(next=target) | CallbackStep(next=target):
                 self.goto(self.then(target))
             case MessageStep() as node:
@@ -219,6 +229,15 @@ class _Call:
                 self.cancel_input()
                 s.play_id += 1
                 self.wait_input(node.timeout)
+
+    def left_queue(self, node: QueueStep, how: str) -> None:
+        if how == "connected":
+            self.set_outcome("agent")
+            self.finish()  # the call is the agent's now; the router ends it
+            return
+        self.out.append(Note("overflow", how))
+        target = node.overflow.get(how, node.next)
+        self.goto(self.then(target))
 
     def timed_out(self) -> None:
         s = self.s
@@ -275,6 +294,9 @@ class _Call:
                 if node.marks.outcome is None:
                     self.set_outcome("queued")
                 if node.prompt is None:
+                    if self.info.queues:
+                        s.waiting = QUEUED
+                        return None
                     return self.then(node.next)
                 self.play((node.prompt,))
             case CallbackStep():

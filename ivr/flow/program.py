@@ -10,7 +10,7 @@ and group named here exists.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from .config import (
@@ -121,6 +121,7 @@ class QueueStep:
     queue: str
     prompt: str | None
     next: str | None
+    overflow: Mapping[str, str] = field(default_factory=dict)  # overflow target -> node
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +287,9 @@ def _step(nid: str, node: NodeBase) -> Step:
             var = node.on[4:] if node.kind == "var" else None
             return BranchStep(nid, _marks(node), node.kind, var, cases, node.default)
         case QueueNode():
-            return QueueStep(nid, _marks(node), node.queue, node.prompt, node.next)
+            return QueueStep(
+                nid, _marks(node), node.queue, node.prompt, node.next, {str(k): v for k, v in node.overflow.items()}
+            )
         case MessageNode():
             prompts = (node.prompt, "beep") if node.beep else (node.prompt,)
             return MessageStep(nid, _marks(node), prompts, node.max_seconds, node.silence_seconds, node.next)

@@ -55,7 +55,7 @@ import heapq
 import hmac
 import re
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .message import Request, SipParseError, is_digits, parse_name_addr, uri_host_port, uri_user
@@ -234,6 +234,8 @@ class Registrar:
         self.requests: dict[str, int] = dict.fromkeys(RESULTS, 0)
         # answers for unknown users cost the same work as for known ones
         self._dummy_ha1 = hmac.new(secret, b"no such user", hashlib.md5).hexdigest()
+        # told (username, registered) when a user's first contact appears and when its last one goes
+        self.on_change: Callable[[str, bool], None] | None = None
 
     # -- queries ---------------------------------------------------------------------------
     @property
@@ -462,8 +464,11 @@ class Registrar:
             )
             if old is None:
                 self._count += 1
+            first = username not in self._bindings
             mine[key] = b
             self._bindings[username] = mine
+            if first and self.on_change is not None:
+                self.on_change(username, True)
             self._seq += 1
             heapq.heappush(self._expiry, (b.expires_at, self._seq, username, key))
 
@@ -473,6 +478,8 @@ class Registrar:
             self._count -= 1
             if not mine:
                 del self._bindings[username]
+                if self.on_change is not None:
+                    self.on_change(username, False)
 
     def _contact_headers(self, username: str, now: float) -> tuple[tuple[str, str], ...]:
         bindings = sorted(self._bindings.get(username, {}).values(), key=lambda b: b.registered_at)

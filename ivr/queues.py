@@ -1,0 +1,408 @@
+"""The live queue router: the pure policy engine (queueing/) driven by real calls.
+
+Theory of operation
+-------------------
+``queueing.engine.Engine`` decides; this module only feeds it events with
+the loop clock's ``now`` and carries out its decisions (DESIGN.md):
+
+===================  ==========================================================
+decision             carried out as
+===================  ==========================================================
+``RingAgent``        INVITE to the agent's registered contact (an ``OutCall``)
+                     offering a fresh RTP port of our own
+``CancelRing``       CANCEL (or BYE when the phone answered meanwhile)
+``Connect``          the flow leaves the queue node; the caller's and the
+                     agent's RTP streams are bridged (relay through us)
+``Overflow``         the flow goes on at the queue node's overflow target
+``PlayAnnouncement`` position and wait, peak shaving or busy notice, then
+                     hold music again
+``SetTimer``         one ``loop.call_at`` for the engine's earliest timer
+``SurgeChanged``     the IVR's surge branches and metrics follow it
+``Pause/Resume``     the outbound (callback) dispatcher's switch (R15)
+===================  ==========================================================
+
+And back: the agent's phone answering, refusing or not answering
+(``OutAnswered``, ``OutFailed``), either side hanging up, agents' buttons
+(HTTP) and phones registering all become engine events. A phone's first
+registration logs its agent in and ready; losing the last one logs it out.
+
+Why an RTP relay rather than re-INVITEing the phones to each other: it
+works through NAT and with phones that cannot be re-INVITEd, every leg
+keeps its own clean RTP stream, and the server keeps the audio path for
+announcements and recording. The cost is one more hop (at most one 20 ms
+tick of delay) and the server's bandwidth.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from queueing.engine import Engine, PolicyError
+from queueing.events import (
+    AgentAnswered,
+    AgentLoggedIn,
+    AgentLoggedOut,
+    AgentNoAnswer,
+    AgentNotReady,
+    AgentReady,
+    CallArrived,
+    CallEnded,
+    CallerHungUp,
+    CancelRing,
+    Connect,
+    Decision,
+    Event,
+    Overflow,
+    PauseOutbound,
+    PlayAnnouncement,
+    ResumeOutbound,
+    RingAgent,
+    SurgeChanged,
+    SurgeSwitch,
+    TimerFired,
+)
+
+from .flow.program import number_prompts
+from .media.g711 import get_codec
+from .media.stream import MediaStream
+from .sip.ua import OutAnswered, OutCall, OutEnded, OutFailed, OutRinging
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from .ivrcall import IvrCall
+    from .media.engine import MediaEngine
+    from .sip.ua import UserAgent
+
+log = logging.getLogger(__name__)
+
+HOLD_MUSIC = "hold_music"
+
+
+@dataclass(eq=False)
+class Ring:
+    """One agent's phone ringing for one caller."""
+
+    agent: str
+    call_id: str
+    out: OutCall
+    stream: MediaStream
+    cancelled: bool = False
+
+
+@dataclass(eq=False)
+class Queued:
+    """A caller handed to the engine, from the queue node to the end of the talk."""
+
+    ivr: IvrCall
+    queue: str
+    rings: dict[str, Ring] = field(default_factory=dict)  # agent -> ring
+    talking: Ring | None = None
+
+
+@dataclass
+class QueueCounters:
+    """What the engine does not count itself; exported with the queue metrics."""
+
+    agent_calls: dict[str, int] = field(default_factory=dict)  # INVITEs to agents by result
+    unreachable: int = 0  # rings to agents with no registered phone
+
+
+class LiveQueues:
+    def __init__(
+        self,
+        engine: Engine,
+        ua: UserAgent,
+        media: MediaEngine,
+        clock: Callable[[], float],
+        loop: asyncio.AbstractEventLoop,
+        tier_of: Callable[[str, frozenset[str]], tuple[str, bool]],
+    ) -> None:
+        self.engine = engine
+        self.ua = ua
+        self.media = media
+        self.clock = clock
+        self.loop = loop
+        self.tier_of = tier_of
+        self.pump: Callable[[], None] | None = None  # flushes what the SIP core queued
+        self.on_surge: Callable[[bool], None] | None = None
+        self.outbound_paused = False
+        self.counters = QueueCounters()
+        self.calls: dict[str, Queued] = {}
+        self._pending: deque[Event] = deque()
+        self._busy = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._in_sip = False
+
+    # -- engine in and out ---------------------------------------------------------------
+    def feed(self, event: Event) -> None:
+        """Hand one event to the engine and carry out what it decides (events it causes queue up)."""
+        self._pending.append(event)
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            while self._pending:
+                ev = self._pending.popleft()
+                try:
+                    decisions = self.engine.handle(ev)
+                except PolicyError as exc:
+                    if isinstance(ev, (AgentLoggedIn, AgentReady, AgentNotReady, AgentLoggedOut)):
+                        raise
+                    log.warning("queue engine refused %s: %s", type(ev).__name__, exc)
+                    continue
+                for d in decisions:
+                    self._carry_out(d)
+        finally:
+            self._busy = False
+            self._pending.clear()
+        self._arm_timer()
+        if not self._in_sip and self.pump is not None:
+            self.pump()
+
+    def now(self) -> float:
+        # the engine refuses time going backwards; the loop clock is monotonic
+        return self.clock()
+
+    def _arm_timer(self) -> None:
+        at = self.engine.next_timer()
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            self._timer = self.loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.feed(TimerFired(kind="tick", id="", now=max(self.now(), self.engine.now or 0.0)))
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for queued in list(self.calls.values()):
+            for ring in list(queued.rings.values()) + ([queued.talking] if queued.talking else []):
+                self.media.close(ring.stream)
+
+    # -- decisions -------------------------------------------------------------------------
+    def _carry_out(self, d: Decision) -> None:
+        match d:
+            case RingAgent():
+                self._ring(d.agent, d.call)
+            case CancelRing():
+                queued = self.calls.get(d.call)
+                ring = queued.rings.get(d.agent) if queued else None
+                if ring is not None:
+                    ring.cancelled = True
+                    self.ua.drop(ring.out, self.now())
+            case Connect():
+                self._connect(d.agent, d.call)
+            case Overflow():
+                queued = self.calls.pop(d.call, None)
+                if queued is not None:
+                    queued.ivr.leave_queue(d.target, self.now())
+            case PlayAnnouncement():
+                queued = self.calls.get(d.call)
+                if queued is not None:
+                    queued.ivr.announce(announcement_prompts(d), self.now())
+            case SurgeChanged():
+                log.info("surge %s (%s)", "on" if d.on else "off", d.cause)
+                if self.on_surge is not None:
+                    self.on_surge(d.on)
+            case PauseOutbound():
+                self.outbound_paused = True
+            case ResumeOutbound():
+                self.outbound_paused = False
+            case _:
+                pass  # SetTimer: the engine keeps its timers; _arm_timer follows next_timer()
+
+    def _ring(self, agent: str, call_id: str) -> None:
+        queued = self.calls.get(call_id)
+        now = self.now()
+        if queued is None:
+            self._pending.append(AgentNoAnswer(agent=agent, call=call_id, now=now))
+            return
+        bindings = self.ua.registrar.lookup(agent, now)
+        if not bindings:
+            self.counters.unreachable += 1
+            self._pending.append(AgentNoAnswer(agent=agent, call=call_id, now=now))
+            return
+        binding = bindings[0]
+        try:
+            # the phone's media address comes with its answer; until then we send nowhere useful
+            stream = self.media.open((binding.peer[1], 9), "PCMU", 0, 101)
+        except OSError:
+            log.warning("no RTP port free to ring agent %s", agent)
+            self._pending.append(AgentNoAnswer(agent=agent, call=call_id, now=now))
+            return
+        caller = queued.ivr.call
+        out = self.ua.place_call(
+            binding.contact,
+            binding.peer,
+            stream.local_port,
+            now,
+            from_user=caller.caller or "anonymous",
+            from_display=f"{caller.caller} via {queued.queue}",  # shown on the agent's phone
+        )
+        ring = Ring(agent, call_id, out, stream)
+        out.owner = ring
+        stream.owner = ring
+        queued.rings[agent] = ring
+
+    def _connect(self, agent: str, call_id: str) -> None:
+        queued = self.calls[call_id]
+        ring = queued.rings.pop(agent)
+        queued.talking = ring
+        ivr = queued.ivr
+        ivr.connected(self.now())
+        ivr.stream.bridge(ring.stream)
+
+    # -- SIP events of the agents' legs -------------------------------------------------------
+    def on_sip_event(self, ev: OutRinging | OutAnswered | OutFailed | OutEnded) -> None:
+        ring = ev.call.owner
+        if not isinstance(ring, Ring):
+            return
+        self._in_sip = True
+        try:
+            self._on_leg_event(ring, ev)
+        finally:
+            self._in_sip = False
+
+    def _count(self, result: str) -> None:
+        self.counters.agent_calls[result] = self.counters.agent_calls.get(result, 0) + 1
+
+    def _on_leg_event(self, ring: Ring, ev: OutRinging | OutAnswered | OutFailed | OutEnded) -> None:
+        now = self.now()
+        queued = self.calls.get(ring.call_id)
+        if isinstance(ev, OutRinging):
+            return
+        if isinstance(ev, OutAnswered):
+            self._count("answered")
+            neg = ev.call.negotiated
+            stream = ring.stream
+            if neg is not None:
+                stream.remote = (neg.remote_address, neg.remote_port)
+                if neg.payload_type != stream.payload_type:
+                    stream.codec = get_codec(neg.codec)
+                    stream.payload_type = neg.payload_type
+                    stream.silence = bytes([stream.codec.silence]) * len(stream.silence)
+                stream.dtmf_payload_type = neg.dtmf_payload_type
+            if queued is None or queued.rings.get(ring.agent) is not ring or ring.cancelled:
+                self.ua.drop(ev.call, now)  # answered too late: the caller left or another agent won
+                return
+            self.feed(AgentAnswered(agent=ring.agent, call=ring.call_id, now=now))
+            if queued.talking is not ring:
+                self.ua.drop(ev.call, now)  # the engine gave the caller up meanwhile
+            return
+        # OutFailed / OutEnded: this leg is over
+        self.media.close(ring.stream)
+        if isinstance(ev, OutFailed):
+            self._count("cancelled" if ring.cancelled else f"failed_{ev.status // 100}xx")
+            if queued is not None and queued.rings.get(ring.agent) is ring:
+                del queued.rings[ring.agent]
+                if not ring.cancelled:
+                    self.feed(AgentNoAnswer(agent=ring.agent, call=ring.call_id, now=now))
+            return
+        # OutEnded: the talk is over (the agent hung up, or we did after the caller)
+        if queued is not None and queued.talking is ring:
+            del self.calls[ring.call_id]
+            queued.ivr.stream.unbridge()
+            self.feed(CallEnded(call=ring.call_id, now=now))
+            if ev.call.ended_by == "remote":
+                self.ua.hangup(queued.ivr.call, now)
+
+    # -- the caller's side -------------------------------------------------------------------------
+    def enqueue(self, ivr: IvrCall, queue: str, groups: frozenset[str], now: float) -> None:
+        call_id = ivr.call.call_id
+        if call_id in self.calls or queue not in self.engine.queues:
+            ivr.leave_queue("message", now)
+            return
+        tier, urgent = self.tier_of(queue, groups)
+        self.calls[call_id] = Queued(ivr, queue)
+        self.feed(CallArrived(call_id=call_id, queue=queue, tier=tier, urgent=urgent, now=now))
+
+    def caller_gone(self, call_id: str, now: float) -> None:
+        """The caller's call ended (hang-up, media timeout, ...) while queued, ringing or talking."""
+        queued = self.calls.get(call_id)
+        if queued is None:
+            return
+        self._in_sip = True
+        try:
+            ring = queued.talking
+            if ring is not None:
+                del self.calls[call_id]
+                queued.ivr.stream.unbridge()
+                self.feed(CallEnded(call=call_id, now=now))
+                self.ua.drop(ring.out, now)
+            else:
+                # the engine cancels the rings (CancelRing); their legs end with OutFailed(487)
+                self.feed(CallerHungUp(call=call_id, now=now))
+                self.calls.pop(call_id, None)
+        finally:
+            self._in_sip = False
+
+    # -- agents' buttons and phones ----------------------------------------------------------------
+    def agent_event(self, agent: str, action: str, reason: str | None = None) -> None:
+        """login | ready | not_ready | logout; raises PolicyError (unknown agent, illegal now)."""
+        now = max(self.now(), self.engine.now or 0.0)
+        event: Event
+        if action == "login":
+            event = AgentLoggedIn(agent=agent, now=now)
+        elif action == "ready":
+            event = AgentReady(agent=agent, now=now)
+        elif action == "not_ready":
+            event = AgentNotReady(agent=agent, reason=reason or "busy", now=now)
+        elif action == "logout":
+            event = AgentLoggedOut(agent=agent, now=now)
+        else:
+            raise PolicyError(f"unknown agent action {action!r}")
+        self.feed(event)
+
+    def on_registration(self, agent: str, registered: bool) -> None:
+        """A phone's first binding logs its agent in (ready); losing the last one logs it out."""
+        if agent not in self.engine.agents:
+            return
+        state = self.engine.agents[agent].state.value
+        try:
+            if registered and state == "logged_out":
+                self.agent_event(agent, "login")
+            elif not registered and state != "logged_out":
+                self.agent_event(agent, "not_ready" if state == "talking" else "logout", "unregistered")
+        except PolicyError as exc:
+            log.info("agent %s registration change not applied: %s", agent, exc)
+
+    def surge_switch(self, on: bool | None, cause: str = "manual") -> None:
+        now = max(self.now(), self.engine.now or 0.0)
+        self.feed(SurgeSwitch(on=on, cause=cause, now=now))  # type: ignore[arg-type]
+
+
+def announcement_prompts(d: PlayAnnouncement) -> tuple[str, ...]:
+    """What a waiting caller hears for an announcement, as prompt ids."""
+    if d.kind == "peak_shaving":
+        return ("queue_peak_shaving",)
+    if d.kind == "notice":
+        return ("queue_busy_notice",)
+    said: tuple[str, ...] = ()
+    if d.position is not None:
+        said += ("queue_position", *number_prompts(d.position), "queue_in_line")
+    if d.ewt is not None:
+        if not math.isfinite(d.ewt):
+            said += ("queue_wait_unknown",)
+        elif d.ewt < 60:
+            said += ("queue_wait_under_a_minute",)
+        else:
+            minutes = math.ceil(d.ewt / 60)
+            said += ("queue_wait", *number_prompts(minutes), "queue_minutes")
+    return said
+
+
+__all__ = ["HOLD_MUSIC", "LiveQueues", "announcement_prompts"]
