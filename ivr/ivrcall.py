@@ -127,11 +127,15 @@ class IvrCall:
         self.stream.play(frames, HOLD_PLAY_ID)
 
     def announce(self, prompt_ids: tuple[str, ...], now: float) -> None:
-        """A queue announcement: now if hold music plays, else after the queue node's own prompt."""
-        if self.holding:
-            self._hold(prompt_ids)
-        else:
+        """A queue announcement: now if hold music plays, else after the queue node's own prompt.
+
+        It never cuts another announcement short: one still playing (more
+        than the music left in the play) makes this one skipped.
+        """
+        if not self.holding:
             self.pending_announcement = prompt_ids
+        elif self.stream.prompts_left <= 1:
+            self._hold(prompt_ids)
 
     def connected(self, now: float) -> None:
         """An agent answered: the flow ends here and the router bridges the audio."""

@@ -162,6 +162,11 @@ class MediaStream:
     def playing(self) -> bool:
         return bool(self._queue)
 
+    @property
+    def prompts_left(self) -> int:
+        """Prompts of the current play not yet finished (the one playing included)."""
+        return len(self._queue)
+
     def next_packet(self) -> bytes:
         """The next 20 ms packet: prompt audio, else the bridged leg's audio, else silence."""
         queue = self._queue
