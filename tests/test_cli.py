@@ -23,11 +23,7 @@ def test_check_config_refuses_a_prompt_that_cannot_be_rendered(
     (tmp_path / "broken.wav").write_bytes(b"this is not audio at all")
     cfg = tmp_path / "frontdesk.yaml"
     cfg.write_text(
-        "media:\n"
-        f"  prompt_cache: {tmp_path / 'cache'}\n"
-        "ivr:\n"
-        "  prompts:\n"
-        "    welcome: {file: broken.wav}\n"
+        f"media:\n  prompt_cache: {tmp_path / 'cache'}\nivr:\n  prompts:\n    welcome: {{file: broken.wav}}\n"
     )
     assert main(["check-config", str(cfg)]) == 2
     err = capsys.readouterr().err

@@ -306,7 +306,7 @@ def test_malformed_authorization_gets_400(auth: str, detail: str) -> None:
 @pytest.mark.parametrize(
     "auth",
     [
-        'Basic YWxpY2U6d29uZGVybGFuZA==',
+        "Basic YWxpY2U6d29uZGVybGFuZA==",
         'Digest username="alice", realm="elsewhere", nonce="n", uri="sip:127.0.0.1", response="x"',
         f'Digest username="alice", realm="frontdesk", nonce="n", uri="sip:127.0.0.1", response="{"a" * 32}", '
         "algorithm=SHA-512-256",
