@@ -74,6 +74,7 @@ def queues_json(queues: LiveQueues) -> dict[str, Any]:
             "waiting": q.waiting,
             "ringing": q.ringing,
             "longest_waiting_s": round(q.longest_waiting, 3),
+            "longest_wait_ever_s": round(st.longest_wait, 3),
             "ewt_s": _finite(round(q.ewt, 3)),
             "aht_s": round(q.aht, 3),
             "agents_serving": q.serving,
@@ -138,23 +139,30 @@ def _queues(request: web.Request) -> LiveQueues | web.Response:
     return queues
 
 
-async def agent_state(request: web.Request) -> web.StreamResponse:
+def _agent(request: web.Request) -> tuple[LiveQueues, str] | web.Response:
+    """The queues and the authenticated agent's name, or the error response."""
     queues = _queues(request)
     if isinstance(queues, web.Response):
         return queues
     name = _agent_auth(request, queues)
     if isinstance(name, web.Response):
         return name
+    return queues, name
+
+
+async def agent_state(request: web.Request) -> web.StreamResponse:
+    found = _agent(request)
+    if isinstance(found, web.Response):
+        return found
+    queues, name = found
     return web.json_response(agent_json(queues, queues.engine.agents[name]))
 
 
 async def agent_action(request: web.Request) -> web.StreamResponse:
-    queues = _queues(request)
-    if isinstance(queues, web.Response):
-        return queues
-    name = _agent_auth(request, queues)
-    if isinstance(name, web.Response):
-        return name
+    found = _agent(request)
+    if isinstance(found, web.Response):
+        return found
+    queues, name = found
     action = _ACTIONS[request.match_info["action"]]
     reason = None
     if action == "not_ready":

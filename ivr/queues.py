@@ -288,14 +288,9 @@ class LiveQueues:
         if isinstance(ev, OutAnswered):
             self._count("answered")
             neg = ev.call.negotiated
-            stream = ring.stream
             if neg is not None:
-                stream.remote = (neg.remote_address, neg.remote_port)
-                if neg.payload_type != stream.payload_type:
-                    stream.codec = get_codec(neg.codec)
-                    stream.payload_type = neg.payload_type
-                    stream.silence = bytes([stream.codec.silence]) * len(stream.silence)
-                stream.dtmf_payload_type = neg.dtmf_payload_type
+                address = (neg.remote_address, neg.remote_port)
+                ring.stream.use_answer(address, get_codec(neg.codec), neg.payload_type, neg.dtmf_payload_type)
             if queued is None or queued.rings.get(ring.agent) is not ring or ring.cancelled:
                 self.ua.drop(ev.call, now)  # answered too late: the caller left or another agent won
                 return

@@ -135,13 +135,10 @@ class CallRouter:
     @staticmethod
     def _update_media(call: Call, stream: MediaStream) -> None:
         neg = call.negotiated
-        if neg is not None and not stream.latched:
-            stream.remote = (neg.remote_address, neg.remote_port)
-            if neg.payload_type != stream.payload_type:
-                stream.codec = get_codec(neg.codec)
-                stream.payload_type = neg.payload_type
-                stream.silence = bytes([stream.codec.silence]) * len(stream.silence)
-            stream.dtmf_payload_type = neg.dtmf_payload_type
+        if neg is not None:
+            stream.use_answer(
+                (neg.remote_address, neg.remote_port), get_codec(neg.codec), neg.payload_type, neg.dtmf_payload_type
+            )
 
     def _on_timer(self, call: Call, name: str, now: float) -> None:
         if name in ("answer", "ring_limit"):

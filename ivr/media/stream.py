@@ -144,6 +144,17 @@ class MediaStream:
         self.relayed_in = 0  # voice packets received on this leg and handed to the other
         self.relay_dropped = 0  # frames this leg's relay buffer dropped (over relay_cap)
 
+    def use_answer(self, address: Address, codec: Codec, payload_type: int, dtmf_payload_type: int | None) -> None:
+        """The far end's SDP named where and how to send: follow it (unless its RTP already arrived)."""
+        if self.latched:
+            return
+        self.remote = address
+        if payload_type != self.payload_type:
+            self.codec = codec
+            self.payload_type = payload_type
+            self.silence = bytes([codec.silence]) * len(self.silence)
+        self.dtmf_payload_type = dtmf_payload_type
+
     # -- playback -------------------------------------------------------------------
     def play(self, prompts: Sequence[Sequence[bytes]], play_id: int) -> None:
         """Replace what is playing with these prompts (each a sequence of frames)."""
