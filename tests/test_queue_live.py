@@ -1,0 +1,741 @@
+"""The live queues end to end: SIPp callers, pyVoIP agent phones, the real server.
+
+Every test starts the server (``server_factory``) with the demo IVR, whose key
+1 joins queue ``general``; SIPp callers press 1 by SIP INFO 2.8 s after the
+answer (tests/sipp/queue_caller*.xml). Agents are pyVoIP phones: a phone's
+registration logs its agent in and ready, and the server rings it with an
+INVITE when the queue picks that agent. pyVoIP calls ``callCallback`` one
+second after an INVITE (a ``threading.Timer``), so an answering agent answers
+about 1 s after the ring starts.
+
+1. A caller reaches the agent and both hear each other: a 1 kHz tone from the
+   caller's RTP socket reaches the agent's phone, the agent's 440 Hz tone
+   reaches the caller (Goertzel filters tell the tones apart); the books,
+   the call record and the agent's wrap-up follow.
+2. Ring-no-answer: an agent whose phone never answers is rung for
+   ``ring_timeout``, gets a CANCEL and goes "not ready: no answer"
+   (``max_misses`` 1); the caller waits on and goes to the next agent once
+   that one is ready.
+3. Tiers and the length limit: with no agent ready, a vip caller is put ahead
+   of two ordinary ones, the queue's ``max_length`` sends the last ordinary
+   caller to leave a message, and the agent, once ready, gets the vip first.
+4. A surge: callers come faster than one agent can talk to them; the
+   queue length switches surge on by itself, surge's limits and targets
+   (callback, peak shaving) apply, nobody waits beyond ``max_wait``, every
+   INVITE is answered at once and every caller is in the books.
+
+pyVoIP's quirks (see tests/test_pyvoip.py): its ACK is patched to carry the
+dialog's To tag, and its non-daemon threads are stopped in ``finally``
+whatever happens. It answers CANCEL with 200 but never sends 487 for the
+INVITE; the server's CANCEL transaction copes (RFC 3261 9.1).
+"""
+
+from __future__ import annotations
+
+import array
+import base64
+import hashlib
+import json
+import math
+import random
+import socket
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Server, free_port
+from sipp_helpers import SippRun, run_sipp, wait_for_records
+from test_pyvoip import ack_with_the_dialogs_to_tag, demo_ivr, stop_phone, wait_until
+
+from ivr.media.g711 import get_codec
+from ivr.media.rtp import RtpError, RtpPacket
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # pyVoIP imports audioop (deprecated in 3.11)
+    from pyVoIP.VoIP import CallState, InvalidStateError, PhoneStatus, VoIPCall, VoIPPhone
+
+pytestmark = [pytest.mark.pyvoip, pytest.mark.sipp]
+
+REALM = "frontdesk"
+ADMIN_TOKEN = "queue-live-admin-token-0123456789"
+RATE = 8000
+FRAME = 160  # samples in 20 ms
+PCMU = get_codec("PCMU")
+ServerFactory = Callable[[dict[str, object]], Server]
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+def md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def password(agent: str) -> str:
+    return f"secret-{agent}-pw"
+
+
+def server_config(
+    queue: dict[str, Any],
+    agents: Iterable[str],
+    *,
+    surge: dict[str, Any] | None = None,
+    ivr: dict[str, Any] | None = None,
+) -> dict[str, object]:
+    """The overrides for ``server_factory``: one queue ``general``, agents who log in by registering."""
+    return {
+        "sip": {"hold_time": 60, "realm": REALM},
+        "agents": {a: {"ha1": md5(f"{a}:{REALM}:{password(a)}"), "skills": {}, "max_misses": 1} for a in agents},
+        "queues": {"general": queue},
+        # auto surge off unless a test wants it: with no agent ready the EWT is infinite, which would
+        # switch surge on, and the demo's surge branch plays "lines are busy" before the menu
+        "surge": surge if surge is not None else {"auto": False},
+        "admin": {"token": ADMIN_TOKEN},
+        "ivr": ivr if ivr is not None else demo_ivr(),
+    }
+
+
+# -- HTTP: agents' buttons and the admin API ------------------------------------------------------
+
+
+def http(
+    server: Server, method: str, path: str, *, agent: str | None = None, body: object = None
+) -> tuple[int, dict[str, Any]]:
+    """Basic auth as ``agent`` (SIP name and password), else the admin bearer token."""
+    if agent is not None:
+        cred = base64.b64encode(f"{agent}:{password(agent)}".encode()).decode()
+        headers = {"Authorization": f"Basic {cred}"}
+    else:
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.http_port}{path}", data=data, method=method, headers=headers
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return r.status, dict(json.loads(r.read()))
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(json.loads(exc.read() or b"{}"))
+
+
+def agent_state(server: Server, agent: str) -> dict[str, Any]:
+    status, body = http(server, "GET", "/agent/state", agent=agent)
+    assert status == 200, body
+    return body
+
+
+def admin_agents(server: Server) -> dict[str, dict[str, Any]]:
+    status, body = http(server, "GET", "/admin/agents")
+    assert status == 200, body
+    return {a["agent"]: a for a in body["agents"]}
+
+
+def admin_queue(server: Server) -> dict[str, Any]:
+    status, body = http(server, "GET", "/admin/queues")
+    assert status == 200, body
+    return dict(body["queues"]["general"])
+
+
+# -- agents' phones ---------------------------------------------------------------------------
+
+
+def free_port_range(n: int) -> int:
+    """The first of ``n`` consecutive UDP ports free on 127.0.0.1 (pyVoIP takes a port range)."""
+    for _ in range(200):
+        base = random.randrange(40000, 60000 - n)
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range")
+
+
+@dataclass
+class AgentPhone:
+    """A pyVoIP phone of one agent, with the requests the server sent it."""
+
+    agent: str
+    phone: VoIPPhone
+    requests: list[tuple[float, str, str, str]] = field(default_factory=list)  # (time, method, Call-ID, From number)
+
+    def invites(self) -> list[tuple[float, str, str, str]]:
+        """The INVITEs, one per call (a retransmission is not a new ring)."""
+        seen: set[str] = set()
+        out = []
+        for r in self.requests:
+            if r[1] == "INVITE" and r[2] not in seen:
+                seen.add(r[2])
+                out.append(r)
+        return out
+
+    def cancels(self) -> list[tuple[float, str, str, str]]:
+        return [r for r in self.requests if r[1] == "CANCEL"]
+
+
+def _never_answer(call: VoIPCall) -> None:
+    """A phone that rings and rings: pyVoIP sent 180; nobody picks up."""
+
+
+@contextmanager
+def agent_phone(server: Server, agent: str, on_call: Callable[[VoIPCall], None] | None) -> Iterator[AgentPhone]:
+    """Register ``agent``'s phone (which logs the agent in and ready); stop every pyVoIP thread at the end."""
+    low = free_port_range(4)
+    phone = VoIPPhone(
+        "127.0.0.1",
+        server.sip_port,
+        agent,
+        password(agent),
+        myIP="127.0.0.1",
+        sipPort=free_port(),
+        rtpPortLow=low,
+        rtpPortHigh=low + 3,
+        callCallback=on_call or _never_answer,
+    )
+    phone.sip.register_timeout = 5  # bounds every wait for a REGISTER answer
+    ack_with_the_dialogs_to_tag(phone)
+    ap = AgentPhone(agent, phone)
+    original = phone.callback  # what pyVoIP gave its SIP client as callCallback
+
+    def spy(message: Any) -> None:
+        method = getattr(message, "method", None)
+        if method in ("INVITE", "CANCEL", "BYE"):
+            headers = message.headers
+            ap.requests.append((time.monotonic(), method, headers["Call-ID"], headers["From"]["number"]))
+        original(message)
+
+    phone.sip.callCallback = spy
+    try:
+        phone.start()
+        assert phone.get_status() == PhoneStatus.REGISTERED
+        wait_until(
+            f"agent {agent} logged in by the registration", lambda: agent_state(server, agent)["state"] == "ready", 5
+        )
+        yield ap
+    finally:
+        stop_phone(phone)
+
+
+def tone_u8(freq: float, seconds: float, amplitude: int = 60) -> bytes:
+    """A tone as pyVoIP's ``write_audio`` takes it: 8-bit unsigned linear PCM at 8 kHz."""
+    return bytes(128 + int(amplitude * math.sin(2 * math.pi * freq * i / RATE)) for i in range(int(seconds * RATE)))
+
+
+# -- the caller's media -----------------------------------------------------------------------
+
+
+class CallerMedia:
+    """The RTP socket a SIPp caller offers in its SDP (field 1), owned by the test.
+
+    Once the server's first packet arrives it sends a PCMU tone back to where
+    that packet came from (symmetric RTP), every 20 ms; it keeps every packet
+    it receives with the time it arrived.
+    """
+
+    def __init__(self, tone_hz: float | None = None) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.005)
+        self.port = int(self.sock.getsockname()[1])
+        self.received: list[tuple[float, RtpPacket]] = []
+        self.sent = 0
+        pcm = array.array("h", [int(8000 * math.sin(2 * math.pi * (tone_hz or 0) * n / RATE)) for n in range(FRAME)])
+        if sys.byteorder == "big":
+            pcm.byteswap()
+        # 1 kHz has exactly 20 periods in a 20 ms frame, so one payload repeats without a seam
+        self.payload = PCMU.encode(pcm.tobytes()) if tone_hz else None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"caller-rtp-{self.port}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        peer: tuple[str, int] | None = None
+        seq, ts, next_at = 0, 0, 0.0
+        while not self._stop.is_set():
+            try:
+                data, addr = self.sock.recvfrom(2048)
+                try:
+                    self.received.append((time.monotonic(), RtpPacket.parse(data)))
+                except RtpError:
+                    pass
+                peer = addr
+            except (TimeoutError, OSError):
+                pass
+            now = time.monotonic()
+            if peer is not None and self.payload is not None and now >= next_at:
+                packet = RtpPacket(0, seq & 0xFFFF, ts & 0xFFFFFFFF, 0x1000, self.payload, marker=seq == 0)
+                try:
+                    self.sock.sendto(packet.serialize(), peer)
+                    self.sent += 1
+                except OSError:
+                    pass
+                seq, ts = seq + 1, ts + FRAME
+                next_at = max(next_at + 0.02, now - 0.02)
+
+    def heard_after(self, t: float) -> list[array.array[int]]:
+        """Decoded PCMU frames received at or after monotonic time ``t``."""
+        frames = []
+        for at, pkt in list(self.received):
+            if at >= t and pkt.payload_type == 0:
+                pcm = array.array("h")
+                pcm.frombytes(PCMU.decode(pkt.payload))
+                if sys.byteorder == "big":
+                    pcm.byteswap()
+                frames.append(pcm)
+        return frames
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+@contextmanager
+def caller_media(count: int = 1, tone_hz: float | None = None) -> Iterator[list[CallerMedia]]:
+    media = [CallerMedia(tone_hz) for _ in range(count)]
+    try:
+        yield media
+    finally:
+        for m in media:
+            m.close()
+
+
+# -- tones ------------------------------------------------------------------------------------
+
+
+def goertzel(samples: Sequence[int], freq: float) -> float:
+    """Power of ``freq`` in ``samples`` (8 kHz), by the Goertzel recurrence."""
+    coeff = 2 * math.cos(2 * math.pi * freq / RATE)
+    s1 = s2 = 0.0
+    for x in samples:
+        s1, s2 = x + coeff * s1 - s2, s1
+    return s1 * s1 + s2 * s2 - coeff * s1 * s2
+
+
+def tone_energy(frames: Iterable[Sequence[int]], freq: float) -> float:
+    return sum(goertzel(f, freq) for f in frames)
+
+
+def tone_frames(frames: Iterable[Sequence[int]], freq: float, other: float, min_amplitude: float) -> int:
+    """How many frames carry ``freq`` with at least ``min_amplitude``, at 10 times the power of ``other``."""
+    count = 0
+    for f in frames:
+        p, q = goertzel(f, freq), goertzel(f, other)
+        if p > 10 * q and 2 * math.sqrt(p) / len(f) >= min_amplitude:  # |X| = A * N / 2 for a pure tone
+            count += 1
+    return count
+
+
+# -- SIPp callers -----------------------------------------------------------------------------
+
+
+def run_callers(
+    sipp: str,
+    server: Server,
+    workdir: Path,
+    rows: Sequence[tuple[str, int, int | None]],
+    *,
+    scenario: str = "queue_caller.xml",
+    rate: float = 10,
+    timeout: float = 40,
+) -> SippRun:
+    """One SIPp run, one call per row (number, RTP port, ms to stay after pressing 1), in order."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    csv = workdir / "callers.csv"
+    csv.write_text("SEQUENTIAL\n" + "".join(f"{n};{port};{'' if ms is None else ms};\n" for n, port, ms in rows))
+    return run_sipp(
+        sipp,
+        server.sip_target,
+        workdir,
+        scenario=scenario,
+        calls=len(rows),
+        rate=rate,
+        timeout=timeout,
+        # -l: SIPp would otherwise hold back new calls once 3 x rate x 2.8 s are open
+        extra=["-inf", str(csv), "-l", str(len(rows) + 1)],
+    )
+
+
+def records_by_caller(server: Server, expected: int) -> dict[str, dict[str, Any]]:
+    rows = wait_for_records(server.db_path, expected, timeout=5)
+    assert len(rows) == expected, rows
+    by_caller = {str(r["caller"]): dict(r) for r in rows}
+    assert len(by_caller) == expected, rows
+    return by_caller
+
+
+def outcomes(record: dict[str, Any]) -> list[str]:
+    return str(record["ivr_outcomes"] or "").split(",")
+
+
+def seconds_between(earlier: object, later: object) -> float:
+    return (datetime.fromisoformat(str(later)) - datetime.fromisoformat(str(earlier))).total_seconds()
+
+
+# -- 1 ----------------------------------------------------------------------------------------
+
+
+def test_caller_reaches_agent_with_two_way_audio(server_factory: ServerFactory, sipp: str, tmp_path: Path) -> None:
+    wrap_up = 3.0
+    server = server_factory(server_config({"ring_timeout": 5, "max_wait": 30, "wrap_up": wrap_up}, ["8001"]))
+    heard: list[bytes] = []  # what the agent's phone received, 20 ms at a time
+    answered: list[tuple[float, str]] = []
+    done = threading.Event()
+
+    def on_call(call: VoIPCall) -> None:
+        try:
+            call.answer()
+            answered.append((time.monotonic(), call.request.headers["From"]["number"]))
+            call.write_audio(tone_u8(440, 12))
+            deadline = time.monotonic() + 20
+            while call.state == CallState.ANSWERED and time.monotonic() < deadline:
+                heard.append(call.read_audio(FRAME, blocking=False))
+                time.sleep(0.02)
+        finally:
+            done.set()
+
+    with agent_phone(server, "8001", on_call) as agent, caller_media(1, tone_hz=1000) as [media]:
+        # the caller presses 1 at 2.8 s, the agent answers about 1 s later, the caller hangs up 7 s after the key
+        run = run_callers(sipp, server, tmp_path / "sipp", [("4441001", media.port, 7000)])
+        assert run.returncode == 0 and run.successful == 1, run.report()
+        ended_at = time.monotonic()
+        # the caller's BYE ends the agent's leg too
+        assert done.wait(5), "the server did not hang up the agent's phone"
+        # wrap-up, then ready again by itself
+        assert agent_state(server, "8001")["state"] == "wrap_up"
+        wait_until(
+            "the agent ready after wrap-up", lambda: agent_state(server, "8001")["state"] == "ready", wrap_up + 3
+        )
+        assert time.monotonic() - ended_at > wrap_up - 1.0, "wrap-up ended early"
+        assert [r[3] for r in agent.invites()] == ["4441001"]
+
+    assert [number for _, number in answered] == ["4441001"]
+    connected_at = answered[0][0]
+
+    # the agent heard the caller's 1 kHz tone (amplitude 8000 of 32768: 31 in pyVoIP's 8 bits), not 440 Hz
+    agent_frames = [[b - 128 for b in f] for f in heard if len(f) == FRAME]
+    assert len(agent_frames) > 200, f"the agent read only {len(agent_frames)} frames"
+    at_1k, at_440 = tone_energy(agent_frames, 1000), tone_energy(agent_frames, 440)
+    assert at_1k > 20 * at_440, f"1 kHz {at_1k:.3g} does not dominate 440 Hz {at_440:.3g} at the agent"
+    assert tone_frames(agent_frames, 1000, 440, 10) > 150, "the agent heard less than 3 s of the caller's tone"
+    assert tone_frames(agent_frames, 440, 1000, 10) == 0
+
+    # the caller heard the agent's 440 Hz tone after the connect (60 of 128 in 8 bits: ~15000), not 1 kHz
+    caller_frames = media.heard_after(connected_at + 0.3)
+    assert len(caller_frames) > 200, f"the caller got only {len(caller_frames)} packets after the connect"
+    at_440, at_1k = tone_energy(caller_frames, 440), tone_energy(caller_frames, 1000)
+    assert at_440 > 20 * at_1k, f"440 Hz {at_440:.3g} does not dominate 1 kHz {at_1k:.3g} at the caller"
+    assert tone_frames(caller_frames, 440, 1000, 3000) > 150, "the caller heard less than 3 s of the agent's tone"
+    assert tone_frames(caller_frames, 1000, 440, 3000) == 0
+    assert media.sent > 300  # the caller talked all along (2.8 s of menu + ~7 s)
+
+    assert server.metric("frontdesk_queue_calls_offered_total", queue="general") == 1
+    assert server.metric("frontdesk_queue_calls_answered_total", queue="general") == 1
+    assert server.metric("frontdesk_queue_calls_abandoned_total", queue="general") == 0
+    assert server.metric("frontdesk_queue_calls_overflowed_total", queue="general") == 0
+    assert server.metric("frontdesk_queue_agent_calls_total", result="answered") == 1
+    assert server.metric("frontdesk_queue_agent_unreachable_total") == 0
+
+    record = records_by_caller(server, 1)["4441001"]
+    assert "agent" in outcomes(record)
+    assert record["ivr_path"].split()[-1] == "agent"
+    assert record["keys"] == "1"
+
+
+# -- 2 ----------------------------------------------------------------------------------------
+
+
+def test_unanswered_ring_redirects_and_agent_goes_not_ready(
+    server_factory: ServerFactory, sipp: str, tmp_path: Path
+) -> None:
+    ring_timeout = 4.0
+    server = server_factory(
+        server_config({"ring_timeout": ring_timeout, "max_wait": 40, "wrap_up": 1}, ["8001", "8002"])
+    )
+    answered: list[tuple[float, str]] = []
+
+    def on_call(call: VoIPCall) -> None:
+        call.answer()
+        answered.append((time.monotonic(), call.request.headers["From"]["number"]))
+
+    with (
+        agent_phone(server, "8001", on_call) as good,
+        agent_phone(server, "8002", None) as deaf,
+        caller_media(1) as [media],
+        ThreadPoolExecutor(1) as pool,  # SIPp runs while the test acts
+    ):
+        status, body = http(server, "POST", "/agent/not-ready", agent="8001", body={"reason": "lunch"})
+        assert (status, body["state"], body["reason"]) == (200, "not_ready", "lunch")
+        assert admin_agents(server)["8002"]["state"] == "ready"
+
+        # the caller presses 1 at 2.8 s and hangs up 14 s later
+        calls = pool.submit(run_callers, sipp, server, tmp_path / "sipp", [("4442001", media.port, 14000)])
+        wait_until("8002's phone to ring", lambda: len(deaf.invites()) == 1, 6)
+        rung_at = deaf.invites()[0][0]
+        assert deaf.invites()[0][3] == "4442001"
+        assert agent_state(server, "8002")["state"] == "ringing"
+
+        wait_until("the CANCEL", lambda: len(deaf.cancels()) == 1, ring_timeout + 3)
+        cancelled_after = deaf.cancels()[0][0] - rung_at
+        assert ring_timeout - 0.5 < cancelled_after < ring_timeout + 1.0, cancelled_after
+        wait_until(
+            "the ring to count as not answered",
+            lambda: server.metric("frontdesk_queue_ring_no_answer_total", queue="general") == 1,
+            2,
+        )
+        agents = admin_agents(server)
+        assert (agents["8002"]["state"], agents["8002"]["reason"]) == ("not_ready", "no answer")
+        assert (agents["8001"]["state"], agents["8001"]["reason"]) == ("not_ready", "lunch")
+        queue = admin_queue(server)
+        assert (queue["waiting"], queue["ringing"], queue["answered"]) == (1, 0, 0)
+        assert answered == []
+
+        # the caller is still in line: the next agent to be ready gets them
+        status, body = http(server, "POST", "/agent/ready", agent="8001")
+        assert status == 200, body
+        wait_until("8001 to answer", lambda: len(answered) == 1, 4)
+        wait_until(
+            "the queue's answer",
+            lambda: server.metric("frontdesk_queue_calls_answered_total", queue="general") == 1,
+            2,
+        )
+        assert agent_state(server, "8001")["state"] == "talking"
+        run = calls.result(timeout=30)
+        assert run.returncode == 0 and run.successful == 1, run.report()
+        assert [r[3] for r in good.invites()] == ["4442001"]
+        assert len(deaf.invites()) == 1  # rung once, then not ready: never again
+        assert len(deaf.cancels()) == 1
+
+    assert [number for _, number in answered] == ["4442001"]
+    assert server.metric("frontdesk_queue_ring_no_answer_total", queue="general") == 1
+    assert server.metric("frontdesk_queue_calls_answered_total", queue="general") == 1
+    assert server.metric("frontdesk_queue_calls_abandoned_total", queue="general") == 0
+    assert server.metric("frontdesk_queue_calls_overflowed_total", queue="general") == 0
+    assert server.metric("frontdesk_queue_agent_calls_total", result="answered") == 1
+    record = records_by_caller(server, 1)["4442001"]
+    assert "agent" in outcomes(record)
+
+
+# -- 3 ----------------------------------------------------------------------------------------
+
+
+def test_tiers_are_served_in_order_and_a_full_queue_overflows(
+    server_factory: ServerFactory, sipp: str, tmp_path: Path
+) -> None:
+    ivr = demo_ivr()
+    ivr["groups"]["vip"] = {"prefixes": ["777"]}
+    queue = {
+        "ring_timeout": 5,
+        "max_wait": 40,
+        "max_length": {"normal": 2, "surge": 2},
+        "wrap_up": 1,
+        "overflow": "message",
+        "tiers": [{"name": "special", "priority": 3, "groups": ["vip"]}, {"name": "ordinary", "priority": 1}],
+    }
+    server = server_factory(server_config(queue, ["8001"], ivr=ivr))
+    answered: list[str] = []
+
+    def on_call(call: VoIPCall) -> None:
+        call.answer()
+        answered.append(call.request.headers["From"]["number"])
+        deadline = time.monotonic() + 20
+        while call.state == CallState.ANSWERED and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    # (number, ms to stay after pressing 1): the vip talks ~3 s, then 4440001 ~3 s; 4440002 leaves a message
+    callers = [("4440001", 12000), ("4440002", 3000), ("7770003", 5000)]
+    with (
+        agent_phone(server, "8001", on_call) as agent,
+        caller_media(len(callers)) as media,
+        ThreadPoolExecutor(len(callers)) as pool,  # one SIPp run per caller
+    ):
+        status, body = http(server, "POST", "/agent/not-ready", agent="8001", body={"reason": "meeting"})
+        assert (status, body["state"]) == (200, "not_ready")
+        runs: list[Future[SippRun]] = []
+        for i, ((number, ms), m) in enumerate(zip(callers, media, strict=True)):
+            if i:
+                time.sleep(0.7)  # one arrival at a time, in this order
+            runs.append(pool.submit(run_callers, sipp, server, tmp_path / f"sipp{i}", [(number, m.port, ms)]))
+        # the third arrival makes the line 3 long: the last ordinary caller leaves for a message
+        wait_until(
+            "three callers offered",
+            lambda: server.metric("frontdesk_queue_calls_offered_total", queue="general") == 3,
+            6,
+        )
+        q = admin_queue(server)
+        assert (q["offered"], q["waiting"], q["overflowed"]) == (3, 2, {"message": 1}), q
+        assert server.metric("frontdesk_queue_calls_overflowed_total", queue="general", target="message") == 1
+        assert answered == []
+
+        status, body = http(server, "POST", "/agent/ready", agent="8001")
+        assert status == 200, body
+        results = [r.result(timeout=30) for r in runs]
+        for run in results:
+            assert run.returncode == 0 and run.successful == 1, run.report()
+        assert [r[3] for r in agent.invites()] == ["7770003", "4440001"]
+
+    assert answered == ["7770003", "4440001"]
+    assert server.metric("frontdesk_queue_calls_answered_total", queue="general") == 2
+    assert server.metric("frontdesk_queue_calls_abandoned_total", queue="general") == 0
+    assert server.metric("frontdesk_queue_calls_overflowed_total", queue="general") == 1
+    assert server.metric("frontdesk_queue_calls_overflowed_total", queue="general", target="message") == 1
+    assert server.metric("frontdesk_queue_agent_calls_total", result="answered") == 2
+    records = records_by_caller(server, 3)
+    assert "overflow:message" in outcomes(records["4440002"])
+    assert "agent" not in outcomes(records["4440002"])
+    assert "agents_busy" in str(records["4440002"]["ivr_path"]).split()
+    for number in ("7770003", "4440001"):
+        assert "agent" in outcomes(records[number]), records[number]
+        assert not any(o.startswith("overflow:") for o in outcomes(records[number]))
+
+
+# -- 4 ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_surge_switches_on_overflows_and_every_caller_is_answered_and_leaves_by_max_wait(
+    server_factory: ServerFactory, sipp: str, tmp_path: Path
+) -> None:
+    """One agent talks 5.5 s a call; ten callers join the queue 1 s apart (c0..c9).
+
+    What happens, in queue time (c0 joins at 0; the agent answers ~1 s after a ring):
+
+    - c0 is put through at once (answered ~1 s, talks until ~6.5 s);
+    - c1 waits; c2 makes the line 2 long: surge turns on by itself (``queue_length_on``),
+      and surge's ``max_wait`` (8 s) now holds for c1 and c2;
+    - c3..c5 (and so on while c1 and c2 wait) would join at place 3 with an EWT of
+      3 x AHT (``initial_aht`` 8 s) = 24 s > ``peak_shaving_ewt`` 20 s: peak-shaved
+      on arrival (R8), the demo's ``peak_shaved`` node tells them and hangs up;
+    - c0's talk ends: c1 is put through; one of the next arrivals, at place 2
+      (EWT ~15 s), waits and is put through when c1's talk ends;
+    - c2 is still in line at 8 s after joining: it overflows to ``surge_overflow``
+      (callback: the demo's ``agents_busy``, then leave a message);
+    - the line empties; ``min_dwell`` (3 s) is long over: surge turns off.
+
+    So: 3 answered by the agent, 1 callback, 6 peak-shaved, surge on and off once
+    (the engine, fed the same arrivals with up to 0.5 s of jitter, always ends so).
+    The normal overflow target (message) is never used: in normal mode the line
+    never gets past 2 before surge is on.
+    """
+    talk = 5.5
+    ring_limit = 10.0
+    max_wait = {"normal": 12, "surge": 8}
+    queue = {
+        "ring_timeout": 5,
+        "wrap_up": 0,
+        "max_wait": max_wait,
+        "max_length": {"normal": 4, "surge": 2},
+        "overflow": "message",
+        "surge_overflow": "callback",
+        "initial_aht": 8,
+    }
+    surge = {
+        "auto": True,
+        "ewt_on": None,
+        "ewt_off": None,
+        "queue_length_on": 2,
+        "queue_length_off": 0,
+        "min_dwell": 3,
+        "peak_shaving_ewt": 20,
+    }
+    ivr = demo_ivr()
+    # The demo plays "lines are busy" (a play node: keys are not taken) before the menu while surge
+    # is on; callers who press 1 at 2.8 s would lose the key. Straight to the menu here.
+    nodes = ivr["flows"]["main"]["nodes"]
+    nodes["surge_check"]["cases"] = [{"on": True, "next": "main_menu"}]
+    del nodes["busy_lines"]
+    server = server_factory(server_config(queue, ["8001"], surge=surge, ivr=ivr))
+    assert admin_queue(server)["settings"]["max_wait"] == max_wait
+    talks: list[str] = []
+
+    def on_call(call: VoIPCall) -> None:
+        call.answer()
+        talks.append(call.request.headers["From"]["number"])
+        deadline = time.monotonic() + talk
+        while call.state == CallState.ANSWERED and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            call.hangup()  # the agent ends the call; the server hangs up the caller
+        except InvalidStateError:
+            pass  # the caller was gone first
+
+    numbers = [f"44401{i:02d}" for i in range(10)]
+    with agent_phone(server, "8001", on_call), caller_media(len(numbers)) as media:
+        run = run_callers(
+            sipp,
+            server,
+            tmp_path / "sipp",
+            [(n, m.port, None) for n, m in zip(numbers, media, strict=True)],
+            scenario="queue_caller_until_bye.xml",
+            rate=1,
+            timeout=45,
+        )
+        assert run.returncode == 0 and run.successful == len(numbers), run.report()
+        wait_until("the agent's last call to end", lambda: agent_state(server, "8001")["state"] == "ready", 8)
+
+    q = admin_queue(server)
+    overflowed = q["overflowed"]
+    # nobody lost from the books
+    assert q["offered"] == len(numbers)
+    assert q["offered"] == q["answered"] + q["abandoned"] + sum(overflowed.values()), q
+    assert (q["answered"], q["abandoned"], overflowed) == (3, 0, {"callback": 1, "peak_shaving": 6}), q
+    assert server.metric("frontdesk_queue_calls_offered_total", queue="general") == len(numbers)
+    assert server.metric("frontdesk_queue_calls_answered_total", queue="general") == 3
+    assert server.metric("frontdesk_queue_calls_abandoned_total", queue="general") == 0
+    # overflow went to the surge targets only: callback (max_wait) and peak shaving, never message
+    for target, count in {"callback": 1, "peak_shaving": 6, "message": 0, "self_service": 0}.items():
+        metric = server.metric("frontdesk_queue_calls_overflowed_total", queue="general", target=target)
+        assert metric == count, (target, metric)
+    assert server.metric("frontdesk_queue_agent_calls_total", result="answered") == 3
+
+    # surge went on by itself, and off again once the line was empty
+    assert server.metric("frontdesk_surge_changes_total", cause="auto") == 2
+    assert server.metric("frontdesk_surge_changes_total", cause="manual") == 0
+    assert server.metric("frontdesk_surge_active") == 0
+    assert server.metric("frontdesk_outbound_paused") == 0  # R15: paused in surge, resumed after
+
+    # nobody waited in line beyond the wait limit; c2 waited exactly surge's 8 s
+    # (an answered caller may wait a little longer: max_wait does not cut a ring short)
+    longest = q["longest_wait_ever_s"]
+    assert max_wait["surge"] - 0.05 <= longest <= max_wait["normal"] + 1.0, q
+
+    # every caller was answered by the IVR at once, and their records tell what happened
+    records = records_by_caller(server, len(numbers))
+    assert sorted(records) == numbers
+    for number, record in records.items():
+        assert record["answer_at"] is not None, record
+        latency = seconds_between(record["invite_at"], record["answer_at"])
+        assert 0 <= latency < ring_limit, (number, latency)
+    shaved = sorted(n for n, r in records.items() if "overflow:peak_shaving" in outcomes(r))
+    called_back = [n for n, r in records.items() if "overflow:callback" in outcomes(r)]
+    put_through = sorted(n for n, r in records.items() if "agent" in outcomes(r))
+    assert called_back == [numbers[2]]
+    assert talks == put_through  # first come, first served (one tier)
+    assert talks[:2] == numbers[:2] and talks[2] in numbers[6:], talks
+    assert len(shaved) == 6 and set(numbers[3:6]) <= set(shaved), shaved
+    assert set(shaved) | set(called_back) | set(put_through) == set(numbers)
+    for number in shaved:
+        assert records[number]["ivr_path"].split()[-1] == "peak_shaved"
+        assert records[number]["hangup_by"] == "frontdesk"
+    assert records[numbers[2]]["ivr_path"].split()[-2:] == ["agents_busy", "leave_message"]
