@@ -204,6 +204,8 @@ class LiveQueues:
                 if ring is not None:
                     ring.cancelled = True
                     self.ua.drop(ring.out, self.now())
+                    # no audio for a cancelled ring, whenever the phone's final answer comes
+                    self.media.close(ring.stream)
             case Connect():
                 self._connect(d.agent, d.call)
             case Overflow():

@@ -721,6 +721,15 @@ def test_demo_surge_adds_the_busy_message() -> None:
     call = demo_call(surge=True)
     call.played()
     assert call.prompts == ("busy_lines",)
+    # its keys work at once (barge-in): 2, the hot topic
+    call.press("2")
+    assert call.prompts == ("hot_topic_answer",)
+    # silence leads on to the main menu
+    call = demo_call(surge=True)
+    call.played()
+    call.played()
+    call.wait(1.5)
+    assert call.prompts == ("main_menu",)
 
 
 def test_demo_blocklist() -> None:

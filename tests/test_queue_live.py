@@ -537,6 +537,30 @@ def test_unanswered_ring_redirects_and_agent_goes_not_ready(
     assert "agent" in outcomes(record)
 
 
+def test_caller_hanging_up_while_the_agent_rings_cleans_up_everything(
+    server_factory: ServerFactory, sipp: str, tmp_path: Path
+) -> None:
+    server = server_factory(server_config({"ring_timeout": 8, "max_wait": 40, "wrap_up": 1}, ["8002"]))
+    with agent_phone(server, "8002", None) as deaf, caller_media(1) as [media]:
+        # the caller presses 1 at 2.8 s and hangs up 1.5 s later, while 8002's phone rings
+        run = run_callers(sipp, server, tmp_path / "sipp", [("4442009", media.port, 1500)])
+        assert run.returncode == 0 and run.successful == 1, run.report()
+        wait_until("the CANCEL to the ringing phone", lambda: len(deaf.cancels()) == 1, 3)
+        assert len(deaf.invites()) == 1
+        assert deaf.cancels()[0][0] - deaf.invites()[0][0] < 3.0  # at the hang-up, not at the ring timeout
+        wait_until("8002 to be ready again", lambda: agent_state(server, "8002")["state"] == "ready", 3)
+        # (pyVoIP answers the CANCEL 200 but never sends 487: the leg's transaction runs out by itself)
+        assert server.metric("frontdesk_sip_requests_sent_total", method="CANCEL") == 1
+    queue = admin_queue(server)
+    assert (queue["waiting"], queue["ringing"], queue["offered"], queue["abandoned"]) == (0, 0, 1, 1)
+    assert server.metric("frontdesk_queue_ring_no_answer_total", queue="general") == 0  # not the agent's miss
+    assert server.metric("frontdesk_queue_calls_answered_total", queue="general") == 0
+    assert server.metric("frontdesk_media_streams_active") == 0  # both legs' RTP closed
+    assert server.metric("frontdesk_calls_active") == 0
+    record = records_by_caller(server, 1)["4442009"]
+    assert (record["outcome"], record["hangup_by"]) == ("completed", "caller")
+
+
 # -- 3 ----------------------------------------------------------------------------------------
 
 
