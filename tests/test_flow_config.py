@@ -478,6 +478,13 @@ def test_builtin_prompts() -> None:
         "queue_wait_unknown",
         "queue_busy_notice",
         "queue_peak_shaving",
+        "callback_booked",
+        "callback_within",
+        "callback_hours",
+        "callback_exists",
+        "callback_cancelled",
+        "callback_none",
+        "callback_failed",
     }
     assert set(texts) == expected
     assert BUILTIN_PROMPTS == expected | {"beep", "hold_music"}

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from ivr.config import ConfigError, parse_config
 from ivr.flow.actions import (
+    CallbackDone,
     CallbackRequest,
     CallInfo,
     CancelTimer,
@@ -518,6 +519,64 @@ def test_callback_placeholder() -> None:
     ]
     call.played()
     assert call.prompts == ("bye",)
+
+
+def test_live_callback_is_confirmed_only_after_the_store_answers() -> None:
+    text = (
+        "ivr:\n"
+        "  prompts: {m: {text: m}, enter: {text: enter}, keep: {text: keep}, bye: {text: bye}}\n"
+        "  flows:\n"
+        "    f:\n"
+        "      start: m\n"
+        "      nodes:\n"
+        "        m: {type: menu, prompt: m, keys: {1: book, 2: other, 3: drop}}\n"
+        "        book: {type: callback, queue: sales, exists: has_one, next: bye}\n"
+        "        other: {type: collect, prompt: enter, var: number, min_digits: 4, max_digits: 12, next: book_other}\n"
+        "        book_other: {type: callback, queue: sales, number: 'var:number', slot: morning, next: bye}\n"
+        "        has_one: {type: menu, prompt: keep, keys: {1: bye, 2: drop}}\n"
+        "        drop: {type: callback, queue: sales, cancel: true, next: bye}\n"
+        "        bye: {type: hangup, prompt: bye}\n"
+        "queues: {sales: {}}\n"
+    )
+    program = compile_ivr(parse_config(text, "x.yaml").ivr)
+    live = replace(info(), callbacks=True)
+    call = Call(program, live)
+    call.press("1")
+    # the request, and silence: nothing is promised before the booking is committed
+    assert call.last[1:] == [Note("node", "book"), CallbackRequest("sales", "5557777", "asap", False)]
+    assert call.playing is None and call.state.waiting == "booking"
+    assert call.press("9") == [Note("key", "9")]
+    assert call.send(CallbackDone("booked", 40)) == [
+        Note("outcome", "callback_booked"),
+        Play(("callback_booked", "callback_within", "num_40", "queue_minutes"), 2),
+    ]
+    assert call.played()[:2] == [Note("node", "bye"), Play(("bye",), 3)]
+    # long promises are said in hours
+    call = Call(program, live)
+    call.press("1")
+    assert call.send(CallbackDone("booked", 190))[1] == Play(
+        ("callback_booked", "callback_within", "num_4", "callback_hours"), 2
+    )
+    # a caller who already has one goes to `exists`, and can cancel it there
+    call = Call(program, live)
+    call.press("1")
+    assert call.send(CallbackDone("exists")) == [
+        Note("outcome", "callback_exists"),
+        Note("node", "has_one"),
+        Play(("keep",), 2, True),
+    ]
+    call.press("2")
+    assert call.last[-1] == CallbackRequest("sales", "5557777", "asap", True)
+    assert call.send(CallbackDone("cancelled"))[-1] == Play(("callback_cancelled",), 3)
+    # a number keyed in, and a slot
+    call = Call(program, live)
+    call.press("2")
+    call.press("0201234567#")
+    assert call.last[-1] == CallbackRequest("sales", "0201234567", "morning", False)
+    assert call.send(CallbackDone("failed"))[0] == Note("outcome", "callback_failed")
+    assert call.prompts == ("callback_failed",)
+    # the answer to a request no longer pending is ignored
+    assert call.send(CallbackDone("booked", 5)) == []
 
 
 def test_transfer() -> None:

@@ -44,6 +44,7 @@ class CallInfo:
     local_time_minutes: int  # minutes since local midnight, for time-of-day branches
     weekday: int  # 0 = Monday
     queues: bool = False  # live queues: a queue node waits for QueueLeft instead of going on after its prompt
+    callbacks: bool = False  # live callbacks: a callback node waits for CallbackDone
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +86,15 @@ class QueueLeft:
     how: str
 
 
-FlowEvent = Started | PlaybackDone | Digit | TimerFired | RecordingDone | HungUp | QueueLeft
+@dataclass(frozen=True, slots=True)
+class CallbackDone:
+    """The callback store's answer: ``booked`` (committed), ``exists``, ``cancelled``, ``none`` or ``failed``."""
+
+    result: str
+    minutes: int | None = None  # booked: how long until the promised time, rounded up
+
+
+FlowEvent = Started | PlaybackDone | Digit | TimerFired | RecordingDone | HungUp | QueueLeft | CallbackDone
 
 
 # -- actions (what to do) -------------------------------------------------------
@@ -150,10 +159,12 @@ class QueueRequest:
 
 @dataclass(frozen=True, slots=True)
 class CallbackRequest:
-    """Placeholder until callbacks land: the caller asked to be called back."""
+    """Book a callback to ``number`` in ``queue`` (or cancel the active one); answered with ``CallbackDone``."""
 
     queue: str
     number: str
+    slot: str = "asap"
+    cancel: bool = False
 
 
 @dataclass(frozen=True, slots=True)

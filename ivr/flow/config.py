@@ -92,6 +92,13 @@ QUEUE_PROMPT_TEXTS: dict[str, str] = {
     "queue_wait_under_a_minute": "Your estimated waiting time is less than one minute.",
     "queue_wait_unknown": "All our agents are busy at the moment. Please stay on the line.",
     "queue_busy_notice": "Our lines are very busy right now. We will answer you as soon as we can.",
+    "callback_booked": "Your callback is booked.",
+    "callback_within": "We will call you back within",
+    "callback_hours": "hours.",
+    "callback_exists": "You already have a callback booked with us.",
+    "callback_cancelled": "Your callback is cancelled.",
+    "callback_none": "You have no callback booked with us.",
+    "callback_failed": "Sorry, we could not book your callback just now. Please try again later.",
     "queue_peak_shaving": (
         "We are receiving a very large number of calls right now, and we cannot tell you when an agent "
         "will be free. To save you waiting, please call again later, or use our self-service channels "
@@ -600,21 +607,39 @@ class MessageNode(NodeBase):
 
 
 class CallbackNode(NodeBase):
-    """Placeholder until callbacks land: asks for a callback to the caller's number."""
+    """Book (or cancel) a callback (R2, R10, R14); docs/ivr.md.
+
+    The booking is committed before the caller hears anything about it.
+    Then the caller hears ``prompt`` and the promised time ("we will call
+    you back within 40 minutes") and the flow goes on at ``next``. A caller
+    who already has an active callback for the queue goes to ``exists``
+    (e.g. a menu: keep it, or cancel it with a ``cancel: true`` node).
+    """
 
     type: Literal["callback"]
     queue: Name
-    prompt: Name | None = None
-    next: Name | None = Field(None, description="after the prompt; default: hang up")
+    number: str = Field("caller", description="whose number to call: caller, or var:NAME (keyed in with collect)")
+    slot: Name = Field("asap", description="asap, or the name of a window in callbacks.windows")
+    cancel: bool = Field(False, description="cancel the caller's active callback instead of booking one")
+    prompt: Name | None = Field(None, description="after the booking is committed, before the promised time")
+    exists: Name | None = Field(None, description="node for a caller who already has one; default: say so, go on")
+    next: Name | None = Field(None, description="afterwards; default: hang up")
+
+    @field_validator("number")
+    @classmethod
+    def _number_source(cls, v: str) -> str:
+        if v != "caller" and not (v.startswith("var:") and _NAME.fullmatch(v[4:])):
+            raise ValueError("number must be 'caller' or 'var:NAME' (a variable a collect node filled)")
+        return v
 
     def targets(self) -> list[tuple[Loc, str]]:
-        return _opt(("next",), self.next)
+        return _opt(("next",), self.next) + _opt(("exists",), self.exists)
 
     def prompt_refs(self) -> list[tuple[Loc, str]]:
         return _opt(("prompt",), self.prompt)
 
     def ends_call(self) -> bool:
-        return True
+        return self.next is None
 
 
 class TransferNode(NodeBase):

@@ -13,6 +13,7 @@ waiting         left by                                            nodes
 ``input``       ``Digit`` or ``TimerFired("input:<play_id>")``    menu, collect
 ``recording``   ``RecordingDone``                                  message
 ``queued``      ``QueueLeft`` (also while its prompt plays)         queue (with live queues)
+``booking``     ``CallbackDone``                                   callback (with live callbacks)
 ``""``          nothing (finished, or a recording ended by         -
                 hang-up and ``HungUp`` is next)
 ==============  =================================================  ==========================
@@ -38,6 +39,7 @@ import re
 from dataclasses import replace
 
 from .actions import (
+    CallbackDone,
     CallbackRequest,
     CallInfo,
     CancelTimer,
@@ -85,6 +87,7 @@ PLAYBACK = "playback"
 INPUT = "input"
 RECORDING = "recording"
 QUEUED = "queued"
+BOOKING = "booking"
 
 #: Nodes entered in one step without waiting for the caller; beyond this the call is ended.
 MAX_HOPS = 64
@@ -158,6 +161,11 @@ class _Call:
                 if s.waiting == RECORDING:
                     s.waiting = ""
                     self.recorded(event)
+            case CallbackDone():
+                node = self.flow.nodes.get(s.node) if s.node else None
+                if isinstance(node, CallbackStep) and s.waiting == BOOKING:
+                    s.waiting = ""
+                    self.callback_done(node, event)
             case QueueLeft(how=how):
                 node = self.flow.nodes.get(s.node) if s.node else None
                 if isinstance(node, QueueStep) and s.waiting in (PLAYBACK, QUEUED):
@@ -230,6 +238,29 @@ class _Call:
                 s.play_id += 1
                 self.wait_input(node.timeout)
 
+    def callback_done(self, node: CallbackStep, done: CallbackDone) -> None:
+        """Say what the store did, then go on (a caller who already has one goes to ``exists``)."""
+        said: tuple[str, ...]
+        if done.result == "exists" and node.exists is not None:
+            self.set_outcome("callback_exists")
+            self.goto(node.exists)
+            return
+        if done.result == "booked":
+            self.set_outcome("callback_booked")
+            said = (node.prompt or "callback_booked",)
+            if done.minutes is not None:
+                if done.minutes >= 120:
+                    said += ("callback_within", *number_prompts(-(-done.minutes // 60)), "callback_hours")
+                else:
+                    said += ("callback_within", *number_prompts(max(1, done.minutes)), "queue_minutes")
+        elif done.result == "cancelled":
+            self.set_outcome("callback_cancelled")
+            said = (node.prompt or "callback_cancelled",)
+        else:
+            self.set_outcome(f"callback_{done.result}")
+            said = ({"exists": "callback_exists", "none": "callback_none"}.get(done.result, "callback_failed"),)
+        self.play(said)
+
     def left_queue(self, node: QueueStep, how: str) -> None:
         if how == "connected":
             self.set_outcome("agent")
@@ -300,7 +331,11 @@ class _Call:
                     return self.then(node.next)
                 self.play((node.prompt,))
             case CallbackStep():
-                out.append(CallbackRequest(node.queue, self.info.caller))
+                number = self.info.caller if node.number == "caller" else s.vars.get(node.number[4:], "")
+                out.append(CallbackRequest(node.queue, number, node.slot, node.cancel))
+                if self.info.callbacks:
+                    s.waiting = BOOKING  # nothing is said about the callback before the store answers
+                    return None
                 if node.marks.outcome is None:
                     self.set_outcome("callback_requested")
                 if node.prompt is None:

@@ -141,6 +141,10 @@ class CallbackStep:
     queue: str
     prompt: str | None
     next: str | None
+    number: str = "caller"  # or var:NAME
+    slot: str = "asap"
+    cancel: bool = False
+    exists: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,7 +298,9 @@ def _step(nid: str, node: NodeBase) -> Step:
             prompts = (node.prompt, "beep") if node.beep else (node.prompt,)
             return MessageStep(nid, _marks(node), prompts, node.max_seconds, node.silence_seconds, node.next)
         case CallbackNode():
-            return CallbackStep(nid, _marks(node), node.queue, node.prompt, node.next)
+            return CallbackStep(
+                nid, _marks(node), node.queue, node.prompt, node.next, node.number, node.slot, node.cancel, node.exists
+            )
         case TransferNode():
             return TransferStep(nid, _marks(node), node.uri, node.prompt)
         case HangupNode():
