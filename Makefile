@@ -18,9 +18,11 @@ test-deps: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 
 # Debian packages: espeak-ng and sox render prompts (server and tests);
-# SIPp (sip-tester) is the caller the tests drive for real.
+# SIPp (sip-tester) is the caller the tests drive for real; the tests start
+# their own private PostgreSQL cluster (postgresql) besides SQLite.
 APT_RUN := espeak-ng sox
-APT_TEST := $(APT_RUN) sip-tester
+# prometheus (with promtool) checks the ops view's rules and runs its queries (tests/test_dashboards.py, test_prometheus_live.py).
+APT_TEST := $(APT_RUN) sip-tester postgresql chromium chromium-driver prometheus
 
 define apt_install
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

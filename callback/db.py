@@ -1,16 +1,37 @@
-"""The callback package's own SQLAlchemy base and schema set-up.
+"""The callback package's own SQLAlchemy base and schema set-up (alembic migrations).
 
 ``callback`` sits below ``ivr`` (DESIGN.md: ivr -> callback -> queueing), so
-its tables hang off this :class:`Base`, not ``ivr.records.Base``. The app
-calls both ``create_all``s at start-up; they can share one engine/database.
+its tables hang off this :class:`Base`, not ``ivr.records.Base``. They can
+share one engine/database with the call records.
+
+The schema is brought up to date by the alembic revisions in
+``callback/migrations/versions/``, run from code at start-up
+(:func:`init_schema`); no ``alembic.ini`` is needed. Their version is kept in
+its own table, ``callback_alembic_version``, so another package can migrate
+its own tables in the same database. For developers::
+
+    python -m callback.db upgrade  --url sqlite+aiosqlite:///frontdesk.db
+    python -m callback.db current  --url ...
+    python -m callback.db revision --url ... -m "add a column"   # autogenerate from the models
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+VERSION_TABLE = "callback_alembic_version"
+_MIGRATION_LOCK = 0x6662_6362  # "fbcb": the advisory lock key of the callback migrations
 
 
 class Base(DeclarativeBase):
@@ -26,10 +47,100 @@ def utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-async def init_schema(engine: AsyncEngine) -> None:
-    """Create the callback tables that do not exist yet."""
-    # importing the model modules registers their tables on Base.metadata
-    from . import outbox  # noqa: F401
+def load_models() -> None:
+    """Import every module that puts a table on :data:`Base.metadata`."""
+    from . import models, outbox  # noqa: F401
 
+
+def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Alembic looks only at our tables: the database may hold the call records' tables too."""
+    if type_ == "table":
+        return name in Base.metadata.tables
+    return True
+
+
+def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """An async engine for a ``sqlite+aiosqlite`` or ``postgresql+asyncpg`` URL (as ``ivr.records`` makes one)."""
+    if url.startswith("sqlite"):
+        # one writer at a time: wait for the lock instead of failing at once
+        kwargs["connect_args"] = {"timeout": 30}
+    return create_async_engine(url, **kwargs)
+
+
+def alembic_config(connection: Connection | None = None, url: str | None = None) -> Config:
+    """Alembic's configuration, built in code; migrations run on ``connection`` (or connect to ``url``)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("version_table", VERSION_TABLE)
+    if url is not None:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def _upgrade(connection: Connection, revision: str) -> None:
+    command.upgrade(alembic_config(connection), revision)
+
+
+async def init_schema(engine: AsyncEngine, revision: str = "head") -> None:
+    """Bring the callback tables up to date: ``alembic upgrade head`` on this engine's database.
+
+    Works on an empty database, on one whose tables an older version made with
+    ``create_all`` (the first revision creates only what is missing), and again
+    on an up-to-date one (nothing to do).
+    """
+    load_models()
     async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
+        if engine.dialect.name == "sqlite":
+            # readers (the agent page, reports) go on while a booking is written
+            await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        elif engine.dialect.name == "postgresql":
+            # several router nodes starting at once: one migrates, the others wait and find nothing to do
+            await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+        await conn.run_sync(_upgrade, revision)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m callback.db", description="Migrations of the callback tables.")
+    parser.add_argument("action", choices=["upgrade", "downgrade", "current", "history", "revision"])
+    parser.add_argument("target", nargs="?", help="revision for upgrade (head) / downgrade (-1)")
+    parser.add_argument("--url", help="SQLAlchemy async URL (not needed for history)")
+    parser.add_argument("-m", "--message", help="revision: its message (autogenerated from the models)")
+    args = parser.parse_args(argv)
+    if args.action != "history" and not args.url:
+        parser.error(f"{args.action} needs --url")
+    load_models()
+    cfg = alembic_config(url=args.url)
+    if args.action == "upgrade":
+        command.upgrade(cfg, args.target or "head")
+    elif args.action == "downgrade":
+        command.downgrade(cfg, args.target or "-1")
+    elif args.action == "current":
+        command.current(cfg, verbose=True)
+    elif args.action == "history":
+        command.history(cfg)
+    else:
+        if not args.message:
+            parser.error("revision needs -m MESSAGE")
+        command.revision(cfg, message=args.message, autogenerate=True)
+    return 0
+
+
+__all__ = [
+    "MIGRATIONS",
+    "VERSION_TABLE",
+    "Base",
+    "alembic_config",
+    "create_engine",
+    "include_name",
+    "init_schema",
+    "load_models",
+    "utc",
+]
+
+if __name__ == "__main__":
+    # run the imported module's main, so the models' Base is this package's one, not __main__'s
+    from callback.db import main as _main
+
+    sys.exit(_main())

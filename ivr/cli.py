@@ -156,10 +156,60 @@ def _complaints(args: argparse.Namespace) -> int:
     return 0
 
 
+def _handover(args: argparse.Namespace) -> int:
+    """R19: every open callback and promise, with who holds it, read from the database (GET /callbacks/handover)."""
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from callback.db import create_engine
+    from callback.store import CallbackStore, RetryPolicy
+
+    from .callbackapi import handover_json, handover_text
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    url = config.storage.url
+    if url.startswith("sqlite"):
+        # a report must not create an empty database where the server keeps none
+        path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
+        if path and path != ":memory:" and not Path(path).exists():
+            print(f"no callbacks: {path} does not exist (storage.url {url})", file=sys.stderr)
+            return 1
+    settings = config.callbacks
+    now = datetime.now(UTC)
+
+    async def report() -> dict[str, object]:
+        engine = create_engine(url)
+        try:
+            store = CallbackStore(
+                engine,
+                RetryPolicy(settings.retry.max_attempts, timedelta(seconds=settings.retry.delay)),
+                timedelta(seconds=settings.lease_seconds),
+            )
+            return handover_json(await store.handover(now), await store.counts_by_state(), now)
+        finally:
+            await engine.dispose()
+
+    try:
+        result = asyncio.run(report())
+    except SQLAlchemyError as exc:
+        print(f"cannot read callbacks from {url}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2) if args.json else handover_text(result))
+    return 0
+
+
 BENCHMARKS = {
     "bench-sip": "benchmark SIP answering against SIPp's own UAS (sim/sipbench.py)",
     "bench-media": "benchmark RTP pacing with many concurrent IVR calls (sim/mediabench.py)",
+    "bench-bookings": "benchmark durable callback bookings per second, SQLite and PostgreSQL (sim/bookbench.py)",
 }
+BENCHMARK_MODULES = {"bench-bookings": "sim.bookbench"}  # the others are sim/<name>bench.py
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,13 +232,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--month", type=_month, help="YYYY-MM, UTC (default: this month)")
     p.add_argument("--json", action="store_true", help="print JSON like GET /admin/complaints")
     p.set_defaults(func=_complaints)
+    p = sub.add_parser("handover", help="shift handover: every open callback and promise, who holds what (R19)")
+    p.add_argument("--config", "-c", help="YAML config file (default: embedded defaults)")
+    p.add_argument("--json", action="store_true", help="print JSON like GET /callbacks/handover")
+    p.set_defaults(func=_handover)
     # planning and load tools live in sim/ and are loaded only when asked for;
     # their own options go straight through to them
     for name, help_text in BENCHMARKS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] and argv[0] in BENCHMARKS:
-        module = importlib.import_module(f"sim.{argv[0].replace('bench-', '')}bench")
+        name = BENCHMARK_MODULES.get(argv[0], f"sim.{argv[0].replace('bench-', '')}bench")
+        module = importlib.import_module(name)
         return int(module.main(argv[1:]) or 0)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real frontdesk server in a subprocess, free ports, SIPp."""
+"""Shared fixtures: a real frontdesk server in a subprocess, free ports, SIPp, a private PostgreSQL."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pg import pg_cluster, pg_url  # noqa: F401 - fixtures: a private PostgreSQL 15 per session
 
 ROOT = Path(__file__).resolve().parent.parent
 SIPP_DIR = Path(__file__).resolve().parent / "sipp"
@@ -71,13 +72,18 @@ class Server:
         return total
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s: a process a test started never outlives it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def start_server(tmp_path: Path, overrides: dict[str, object] | None = None) -> Server:
