@@ -15,17 +15,20 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from callback import db as callback_db
+from callback import rules as callback_rules
 from callback.outbox import Outbox, OutboxDispatcher, OutboxMetrics, RetryPolicy, build_sender
+from callback.store import CallbackStore
 from queueing.engine import Engine
 
-from . import admin, http, queueapi
+from . import admin, callbackapi, http, queueapi
+from .callbacks import CallbackDesk
 from .config import Config
 from .flow.config import groups_of_function
 from .flow.program import compile_ivr
@@ -33,7 +36,7 @@ from .ivrcall import IvrServices
 from .ivrsetup import load_prompts
 from .media.engine import MediaEngine
 from .media.prompts import PromptStore
-from .metrics import IvrCollector, QueueCollector, SipCollector
+from .metrics import CallbackCollector, IvrCollector, QueueCollector, SipCollector
 from .notices import NoticeBoard
 from .queues import LiveQueues
 from .queuesetup import in_schedule, model_from_config, tier_of
@@ -152,6 +155,25 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     ivr.surge = lambda: queues.engine.surge
 
     # registrations change inside the SIP core's receive/timer: act on them just after
+    cbs = config.callbacks
+    store = CallbackStore(
+        engine,
+        callback_rules.RetryPolicy(cbs.retry.max_attempts, timedelta(seconds=cbs.retry.delay)),
+        lease=timedelta(seconds=cbs.lease_seconds),
+    )
+    desk = CallbackDesk(store, cbs, queues, ua, media, loop, ivr.send_text)
+    ivr.callbacks = desk
+    queues.on_connected = desk.reached_agent  # R10
+    app[callbackapi.CALLBACKS] = callbackapi.CallbackService(
+        store=store,
+        settings=cbs,
+        dialer=desk,
+        secret=secrets.token_bytes(32),
+        recordings_dir=recordings,
+        send_text=ivr.send_text,
+        registrar=ua.registrar,
+    )
+
     def registration_changed(agent: str, up: bool) -> None:
         loop.call_soon(queues.on_registration, agent, up)
 
@@ -167,6 +189,7 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     shell = SipShell(ua, router.handle)
     router.pump = shell.pump
     queues.pump = shell.pump
+    desk.pump = shell.pump
     await shell.start(sip.listen, sip.port, list(sip.transports))
     if sip.port == 0:
         # an ephemeral port (tests): write the real one into Contact/Via
@@ -174,18 +197,20 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     registry.register(SipCollector(ua, lambda: recorder.backlog, lambda: recorder.write_errors))
     registry.register(IvrCollector(ivr.metrics, media))
     registry.register(QueueCollector(lambda: queues.engine, lambda: queues.outbound_paused, queues.counters))
+    registry.register(CallbackCollector(desk.counters))
     app[RUNTIME] = Runtime(config, ua, router, shell, recorder, registry, outbox, notices)
     app[admin.ADMIN] = admin.AdminState(engine, notices)
     app[queueapi.QUEUES] = queues
     texter = asyncio.create_task(dispatcher.run(), name="text-outbox")
     scheduler = asyncio.create_task(_surge_schedule(config, queues), name="surge-schedule")
+    dispatcher_task = asyncio.create_task(desk.run(), name="callback-dispatcher")
     try:
         yield
     finally:
         await shell.stop()
         queues.close()
         media.close_all()
-        for task in (writer, intake, texter, scheduler):
+        for task in (writer, intake, texter, scheduler, dispatcher_task):
             task.cancel()
             try:
                 await task
@@ -227,4 +252,5 @@ def create_app(config: Config, prompts: PromptStore | None = None) -> web.Applic
     http.setup_routes(app)
     admin.setup_admin_routes(app, config.admin)
     queueapi.setup_queue_routes(app, config.admin)
+    callbackapi.setup_callback_routes(app, config.callbacks)
     return app

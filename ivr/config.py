@@ -429,6 +429,112 @@ class SurgeSettings(_Strict):
         return v
 
 
+# -- callbacks (R2, R10, R14, R18, R19; callback/) ---------------------------------
+
+
+class CallbackRetrySettings(_Strict):
+    """A customer who does not answer (or is busy) is tried again, up to ``max_attempts`` in all."""
+
+    max_attempts: int = Field(3, ge=1, le=20, description="dial attempts in all before the callback fails")
+    delay: float = Field(600.0, gt=0, le=86400, description="seconds between two attempts")
+
+
+class CallbackWindow(_Strict):
+    """A slot a caller may pick for the callback besides "as soon as possible" (server local time)."""
+
+    name: Name = Field(description="said to the caller and shown to agents, e.g. morning")
+    start: Minutes = Field(description='"HH:MM", kept as minutes after midnight')
+    end: Minutes = Field(description='"HH:MM", after start')
+
+    @field_validator("end")
+    @classmethod
+    def _after_start(cls, v: int, info: ValidationInfo) -> int:
+        start = info.data.get("start")
+        if start is not None and v <= start:
+            raise ValueError("end must be after start (a slot past midnight is two slots)")
+        return v
+
+
+def _default_windows() -> list[CallbackWindow]:
+    return [
+        CallbackWindow(name="morning", start=9 * 60, end=12 * 60),
+        CallbackWindow(name="afternoon", start=13 * 60, end=17 * 60),
+    ]
+
+
+class CallbackSettings(_Strict):
+    """Callback lists: who supervises them, how agents work them, and how customers are dialled."""
+
+    supervisors: list[AgentName] = Field(
+        default_factory=list, description="agents (names under agents:) who see and reassign every callback"
+    )
+    lease_seconds: float = Field(300.0, gt=0, le=86400, description="how long an agent's claim on a callback lasts")
+    retry: CallbackRetrySettings = CallbackRetrySettings()
+    max_age: float = Field(86400.0, gt=0, description="seconds after which a waiting callback expires (with a text)")
+    follow_up_delay: float = Field(
+        86400.0, gt=0, description="R18: seconds after a completed case that its follow-up call is due"
+    )
+    windows: list[CallbackWindow] = Field(
+        default_factory=_default_windows,
+        max_length=8,
+        description='slots a caller may pick besides "as soon as possible" (keys 2-9 in the IVR)',
+    )
+    trunk: str = Field(
+        "sip:{number}@127.0.0.1:5070", description="SIP URI customers are dialled at; {number} is their number"
+    )
+    reserve_agents: int = Field(
+        1, ge=0, le=10000, description="ready agents kept for inbound callers before a callback takes one"
+    )
+    dispatch_interval: float = Field(2.0, gt=0, le=3600, description="seconds between dispatcher rounds")
+    promise_margin: float = Field(
+        300.0, ge=0, le=86400, description="seconds of slack added to the forecast when promising a time"
+    )
+    session_hours: float = Field(12.0, gt=0, le=168, description="how long an agent's page login lasts, hours")
+
+    @field_validator("supervisors")
+    @classmethod
+    def _listed_once(cls, v: list[str]) -> list[str]:
+        seen: set[str] = set()
+        problems: list[tuple[tuple[str | int, ...], str, Any]] = []
+        for i, name in enumerate(v):
+            if name in seen:
+                problems.append(((i,), f"supervisor {name!r} is listed twice", name))
+            seen.add(name)
+        if problems:
+            _problems("CallbackSettings", problems)
+        return v
+
+    @field_validator("windows")
+    @classmethod
+    def _unique_windows(cls, v: list[CallbackWindow]) -> list[CallbackWindow]:
+        seen: set[str] = set()
+        problems: list[tuple[tuple[str | int, ...], str, Any]] = []
+        for i, window in enumerate(v):
+            if window.name == "asap":
+                problems.append(
+                    ((i, "name"), '"asap" is the as-soon-as-possible choice: name the slot otherwise', "asap")
+                )
+            elif window.name in seen:
+                problems.append(((i, "name"), f"slot {window.name!r} is listed twice", window.name))
+            seen.add(window.name)
+        if problems:
+            _problems("CallbackSettings", problems)
+        return v
+
+    @field_validator("trunk")
+    @classmethod
+    def _dialable(cls, v: str) -> str:
+        if "{number}" not in v:
+            raise ValueError("the trunk must contain {number}, e.g. sip:{number}@gateway.example:5060")
+        try:
+            uri = v.format(number="0123456789")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("only {number} may stand in braces in the trunk") from None
+        if not (uri.startswith("sip:") or uri.startswith("sips:")) or "@" not in uri or any(c.isspace() for c in uri):
+            raise ValueError(f"{v!r} is not a SIP URI template like sip:{{number}}@gateway.example:5060")
+        return v
+
+
 class Config(_Strict):
     sip: SipSettings = SipSettings()
     media: MediaSettings = MediaSettings()
@@ -443,6 +549,7 @@ class Config(_Strict):
         default_factory=_default_queues, min_length=1, description="queue name -> settings; default: one 'general'"
     )
     surge: SurgeSettings = SurgeSettings()
+    callbacks: CallbackSettings = CallbackSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
@@ -460,11 +567,20 @@ class Config(_Strict):
                     hint = f" (did you mean {close[0]!r}?)" if close else ""
                     msg = f"unknown caller group {group!r}{hint}: define it under ivr.groups"
                     problems.append((("queues", qname, *loc), msg, group))
-        # every queue node of every flow names a queue that exists
+        # every queue and callback node of every flow names a queue (and a slot) that exists
+        windows = {w.name for w in self.callbacks.windows} | {"asap"}
         for fname, flow in self.ivr.flows.items():
             for nid, node in flow.nodes.items():
+                slot = getattr(node, "slot", None)
+                if getattr(node, "type", None) == "callback" and slot not in windows:
+                    own = "ivr" in self.model_fields_set
+                    msg = f"unknown callback slot {slot!r}: asap or a window of callbacks.windows"
+                    if not own:
+                        msg = f"the built-in demo flow offers the slot {slot!r}: keep it in callbacks.windows"
+                    where = ("ivr", "flows", fname, "nodes", nid, "slot") if own else ("callbacks",)
+                    problems.append((where, msg, slot))
                 wanted = getattr(node, "queue", None)
-                if getattr(node, "type", None) == "queue" and wanted not in self.queues:
+                if getattr(node, "type", None) in ("queue", "callback") and wanted not in self.queues:
                     known = ", ".join(sorted(self.queues))
                     if "ivr" not in self.model_fields_set:
                         msg = f"the built-in demo flow sends callers to queue {wanted!r}: define it, or write ivr.flows"
@@ -481,6 +597,19 @@ class Config(_Strict):
             model_from_config(self)
         except ModelError as exc:
             _problems("Config", [(("queues",), str(exc), None)])
+        return self
+
+    @model_validator(mode="after")
+    def _supervisors_are_agents(self) -> Config:
+        problems: list[tuple[tuple[str | int, ...], str, Any]] = []
+        for i, name in enumerate(self.callbacks.supervisors):
+            if name not in self.agents:
+                close = difflib.get_close_matches(name, list(self.agents), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                msg = f"unknown agent {name!r}{hint}: a supervisor logs in as an agent, define it under agents"
+                problems.append((("callbacks", "supervisors", i), msg, name))
+        if problems:
+            _problems("Config", problems)
         return self
 
 

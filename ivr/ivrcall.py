@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ from .media.stream import KeyPressed, MediaEvent, MediaStream, PlaybackFinished,
 from .sip.ua import Call, Outcome, UserAgent
 
 if TYPE_CHECKING:
+    from .callbacks import CallbackDesk
     from .queues import LiveQueues
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ class IvrServices:
     surge: Callable[[], bool] = lambda: False
     metrics: IvrMetrics = field(default_factory=IvrMetrics)
     queues: LiveQueues | None = None  # live queues; without them a queue node only plays its prompt
+    callbacks: CallbackDesk | None = None  # live callback lists; without them a callback node only plays its prompt
 
 
 class IvrCall:
@@ -85,6 +88,7 @@ class IvrCall:
         self.holding = False  # hold music (and announcements) playing
         self.pending_announcement: tuple[str, ...] = ()
         self.enqueue_to: str | None = None
+        self.queue_entered_at: datetime | None = None  # the caller's place in line, kept by a callback (R10)
         stream.owner = self
 
     # -- events in ---------------------------------------------------------------
@@ -101,6 +105,7 @@ class IvrCall:
             local_time_minutes=local.tm_hour * 60 + local.tm_min,
             weekday=local.tm_wday,
             queues=svc.queues is not None,
+            callbacks=svc.callbacks is not None,
         )
         self.state, actions = start(svc.program, info, now)
         self._carry_out(actions, now)
@@ -113,6 +118,8 @@ class IvrCall:
         queue, self.enqueue_to = self.enqueue_to, None
         if queue is not None and self.services.queues is not None:
             # after this step's actions (the holding prompt): the engine may connect or overflow at once
+            if self.queue_entered_at is None:
+                self.queue_entered_at = datetime.now(UTC)
             self.services.queues.enqueue(self, queue, self.groups, now)
         if self.queued and not self.holding and self.state.waiting == "queued":
             self._hold(self.pending_announcement)
@@ -241,7 +248,8 @@ class IvrCall:
                 ua.cancel_call_timer(call, "hold")  # max wait bounds the queue, the agent the talk
                 self.queued = True
                 self.enqueue_to = act.queue
-            # CallbackRequest: noted by the interpreter; callbacks act on it once they land
+            elif isinstance(act, fa.CallbackRequest) and svc.callbacks is not None:
+                svc.callbacks.request(self, act)  # answers with CallbackDone once committed
 
     def _note(self, note: fa.Note) -> None:
         m = self.services.metrics

@@ -11,7 +11,7 @@ All names share the ``frontdesk_`` prefix and use base units.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Protocol, get_args
+from typing import Any, Protocol, get_args
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
@@ -356,3 +356,57 @@ class QueueCollector(Collector):
             )
             c.add_metric([], self.router_counts.unreachable)
             yield c
+
+
+class CallbackCollector(Collector):
+    """The callback list (R2, R10, R15): by state, oldest waiting, promises, dispatch, bookings, dials.
+
+    The list's numbers are those of the dispatcher's last pass (every
+    ``callbacks.dispatch_interval`` seconds); counters run from start-up.
+    """
+
+    def __init__(self, counters: Any) -> None:
+        self.c = counters  # ivr.callbacks.DeskCounters
+
+    def collect(self) -> Iterator[object]:  # type: ignore[override]
+        c = self.c
+        g = GaugeMetricFamily("frontdesk_callbacks", "Callbacks in the list, by state", labels=["state"])
+        for state, n in c.by_state.items():
+            g.add_metric([state], n)
+        yield g
+        yield GaugeMetricFamily(
+            "frontdesk_callback_oldest_waiting_seconds",
+            "Age of the oldest callback still booked or due",
+            value=c.oldest_waiting,
+        )
+        yield GaugeMetricFamily(
+            "frontdesk_callback_promises_at_risk",
+            "Open callbacks the forecast says will start after the time promised to the caller",
+            value=c.at_risk,
+        )
+        yield CounterMetricFamily(
+            "frontdesk_callback_promises_missed", "Callbacks whose promised time passed before they started",
+            value=c.promises_missed,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "frontdesk_callback_promise_warnings", "Texts sent to callers whose promise was at risk",
+            value=c.promises_warned,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "frontdesk_callback_dispatch_paused", "1 while outbound callbacks are paused (surge, R15)",
+            value=1 if c.dispatch_paused else 0,
+        )  # fmt: skip
+        yield CounterMetricFamily("frontdesk_callback_bookings", "Callbacks booked (committed)", value=c.bookings)
+        yield CounterMetricFamily(
+            "frontdesk_callback_booking_errors", "Bookings that failed (the caller was told)", value=c.booking_errors
+        )
+        yield CounterMetricFamily(
+            "frontdesk_callback_closed_reached_agent",
+            "Callbacks closed because the caller reached an agent first (R10)",
+            value=c.closed_reached_agent,
+        )
+        yield CounterMetricFamily("frontdesk_callback_expired", "Callbacks expired unserved", value=c.expired)
+        d = CounterMetricFamily("frontdesk_callback_dials", "Callback dialling attempts, by result", labels=["result"])
+        for result in ("connected", "agent_no_answer", "customer_no_answer", "customer_failed", "no_port"):
+            d.add_metric([result], c.dials.get(result, 0))
+        yield d

@@ -131,6 +131,7 @@ class LiveQueues:
         self.tier_of = tier_of
         self.pump: Callable[[], None] | None = None  # flushes what the SIP core queued
         self.on_surge: Callable[[bool], None] | None = None
+        self.on_connected: Callable[[str, str], None] | None = None  # (caller number, queue): R10
         self.outbound_paused = False
         self.counters = QueueCounters()
         self.calls: dict[str, Queued] = {}
@@ -267,6 +268,8 @@ class LiveQueues:
         ivr = queued.ivr
         ivr.connected(self.now())
         ivr.stream.bridge(ring.stream)
+        if self.on_connected is not None:
+            self.on_connected(ivr.call.caller, queued.queue)
 
     # -- SIP events of the agents' legs -------------------------------------------------------
     def on_sip_event(self, ev: OutRinging | OutAnswered | OutFailed | OutEnded) -> None:

@@ -18,10 +18,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .callbacks import Leg
 from .ivrcall import IvrCall, IvrServices
 from .media.dtmf import parse_dtmf_info
 from .media.g711 import get_codec
 from .media.stream import MediaEvent, MediaStream
+from .queues import Ring
 from .records import CallSummary
 from .sip.ua import (
     Call,
@@ -106,10 +108,13 @@ class CallRouter:
             elif isinstance(ev, CallEnded):
                 self._ended(ev.call, now)
             elif isinstance(ev, (OutRinging, OutAnswered, OutFailed, OutEnded)):
-                # the legs to agents' phones belong to the live queues
+                # calls we placed: rings of the live queues, or legs of a callback
+                owner = ev.call.owner
                 queues = self.ivr.queues if self.ivr is not None else None
-                if queues is not None:
+                if isinstance(owner, Ring) and queues is not None:
                     queues.on_sip_event(ev)
+                elif isinstance(owner, Leg):
+                    owner.on_out_event(ev)
                 elif not isinstance(ev, (OutFailed, OutEnded)):
                     ua.drop(ev.call, now)
 

@@ -220,6 +220,21 @@ def test_a_plain_number_sets_both_modes() -> None:
 # ------------------------------------------------------------------ errors
 
 
+def test_callback_nodes_need_their_queue_and_slot() -> None:
+    with pytest.raises(ConfigError, match=r"cfg.yaml:1: callbacks: the built-in demo flow offers the slot 'morning'"):
+        parse_config('callbacks:\n  windows: [{name: evening, start: "18:00", end: "20:00"}]\n', "cfg.yaml")
+    text = (
+        "ivr:\n  prompts: {m: {text: m}}\n  flows:\n    f:\n      start: b\n      nodes:\n"
+        "        b: {type: callback, queue: sales, slot: night}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "cfg.yaml")
+    assert str(info.value).splitlines() == [
+        "cfg.yaml:7: ivr.flows.f.nodes.b.slot: unknown callback slot 'night': asap or a window of callbacks.windows",
+        "cfg.yaml:7: ivr.flows.f.nodes.b.queue: unknown queue 'sales': define it under queues (queues now: general)",
+    ]
+
+
 def test_the_demo_flow_needs_its_queue() -> None:
     with pytest.raises(ConfigError, match=r"cfg.yaml:1: queues: the built-in demo flow sends callers to queue 'gen"):
         parse_config("queues:\n  sales: {}\n", "cfg.yaml")
