@@ -10,6 +10,7 @@ for scripts. HTTP Basic works on every route too. Agents named under
     POST /callbacks/logout
     GET  /callbacks/me                      {"agent", "role"}
     GET  /callbacks?state=due,booked&mine=1&queue=general
+    POST /callbacks                         an agent books one: {"number", "queue", "not_before"?, "notes"?}
     POST /callbacks/{id}/claim | /release
     POST /callbacks/{id}/call               click-to-call: your phone rings, then the customer's
     POST /callbacks/{id}/outcome            {"outcome": "completed" | "no_answer" | "busy" | "failed",
@@ -710,6 +711,49 @@ def _tell_not_reached(service: CallbackService, cb: Callback) -> None:
         log.exception("could not queue the text for callback %s", cb.id)
 
 
+async def create(request: web.Request, service: CallbackService, who: Who) -> web.StreamResponse:
+    """An agent books a callback for a complex enquiry (R2, R14), from now or from the time they pick."""
+    example = '{"number": "+4930123456", "queue": "general", "not_before": "2024-05-17T14:00:00Z", "notes": "..."}'
+    data = await _body(request, example, ("number", "queue", "not_before", "window_end", "notes"))
+    if isinstance(data, web.Response):
+        return data
+    number, queue = data.get("number"), data.get("queue")
+    if not isinstance(number, str) or not number.lstrip("+").isdigit() or not 3 <= len(number) <= 32:
+        return _error(400, f"number must be the customer's phone number in digits: {example}")
+    if not isinstance(queue, str) or not queue:
+        return _error(400, f"queue must name the queue the callback belongs to: {example}")
+    live = request.app.get(QUEUES)
+    if live is not None and queue not in live.engine.queues:
+        return _error(400, f"no queue {queue!r}; queues: {', '.join(sorted(live.engine.queues))}")
+    not_before, window_end = _when(data, "not_before"), _when(data, "window_end")
+    for value in (not_before, window_end):
+        if isinstance(value, web.Response):
+            return value
+    notes = _notes(data)
+    if isinstance(notes, web.Response):
+        return notes
+    now = service.clock()
+    start = not_before if isinstance(not_before, datetime) else now
+    if start < now - timedelta(minutes=1):
+        return _error(400, "not_before is in the past: pick a time to come")
+    end = window_end if isinstance(window_end, datetime) else None
+    if end is not None and end <= start:
+        return _error(400, "window_end must be after not_before")
+    promised = end or start + timedelta(seconds=service.settings.promise_margin)
+    try:
+        booked = await service.store.book(
+            queue=queue, number=number, arrived_at=now, promised_by=promised, now=now,
+            not_before=start, window_end=end, created_by=who.agent,
+        )  # fmt: skip
+    except AlreadyBooked as exc:
+        return _error(409, f"{number} already has callback {exc.existing.id} open in {queue}")
+    except (Conflict, ValueError) as exc:
+        return _error(400, str(exc))
+    if notes:
+        booked = await service.store.add_notes(booked.id, agent=who.agent, now=now, notes=notes)
+    return web.json_response({"callback": callback_json(booked)}, status=201)
+
+
 async def reschedule(request: web.Request, service: CallbackService, who: Who) -> web.StreamResponse:
     example = '{"not_before": "2024-05-17T14:00:00Z", "window_end": "2024-05-17T16:00:00Z"}'
     data = await _body(request, example, ("not_before", "window_end"))
@@ -877,6 +921,7 @@ def setup_callback_routes(app: web.Application, settings: CallbackSettings) -> N
     app.router.add_post("/callbacks/logout", _authed(logout))
     app.router.add_get("/callbacks/me", _authed(me))
     app.router.add_get("/callbacks", _authed(list_callbacks))
+    app.router.add_post("/callbacks", _authed(create))
     app.router.add_get("/callbacks/handover", _authed(handover))
     app.router.add_get(r"/callbacks/{id:\d+}/message", _authed(message))
     actions: dict[str, Handler] = {

@@ -341,6 +341,9 @@ class QueueSettings(_Strict):
     )
     overflow: OverflowTarget = Field("message", description="where overflowing callers go in normal mode")
     surge_overflow: OverflowTarget = Field("callback", description="where they go in surge mode (R10)")
+    callback_ewt: float | None = Field(
+        None, gt=0, le=86400, description="R2: a caller whose estimated wait is longer is offered a callback at once"
+    )
     ring_timeout: float = Field(12.0, gt=0, le=300, description="seconds an agent's phone rings before the next try")
     wrap_up: float = Field(10.0, ge=0, le=3600, description="seconds after a call before the agent is ready again")
     service_level: ServiceLevelSettings = ServiceLevelSettings()

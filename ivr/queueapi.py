@@ -92,6 +92,7 @@ def queues_json(queues: LiveQueues) -> dict[str, Any]:
                 "announce_every": dataclasses.asdict(spec.announce_every),
                 "overflow": spec.overflow,
                 "surge_overflow": spec.surge_overflow,
+                "callback_ewt": spec.callback_ewt,
                 "ring_timeout": spec.ring_timeout,
                 "wrap_up": spec.wrap_up,
                 "service_level_t": spec.service_level_t,

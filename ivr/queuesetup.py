@@ -52,6 +52,7 @@ def queue_spec(name: str, q: QueueSettings) -> QueueSpec:
         max_length=_length(q.max_length),
         overflow=q.overflow,
         surge_overflow=q.surge_overflow,
+        callback_ewt=q.callback_ewt,
         ring_timeout=q.ring_timeout,
         wrap_up=q.wrap_up,
         service_level_t=q.service_level.seconds,
@@ -187,6 +188,7 @@ QUEUE_RUNTIME_KEYS = (
     "surge_overflow",
     "strategy",
     "service_level_target",
+    "callback_ewt",
 )
 
 
@@ -207,6 +209,8 @@ def queue_for_runtime_update(spec: QueueSpec, changes: dict[str, Any]) -> QueueS
             new[key] = _choice(key, v, OVERFLOW_TARGETS)
         elif key == "strategy":
             new[key] = _choice(key, v, STRATEGIES)
+        elif key == "callback_ewt":
+            new[key] = None if v is None else _seconds(key, v)
         else:  # service_level_target
             new[key] = _ratio(key, v)
     return dataclasses.replace(spec, **new)

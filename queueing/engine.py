@@ -536,6 +536,10 @@ class Engine:
             out.append(PlayAnnouncement(call.id, "peak_shaving"))
             self._overflow(call, "peak_shaving", "peak_shaving", out)
             return
+        # R2: a long wait ahead is offered a callback at once (the caller's arrival is their place)
+        if spec.callback_ewt is not None and call.predicted_ewt > spec.callback_ewt:
+            self._overflow(call, "callback", "ewt", out)
+            return
         self._arm("max_wait", call.id, call.arrived + spec.max_wait.value(self.surge), out)
         self._fresh.append(call.id)
 

@@ -180,7 +180,7 @@ class Overflow:
 
     call: str
     target: OverflowTarget
-    reason: str  # "max_length", "max_wait", "peak_shaving"
+    reason: str  # "max_length", "max_wait", "peak_shaving", "ewt" (callback offered for a long wait)
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,8 @@ class QueueSpec:
     max_length: Limit = Limit(20, 10)
     overflow: OverflowTarget = "message"
     surge_overflow: OverflowTarget = "callback"  # R10: callback booking switched on at peak
+    # R2: a caller whose wait would be longer than this is offered a callback at once (None: never)
+    callback_ewt: float | None = None
     ring_timeout: float = 12.0
     wrap_up: float = 10.0
     service_level_t: float = 20.0  # T of "X % answered within T seconds"
@@ -77,6 +79,8 @@ class QueueSpec:
                 raise ModelError(f"queue {self.name}: waits must be positive")
         if self.max_length.normal < 0 or self.max_length.surge < 0:
             raise ModelError(f"queue {self.name}: max_length must be >= 0")
+        if self.callback_ewt is not None and self.callback_ewt <= 0:
+            raise ModelError(f"queue {self.name}: callback_ewt must be positive")
         if self.ring_timeout <= 0 or self.wrap_up < 0:
             raise ModelError(f"queue {self.name}: ring_timeout > 0 and wrap_up >= 0 required")
 

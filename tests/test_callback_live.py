@@ -95,8 +95,15 @@ def test_caller_books_a_callback_and_an_agent_calls_the_customer_back(
         call.answer()
         answered.append(call)
 
+    # R15: in a surge the dispatcher leaves the agent to inbound callers
+    status, body = http(server, "PUT", "/admin/surge", body={"on": True})
+    assert status == 200 and body["on"] is True, body
     try:
         with agent_phone(server, "8001", on_call) as phone:
+            wait_until("the dispatcher to pause", lambda: server.metric("frontdesk_callback_dispatch_paused") == 1, 3)
+            time.sleep(1.5)  # three dispatcher rounds
+            assert phone.invites() == [] and callbacks(server)[0]["state"] == "due"
+            assert http(server, "PUT", "/admin/surge", body={"on": False})[0] == 200
             wait_until("the callback to ring the agent", lambda: len(answered) == 1, 10)
             assert phone.invites()[0][3] == "4445001"  # the agent sees whom it calls back
             wait_until(
@@ -174,3 +181,51 @@ def test_a_caller_who_reaches_an_agent_has_the_callback_closed(
     assert [(to, "closed the callback" in body) for to, _, body in sent].count(("4445002", True)) == 1
     # while nobody served the queue, the promise monitor had warned the caller (R10)
     assert any(to == "4445002" and "self-service" in body for to, _, body in sent)
+
+
+def test_an_agent_claims_a_callback_and_calls_the_customer_from_the_api(
+    server_factory: Callable[[dict[str, object]], Server], sipp: str, tmp_path: Path
+) -> None:
+    trunk_port = free_port()
+    # reserve_agents high: the dispatcher never dials; the agent does it by hand (click-to-call)
+    server = server_factory(config(trunk_port, reserve_agents=5))
+    status, body = http(server, "POST", "/callbacks", agent="8001", body={"number": "4445003", "queue": "general"})
+    assert status == 201, body
+    cb_id = body["callback"]["id"]
+    wait_until("the callback to be due", lambda: callbacks(server)[0]["state"] == "due", 3)
+    uas = subprocess.Popen(
+        [sipp, "-sn", "uas", "-i", "127.0.0.1", "-p", str(trunk_port), "-m", "1", "-timeout", "40s",
+         "-timeout_error", "-nostdin", "-bind_local", "-mp", str(free_port())],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    answered: list[VoIPCall] = []
+
+    def on_call(call: VoIPCall) -> None:
+        call.answer()
+        answered.append(call)
+
+    try:
+        with agent_phone(server, "8001", on_call) as phone:
+            status, body = http(server, "POST", f"/callbacks/{cb_id}/call", agent="8001")
+            assert status == 409 and "claim" in body["error"]  # the claim comes first
+            status, body = http(server, "POST", f"/callbacks/{cb_id}/claim", agent="8001")
+            assert (status, body["callback"]["state"]) == (200, "offered"), body
+            # the agent's phone rings (pyVoIP answers after about 1 s), then the customer's
+            status, body = http(server, "POST", f"/callbacks/{cb_id}/call", agent="8001")
+            assert status == 200, body
+            assert (body["callback"]["state"], body["callback"]["attempts"]) == ("in_progress", 1)
+            assert [i[3] for i in phone.invites()] == ["4445003"]
+            wait_until(
+                "the customer to answer and be bridged",
+                lambda: server.metric("frontdesk_callback_dials_total", result="connected") == 1,
+                10,
+            )
+            time.sleep(1.0)
+            answered[0].hangup()
+        assert uas.wait(15) == 0
+    finally:
+        if uas.poll() is None:
+            uas.kill()
+            uas.wait()
+    status, body = http(server, "POST", f"/callbacks/{cb_id}/outcome", agent="8001", body={"outcome": "completed"})
+    assert (status, body["callback"]["state"]) == (200, "completed"), body

@@ -648,3 +648,30 @@ def test_callbacks_config_defaults() -> None:
     assert [(w.name, w.start, w.end) for w in cb.windows] == [("morning", 540, 720), ("afternoon", 780, 1020)]
     assert cb.trunk == "sip:{number}@127.0.0.1:5070"
     assert (cb.reserve_agents, cb.dispatch_interval, cb.promise_margin, cb.session_hours) == (1, 2.0, 300, 12)
+
+
+async def test_an_agent_books_a_callback_for_a_complex_enquiry(desk: Desk) -> None:
+    later = (desk.clock() + timedelta(hours=2)).isoformat()
+    status, body = await desk.post(
+        "/callbacks",
+        headers=A1,
+        body={"number": "+4930777", "queue": "general", "not_before": later, "notes": "tariff"},
+    )
+    assert status == 201, body
+    cb = body["callback"]
+    assert (cb["number"], cb["state"], cb["created_by"]) == ("+4930777", "booked", "8001")
+    assert "tariff" in cb["notes"]
+    # one active per number and queue, as from the IVR
+    status, body = await desk.post("/callbacks", headers=A2, body={"number": "+4930777", "queue": "general"})
+    assert status == 409 and "already has callback" in body["error"]
+    for bad in (
+        {"number": "call me", "queue": "general"},
+        {"number": "+4930778"},
+        {"number": "+4930778", "queue": "general", "x": 1},
+    ):
+        assert (await desk.post("/callbacks", headers=A1, body=bad))[0] == 400, bad
+    past = (desk.clock() - timedelta(hours=1)).isoformat()
+    status, body = await desk.post(
+        "/callbacks", headers=A1, body={"number": "+4930779", "queue": "general", "not_before": past}
+    )
+    assert status == 400 and "in the past" in body["error"]

@@ -225,6 +225,19 @@ def test_runtime_reconfiguration_applies_new_limits_to_callers_already_in_line()
     assert e.surge  # c1 is still waiting with nobody serving: EWT is infinite
 
 
+def test_a_long_estimated_wait_is_offered_a_callback_at_once() -> None:
+    e = make(agents=1, callback_ewt=300.0, initial_aht=200.0)
+    e.handle(AgentLoggedIn(agent="a1", now=0.0))
+    arrive(e, "c1", 1.0)  # rung at once
+    out = arrive(e, "c2", 2.0)  # EWT 1 * 200 / 1 = 200 s: waits
+    assert of(Overflow, out) == [] and e.position("c2") == 1
+    out = arrive(e, "c3", 3.0)  # EWT 2 * 200 = 400 s > 300 s: a callback instead
+    assert of(Overflow, out) == [Overflow("c3", "callback", "ewt")]
+    assert "c3" not in e.calls and e.stats["sales"].overflowed == {"callback": 1}
+    with pytest.raises(ModelError):
+        QueueSpec(name="q", callback_ewt=0.0)
+
+
 def test_max_length_overflows_the_back_of_the_line_not_the_key_tier() -> None:
     e = make(max_length=Limit(2, 1))
     arrive(e, "o1", 0.0)
