@@ -88,6 +88,7 @@ class IvrCall:
         self.holding = False  # hold music (and announcements) playing
         self.pending_announcement: tuple[str, ...] = ()
         self.enqueue_to: str | None = None
+        self.agent_hung_up = False  # the agent ended the talk (the call record says so)
         self.queue_entered_at: datetime | None = None  # the caller's place in line, kept by a callback (R10)
         stream.owner = self
 

@@ -318,6 +318,7 @@ class LiveQueues:
             queued.ivr.stream.unbridge()
             self.feed(CallEnded(call=ring.call_id, now=now))
             if ev.call.ended_by == "remote":
+                queued.ivr.agent_hung_up = True
                 self.ua.hangup(queued.ivr.call, now)
 
     # -- the caller's side -------------------------------------------------------------------------

@@ -199,7 +199,7 @@ class CallRouter:
                 answer_at=call.t_answer + off if call.t_answer is not None else None,
                 end_at=(call.t_end if call.t_end is not None else call.t_invite) + off,
                 outcome=call.outcome.value if call.outcome else "failed",
-                hangup_by=call.hangup_by,
+                hangup_by="agent" if ivr is not None and ivr.agent_hung_up else call.hangup_by,
                 end_status=call.end_status,
                 transport=call.peer[0],
                 complaint=ivr.complaint if ivr else None,

@@ -756,6 +756,7 @@ def test_surge_switches_on_overflows_and_every_caller_is_answered_and_leaves_by_
     put_through = sorted(n for n, r in records.items() if "agent" in outcomes(r))
     assert called_back == [numbers[2]]
     assert talks == put_through  # first come, first served (one tier)
+    assert {records[n]["hangup_by"] for n in put_through} == {"agent"}  # the agent ended each talk
     assert talks[:2] == numbers[:2] and talks[2] in numbers[6:], talks
     assert len(shaved) == 6 and set(numbers[3:6]) <= set(shaved), shaved
     assert set(shaved) | set(called_back) | set(put_through) == set(numbers)
