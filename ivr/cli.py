@@ -204,10 +204,29 @@ def _handover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _erlang(args: argparse.Namespace) -> int:
+    """Erlang B, C or A for one staffing: the figures planners read (sim/erlang.py, docs/sim.md)."""
+    from sim.erlang import run_cli
+
+    status, text = run_cli(
+        args.model, args.arrival_rate, args.aht, args.agents, args.patience, args.target_wait, args.json
+    )
+    print(text, file=sys.stderr if status else sys.stdout)
+    return status
+
+
+def _sim(args: argparse.Namespace) -> int:
+    """Run a traffic scenario on the queueing engine (sim/): summary, report folder, staffing, what-ifs."""
+    from sim.cli import run_cli
+
+    return run_cli(args)
+
+
 BENCHMARKS = {
     "bench-sip": "benchmark SIP answering against SIPp's own UAS (sim/sipbench.py)",
     "bench-media": "benchmark RTP pacing with many concurrent IVR calls (sim/mediabench.py)",
     "bench-bookings": "benchmark durable callback bookings per second, SQLite and PostgreSQL (sim/bookbench.py)",
+    "bench-sim": "benchmark the traffic simulator in simulated calls per second, against Ciw (sim/simbench.py)",
 }
 BENCHMARK_MODULES = {"bench-bookings": "sim.bookbench"}  # the others are sim/<name>bench.py
 
@@ -236,6 +255,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", "-c", help="YAML config file (default: embedded defaults)")
     p.add_argument("--json", action="store_true", help="print JSON like GET /callbacks/handover")
     p.set_defaults(func=_handover)
+    p = sub.add_parser("erlang", help="Erlang B, C or A: waiting, service level, abandonment for N agents")
+    p.add_argument("model", choices=["b", "c", "a"], help="b: lost calls, c: patient callers, a: callers who give up")
+    p.add_argument("--arrival-rate", type=float, required=True, metavar="CALLS_PER_S", help="calls per second")
+    p.add_argument("--aht", type=float, required=True, metavar="SECONDS", help="average handle time (talk + wrap-up)")
+    p.add_argument("--agents", type=int, required=True, metavar="N")
+    p.add_argument("--patience", type=float, metavar="SECONDS", help="callers' mean patience (Erlang A)")
+    p.add_argument("--target-wait", type=float, default=20.0, metavar="SECONDS", help="service level T (default 20)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_erlang)
+    p = sub.add_parser("sim", help="simulate a traffic scenario on the queue policy engine (docs/sim.md)")
+    from sim.cli import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=_sim)
     # planning and load tools live in sim/ and are loaded only when asked for;
     # their own options go straight through to them
     for name, help_text in BENCHMARKS.items():
