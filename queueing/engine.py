@@ -160,6 +160,10 @@ class Call:
         return (-self.priority, 0 if self.requeued else 1, self.order)
 
 
+def _call_key(call: Call) -> tuple[int, int, int]:
+    return call.key
+
+
 # ------------------------------------------------------------------- stats
 
 
@@ -277,6 +281,9 @@ class Engine:
         self._auto_changed_at = -math.inf
         self._sl_window: deque[tuple[float, bool]] = deque()  # (left the line at, answered within T)
         self._fresh: list[str] = []  # callers who arrived in this event
+        self._skilled_cache: dict[str, tuple[QueueSpec, list[Agent]]] = {}
+        self._waiting: dict[str, dict[str, Call]] = {q.name: {} for q in model.queues}  # the lines, unsorted
+        self._ready: dict[str, Agent] = {}  # agents in state READY
 
     # ---------------------------------------------------------------- public
 
@@ -499,9 +506,13 @@ class Engine:
 
     def _move(self, agent: Agent, trigger: str) -> None:
         try:
-            agent.state = TRANSITIONS[(agent.state, trigger)]
+            agent.state = state = TRANSITIONS[(agent.state, trigger)]
         except KeyError:  # only reachable through a bug: input is validated first
             raise PolicyError(f"agent {agent.id}: {trigger} is illegal while {agent.state}") from None
+        if state is AgentState.READY:
+            self._ready[agent.id] = agent
+        else:
+            self._ready.pop(agent.id, None)
 
     def _arrive(self, event: CallArrived, out: list[Decision]) -> None:
         spec = self.queues[event.queue]
@@ -525,6 +536,7 @@ class Engine:
         if self.surge and surge.notice:
             out.append(PlayAnnouncement(call.id, "notice"))
         self.calls[call.id] = call
+        self._waiting[spec.name][call.id] = call
         call.predicted_ewt = self._ewt_of(call)
         # R8: peak shaving only in surge, only for a really long wait, never top tier or urgent callers.
         if (
@@ -573,6 +585,7 @@ class Engine:
         agent.answered += 1
         agent.talk_started = now
         call.state = CallState.TALKING
+        self._waiting[call.queue.name].pop(call.id, None)
         call.agents = {agent.id}
         for kind in ("ring", "max_wait", "announce"):
             self._disarm(kind, call.id)
@@ -615,6 +628,7 @@ class Engine:
             return
         self._disarm("ring", call.id)
         call.state = CallState.WAITING
+        self._waiting[call.queue.name][call.id] = call
         call.requeued = True
         self._check_deadline(call, out)
         if call.id in self.calls:  # still in line: announcements go on
@@ -657,22 +671,30 @@ class Engine:
         for kind in ("ring", "max_wait", "announce"):
             self._disarm(kind, call.id)
         self.calls.pop(call.id, None)
+        self._waiting[call.queue.name].pop(call.id, None)
 
     # --------------------------------------------------------------- the line
 
     def _line(self, queue: str) -> list[Call]:
-        return sorted(
-            (c for c in self.calls.values() if c.queue.name == queue and c.state is CallState.WAITING),
-            key=lambda c: c.key,
-        )
+        return sorted(self._waiting[queue].values(), key=_call_key)
 
     def _serving(self, spec: QueueSpec) -> tuple[int, int]:
         serving = idle = 0
-        for agent in self.agents.values():
-            if agent.spec.can_take(spec.skills) and agent.state not in (AgentState.LOGGED_OUT, AgentState.NOT_READY):
+        off = (AgentState.LOGGED_OUT, AgentState.NOT_READY)
+        for agent in self._skilled(spec):
+            state = agent.state
+            if state not in off:
                 serving += 1
-                idle += agent.state is AgentState.READY
+                idle += state is AgentState.READY
         return serving, idle
+
+    def _skilled(self, spec: QueueSpec) -> list[Agent]:
+        """The agents with the queue's skills (specs are frozen: worked out once per spec)."""
+        found = self._skilled_cache.get(spec.name)
+        if found is None or found[0] is not spec:
+            found = (spec, [a for a in self.agents.values() if a.spec.can_take(spec.skills)])
+            self._skilled_cache[spec.name] = found
+        return found[1]
 
     def _ewt_of(self, call: Call) -> float:
         position = 1 + sum(1 for c in self._line(call.queue.name) if c.key < call.key and c.id != call.id)
@@ -723,9 +745,12 @@ class Engine:
 
     def _dispatch(self, out: list[Decision]) -> None:
         now = self._now
-        waiting = sorted((c for c in self.calls.values() if c.state is CallState.WAITING), key=lambda c: c.key)
+        ready = list(self._ready.values())
+        if not ready:
+            return  # nobody to ring: the usual case under load
+        waiting = sorted((c for line in self._waiting.values() for c in line.values()), key=_call_key)
         for call in waiting:
-            free = [a for a in self.agents.values() if a.state is AgentState.READY and a.spec.can_take(call.required)]
+            free = [a for a in ready if a.state is AgentState.READY and a.spec.can_take(call.required)]
             if not free:
                 continue
             spec = call.queue
@@ -739,6 +764,7 @@ class Engine:
             else:
                 chosen = [pick_longest_idle(free)]
             call.state = CallState.RINGING
+            self._waiting[spec.name].pop(call.id, None)
             self._disarm("announce", call.id)
             for agent in chosen:
                 self._move(agent, "ring")

@@ -561,6 +561,14 @@ class EngineMachine(RuleBasedStateMachine):
                 assert not any(agent.spec.can_take(c.required) for c in waiting)
 
     @invariant()
+    def the_lines_kept_for_speed_are_the_waiting_callers(self) -> None:
+        e = self.engine
+        for name in e.queues:
+            waiting = {c.id for c in e.calls.values() if c.queue.name == name and c.state is CallState.WAITING}
+            assert set(e._waiting[name]) == waiting
+        assert set(e._ready) == {a.id for a in e.agents.values() if a.state is AgentState.READY}
+
+    @invariant()
     def no_call_is_lost_from_the_books(self) -> None:
         e = self.engine
         for name, s in e.stats.items():
