@@ -173,13 +173,10 @@ class CallbackService:
         failures, since = self._failures.get(name, (0, now))
         if failures >= MAX_FAILURES and now - since < LOCKOUT:
             return None
-        cred = registrar.credentials.get(name)
-        want = cred.ha1 if cred is not None else "0" * 32
-        got = hashlib.md5(f"{name}:{registrar.settings.realm}:{password}".encode(), usedforsecurity=False).hexdigest()
-        ok = hmac.compare_digest(got, want) and cred is not None
+        ok = registrar.password_ok(name, password)
         if ok:
             self._failures.pop(name, None)
-        elif cred is not None:  # count only real names: the table stays as small as the agent list
+        elif name in registrar.credentials:  # count only real names: the table stays as small as the agent list
             self._failures[name] = (1 if now - since >= LOCKOUT else failures + 1, now)
         return ok
 

@@ -47,6 +47,7 @@ from queueing.ewt import ewt
 from .flow import actions as fa
 from .media.g711 import get_codec
 from .media.stream import MediaStream
+from .sip.message import uri_host_port
 from .sip.ua import OutAnswered, OutCall, OutEnded, OutFailed, OutRinging
 
 if TYPE_CHECKING:
@@ -311,7 +312,7 @@ class CallbackDesk:
     def _dial_customer(self, job: Job) -> None:
         settings = self.settings
         target = settings.trunk.format(number=job.cb.number)
-        host, _, port = target.split("@", 1)[1].split(";", 1)[0].partition(":")
+        host, port = uri_host_port(target)
         try:
             stream = self.media.open((host, 9), "PCMU", 0, 101)
         except OSError:
@@ -322,7 +323,7 @@ class CallbackDesk:
         job.customer_leg = leg
         stream.owner = leg
         now = self.loop.time()
-        leg.out = self.ua.place_call(target, ("udp", host, int(port or 5060)), stream.local_port, now)
+        leg.out = self.ua.place_call(target, ("udp", host, port or 5060), stream.local_port, now)
         leg.out.owner = leg
         self.loop.call_later(CUSTOMER_RING_TIMEOUT, self._customer_timeout, job)
         self._flush()

@@ -25,8 +25,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import hashlib
-import hmac
 import math
 from datetime import UTC, datetime
 from typing import Any
@@ -121,12 +119,7 @@ def _agent_auth(request: web.Request, queues: LiveQueues) -> str | web.Response:
         name, sep, password = base64.b64decode(given.strip(), validate=True).decode("utf-8").partition(":")
     except (binascii.Error, UnicodeDecodeError):
         return _error(401, "malformed Basic credentials", challenge)
-    registrar = queues.ua.registrar
-    cred = registrar.credentials.get(name)
-    realm = registrar.settings.realm
-    want = cred.ha1 if cred is not None else "0" * 32
-    got = hashlib.md5(f"{name}:{realm}:{password}".encode(), usedforsecurity=False).hexdigest()
-    if not sep or not hmac.compare_digest(got, want) or cred is None:
+    if not sep or not queues.ua.registrar.password_ok(name, password):
         return _error(401, "wrong agent name or password", challenge)
     if name not in queues.engine.agents:
         return _error(403, f"{name} has a SIP login but is not an agent of any queue")
@@ -236,7 +229,7 @@ async def patch_surge(request: web.Request, state: AdminState, actor: str) -> we
     except ValueError as exc:
         return _error(400, str(exc))
     await _audited(state.engine, actor, "surge_settings", "surge", data)
-    queues.feed(SurgeReconfigured(spec=spec, now=max(queues.now(), queues.engine.now or 0.0)))
+    queues.feed(SurgeReconfigured(spec=spec, now=queues.now()))
     return web.json_response(queues_json(queues)["surge"])
 
 
@@ -256,7 +249,7 @@ async def patch_queue(request: web.Request, state: AdminState, actor: str) -> we
     except ValueError as exc:
         return _error(400, str(exc))
     await _audited(state.engine, actor, "queue_settings", name, data)
-    queues.feed(QueueReconfigured(spec=new, now=max(queues.now(), queues.engine.now or 0.0)))
+    queues.feed(QueueReconfigured(spec=new, now=queues.now()))
     return web.json_response(queues_json(queues)["queues"][name])
 
 

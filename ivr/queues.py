@@ -168,8 +168,8 @@ class LiveQueues:
             self.pump()
 
     def now(self) -> float:
-        # the engine refuses time going backwards; the loop clock is monotonic
-        return self.clock()
+        """The loop clock, never behind the engine's own time (the engine refuses time going backwards)."""
+        return max(self.clock(), self.engine.now or 0.0)
 
     def _arm_timer(self) -> None:
         at = self.engine.next_timer()
@@ -185,7 +185,7 @@ class LiveQueues:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.feed(TimerFired(kind="tick", id="", now=max(self.now(), self.engine.now or 0.0)))
+        self.feed(TimerFired(kind="tick", id="", now=self.now()))
 
     def close(self) -> None:
         if self._timer is not None:
@@ -354,7 +354,7 @@ class LiveQueues:
     # -- agents' buttons and phones ----------------------------------------------------------------
     def agent_event(self, agent: str, action: str, reason: str | None = None) -> None:
         """login | ready | not_ready | logout; raises PolicyError (unknown agent, illegal now)."""
-        now = max(self.now(), self.engine.now or 0.0)
+        now = self.now()
         event: Event
         if action == "login":
             event = AgentLoggedIn(agent=agent, now=now)
@@ -382,7 +382,7 @@ class LiveQueues:
             log.info("agent %s registration change not applied: %s", agent, exc)
 
     def surge_switch(self, on: bool | None, cause: str = "manual") -> None:
-        now = max(self.now(), self.engine.now or 0.0)
+        now = self.now()
         self.feed(SurgeSwitch(on=on, cause=cause, now=now))  # type: ignore[arg-type]
 
 

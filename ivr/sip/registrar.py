@@ -237,6 +237,13 @@ class Registrar:
         # told (username, registered) when a user's first contact appears and when its last one goes
         self.on_change: Callable[[str, bool], None] | None = None
 
+    def password_ok(self, username: str, password: str) -> bool:
+        """Whether ``password`` is ``username``'s SIP password (checked against the HA1, in constant time)."""
+        cred = self.credentials.get(username)
+        want = cred.ha1 if cred is not None else self._dummy_ha1
+        got = ha1(username, self.settings.realm, password)
+        return hmac.compare_digest(got, want) and cred is not None
+
     # -- queries ---------------------------------------------------------------------------
     @property
     def active(self) -> int:
