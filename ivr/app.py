@@ -151,6 +151,7 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         loop,
         lambda queue, groups: tier_of(config.queues[queue], groups),
     )
+    queues.connected_line = sip.connected_line
     ivr.queues = queues
     ivr.surge = lambda: queues.engine.surge
 

@@ -88,6 +88,11 @@ class SipSettings(_Strict):
     answer_delay: float = Field(0.0, ge=0, description="seconds of ringback before answering")
     hold_time: float = Field(3600.0, gt=0, description="longest an answered call is kept before we hang up, seconds")
     max_calls: int = Field(20000, gt=0, description="calls in progress beyond which new INVITEs get 503")
+    connected_line: bool = Field(
+        True,
+        description="when a queue's agent answers, tell the caller's phone who answered (UPDATE with "
+        "P-Asserted-Identity) if its INVITE allowed UPDATE",
+    )
     user_agent: str = "frontdesk"
     realm: str = Field("frontdesk", description="digest realm agents log in to; part of every agent's ha1")
     timers: SipTimers = SipTimers()

@@ -133,6 +133,7 @@ class LiveQueues:
         self.on_surge: Callable[[bool], None] | None = None
         self.on_connected: Callable[[str, str], None] | None = None  # (caller number, queue): R10
         self.outbound_paused = False
+        self.connected_line = True  # UPDATE to the caller's phone naming the agent who answered
         self.counters = QueueCounters()
         self.calls: dict[str, Queued] = {}
         self._pending: deque[Event] = deque()
@@ -266,8 +267,11 @@ class LiveQueues:
         ring = queued.rings.pop(agent)
         queued.talking = ring
         ivr = queued.ivr
-        ivr.connected(self.now())
+        now = self.now()
+        ivr.connected(now)
         ivr.stream.bridge(ring.stream)
+        if self.connected_line:
+            self.ua.update_connected(ivr.call, f"{agent} ({queued.queue})", agent, now)
         if self.on_connected is not None:
             self.on_connected(ivr.call.caller, queued.queue)
 

@@ -115,6 +115,9 @@ class FakeUA:
         self.world.loop.call_at(now + RING_DELAY, lambda: self.world.phone_answers(phone))
         return out
 
+    def update_connected(self, call: Any, display: str, user: str, now: float) -> bool:
+        return False  # the callers here are no phones: nobody to tell who answered
+
     def drop(self, out: OutCall, now: float) -> None:
         phone = self.world.phones[out.call_id]
         if phone.over:

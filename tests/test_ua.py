@@ -311,6 +311,39 @@ def caller_branch_of(resp: Response) -> str:
     return resp.top_via.branch
 
 
+def test_connected_line_update_goes_only_to_a_phone_that_allows_update() -> None:
+    """When a queue's agent answers, the caller's phone is told who: UPDATE + P-Asserted-Identity."""
+    h = Harness(RouterSettings(hold_time=100.0))
+    caller = Caller()
+    got = responses(h.deliver(caller.invite(headers=("Allow: INVITE, ACK, BYE, CANCEL, update",))))
+    for r in got:
+        caller.learn(r)
+    call = h.ua.calls[caller.call_id]
+    assert not h.ua.update_connected(call, "a01 (general)", "a01", h.now)  # not before the ACK
+    assert h.ua.datagrams_to_send() == []
+    assert h.deliver(caller.ack_2xx()) == []
+    h.now = 2.0
+    assert h.ua.update_connected(call, 'a01 "the" (general)', "a01", h.now)
+    sent = h.ua.datagrams_to_send()
+    assert len(sent) == 1
+    update = parse_message(sent[0][0])
+    assert isinstance(update, Request)
+    assert (update.method, update.uri, update.cseq) == ("UPDATE", "sip:5551234@127.0.0.1:5070", (1, "UPDATE"))
+    assert (update.from_.tag, update.to.tag) == (caller.to_tag, caller.from_tag)
+    assert update.get("p-asserted-identity") == '"a01 the (general)" <sip:a01@127.0.0.1>'
+    assert update.get("contact") == "<sip:frontdesk@127.0.0.1:5060>"
+    assert update.body == b""
+    assert h.deliver(ok_for(update)) == []
+    assert h.advance(40.0) == []  # answered: no retransmission; the call goes on
+    assert h.ua.stats.responses_received == {("UPDATE", 200): 1}
+    assert h.ua.calls[caller.call_id].state is CallState.CONFIRMED
+    # a phone that did not list UPDATE hears nothing new
+    other = Caller(call_id="call-2@127.0.0.1", from_tag="caller-tag-2", branch="z9hG4bK-invite-2")
+    answered_call(h, other)
+    assert not h.ua.update_connected(h.ua.calls[other.call_id], "a01 (general)", "a01", h.now)
+    assert h.ua.datagrams_to_send() == []
+
+
 def test_hold_time_ends_the_call_with_bye_retransmitted_until_200() -> None:
     h = Harness(RouterSettings(hold_time=5.0))
     caller = Caller()

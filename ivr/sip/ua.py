@@ -899,6 +899,24 @@ class UserAgent:
         )
         self._refers[(branch, "REFER")] = call
 
+    def update_connected(self, call: Call, display: str, user: str, now: float) -> bool:
+        """Tell the caller's phone who it is now talking to (connected line).
+
+        An UPDATE (RFC 3311) without a body, carrying the new party in
+        P-Asserted-Identity (RFC 3325), as PBXs do when a queue's agent
+        answers; the phone shows it, and a load generator learns its caller
+        was answered. Sent only to a confirmed call whose INVITE listed
+        UPDATE in Allow; returns whether it was sent. The response needs no
+        action: a phone that refuses it just shows nothing new.
+        """
+        if call.state is not CallState.CONFIRMED or not _allows(call.invite, "UPDATE"):
+            return False
+        contact = self._contact_tcp if call.peer[0] == "tcp" else self._contact
+        name = display.replace("\\", "").replace('"', "")
+        identity = f'"{name}" <sip:{user}@{self.config.host}>'
+        self._send_in_dialog(call, "UPDATE", now, (f"P-Asserted-Identity: {identity}", f"Contact: {contact}"))
+        return True
+
     def set_call_timer(self, call: Call, name: str, at: float) -> None:
         """Arm (or re-arm) a named timer; fires as a CallTimer event."""
         call.timers[name] = at
@@ -1347,6 +1365,11 @@ def _failure_class(status: int) -> str:
     if status == 408:
         return "timeout"
     return "rejected"
+
+
+def _allows(req: Request, method: str) -> bool:
+    """Whether the request's Allow header lists ``method``."""
+    return any(method in (m.strip().upper() for m in split_list(v)) for v in req.get_all("allow"))
 
 
 def _loose_route(value: str) -> bool:
