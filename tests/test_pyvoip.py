@@ -45,7 +45,6 @@ from __future__ import annotations
 import array
 import hashlib
 import math
-import re
 import socket
 import sqlite3
 import time
@@ -63,6 +62,7 @@ from ivr.ivrsetup import prompt_sources
 from ivr.media.dtmf import TelephoneEvent
 from ivr.media.prompts import PromptStore
 from ivr.media.rtp import RtpPacket
+from sim.phones import ack_with_the_dialogs_to_tag, stop_phone
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # pyVoIP imports audioop (deprecated in 3.11)
@@ -92,34 +92,6 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
-
-
-def ack_with_the_dialogs_to_tag(phone: VoIPPhone) -> None:
-    """Make pyVoIP's ACK carry the To tag of the 200 OK it acknowledges (see the module doc)."""
-    sip = phone.sip
-    original = sip.gen_ack
-
-    def gen_ack(response: Any) -> str:
-        ack: str = original(response)
-        tag = response.headers["To"]["tag"]
-        return re.sub(r"^(To: [^\r\n]*?);tag=[^\r\n;]*", rf"\1;tag={tag}", ack, count=1, flags=re.M)
-
-    sip.gen_ack = gen_ack
-
-
-def stop_phone(phone: VoIPPhone) -> None:
-    """pyVoIP runs non-daemon threads: whatever happens, none may outlive the test."""
-    try:
-        phone.stop()
-    finally:
-        sip = phone.sip
-        sip.NSD = False
-        if sip.registerThread is not None:
-            sip.registerThread.cancel()
-        for call in list(phone.calls.values()):
-            for rtp in call.RTPClients:
-                rtp.NSD = False
-        phone.NSD = False
 
 
 def press_key(sock: socket.socket, dest: tuple[str, int], key: str) -> None:

@@ -37,7 +37,6 @@ import base64
 import hashlib
 import json
 import math
-import random
 import socket
 import sys
 import threading
@@ -56,10 +55,11 @@ from typing import Any
 import pytest
 from conftest import Server, free_port
 from sipp_helpers import SippRun, run_sipp, wait_for_records
-from test_pyvoip import ack_with_the_dialogs_to_tag, demo_ivr, stop_phone, wait_until
+from test_pyvoip import demo_ivr, wait_until
 
 from ivr.media.g711 import get_codec
 from ivr.media.rtp import RtpError, RtpPacket
+from sim.phones import ack_with_the_dialogs_to_tag, free_udp_ports, stop_phone
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # pyVoIP imports audioop (deprecated in 3.11)
@@ -153,25 +153,6 @@ def admin_queue(server: Server) -> dict[str, Any]:
 # -- agents' phones ---------------------------------------------------------------------------
 
 
-def free_port_range(n: int) -> int:
-    """The first of ``n`` consecutive UDP ports free on 127.0.0.1 (pyVoIP takes a port range)."""
-    for _ in range(200):
-        base = random.randrange(40000, 60000 - n)
-        socks: list[socket.socket] = []
-        try:
-            for port in range(base, base + n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
-
-
 @dataclass
 class AgentPhone:
     """A pyVoIP phone of one agent, with the requests the server sent it."""
@@ -201,7 +182,7 @@ def _never_answer(call: VoIPCall) -> None:
 @contextmanager
 def agent_phone(server: Server, agent: str, on_call: Callable[[VoIPCall], None] | None) -> Iterator[AgentPhone]:
     """Register ``agent``'s phone (which logs the agent in and ready); stop every pyVoIP thread at the end."""
-    low = free_port_range(4)
+    low = free_udp_ports(4)
     phone = VoIPPhone(
         "127.0.0.1",
         server.sip_port,
