@@ -176,6 +176,20 @@ class Diversion:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadPlan:
+    """How ``frontdesk load`` plays the scenario to a running server over SIP (sim/load.py)."""
+
+    number: str = "100"  # what the callers dial
+    keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # queue -> key; none: straight in
+    hotkey_key: str | None = None
+    self_service_key: str | None = None
+    key_delay: float = 0.5  # seconds from the answer to the key (the caller joins the queue then)
+    leave_after: float = 10.0  # a caller who took a diversion key hangs up this long after it
+    agents: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))  # team -> agents
+    first_number: int = 4470000000  # callers' numbers count up from here
+
+
+@dataclass(frozen=True, slots=True)
 class SurgeCommand:
     """A surge switch event at ``at``: ops (manual; on=None releases) or a daily window (schedule)."""
 
@@ -233,6 +247,7 @@ class Plan:
     service_level_target: float = 0.8
     service_level_t: float = 20.0
     shrinkage: float = 0.0  # share of rostered agents off the phones (the teams' on_phones already allow for it)
+    load: LoadPlan | None = None  # the scenario's `load` section, for `frontdesk load`
 
     @property
     def duration(self) -> float:

@@ -34,6 +34,7 @@ from .plan import (
     Callbacks,
     Dist,
     Diversion,
+    LoadPlan,
     Plan,
     RateStep,
     Redial,
@@ -261,6 +262,26 @@ class CallbackSimSettings(_Strict):
     reserve_agents: int = Field(1, ge=0)
 
 
+Key = Annotated[str, Field(pattern=r"^[0-9*#]$")]
+
+
+class LoadSettings(_Strict):
+    """How `frontdesk load` plays this scenario to a running server (docs/sim.md)."""
+
+    number: str = Field("100", pattern=r"^[0-9A-Za-z*#+._-]{1,32}$", description="what the callers dial")
+    keys: dict[Name, Key] = Field(
+        default_factory=dict, description="queue -> the key that joins it; none: the number leads to the queue"
+    )
+    hotkey_key: Key | None = Field(None, description="R7: the key of callers who take the hot-topic answer")
+    self_service_key: Key | None = Field(None, description="R9: the key of callers who go to self-service")
+    key_delay: float = Field(0.5, ge=0, le=60, description="seconds from the answer to the key")
+    leave_after: float = Field(10.0, gt=0, le=3600, description="a diverted caller hangs up this long after the key")
+    agents: dict[Name, list[Name]] = Field(
+        description="team -> the server's agents who play it (as many as its busiest block)"
+    )
+    first_number: int = Field(4470000000, ge=0, lt=10**14, description="callers' numbers count up from this one")
+
+
 class SurgeSwitchSettings(_Strict):
     at: Minutes = Field(description='"HH:MM"')
     on: bool | None = Field(description="true, false, or null to release the manual switch")
@@ -284,6 +305,7 @@ class Scenario(_Strict):
     callers: CallerSettings = CallerSettings()
     agents: AgentsSettings
     callbacks: CallbackSimSettings = CallbackSimSettings()
+    load: LoadSettings | None = Field(None, description="for `frontdesk load`: what callers dial, who the agents are")
 
 
 # ---------------------------------------------------------------- loading
@@ -474,6 +496,7 @@ class _Compiler:
             service_level_target=first.service_level_target,
             service_level_t=first.service_level_t,
             shrinkage=s.agents.shrinkage,
+            load=self._load(teams, names),
         )
 
     # -- pieces
@@ -585,6 +608,47 @@ class _Compiler:
         if total <= 0:
             raise self.fail(("arrivals", "mix"), "the shares add up to 0")
         return {q: v / total for q, v in mix.items() if v > 0}
+
+    def _load(self, teams: tuple[Team, ...], queues: list[str]) -> LoadPlan | None:
+        ld = self.s.load
+        if ld is None:
+            return None
+        for q in ld.keys:
+            if q not in queues:
+                raise self.fail(("load", "keys", q), f"unknown queue {q!r}")
+        if len(queues) > 1 and set(ld.keys) != set(queues):
+            missing = ", ".join(q for q in queues if q not in ld.keys)
+            raise self.fail(("load", "keys"), f"with more than one queue every queue needs its key: {missing}")
+        used = [k for k in (*ld.keys.values(), ld.hotkey_key, ld.self_service_key) if k is not None]
+        if len(set(used)) != len(used):
+            raise self.fail(("load", "keys"), "two choices share a key")
+        seen: set[str] = set()
+        for team in teams:
+            names = ld.agents.get(team.name)
+            if names is None:
+                raise self.fail(("load", "agents"), f"team {team.name!r} needs its agents")
+            if len(names) < max(team.on_phones, default=0):
+                raise self.fail(
+                    ("load", "agents", team.name),
+                    f"{len(names)} agents for a team with up to {max(team.on_phones)} on the phones",
+                )
+            for name in names:
+                if name in seen:
+                    raise self.fail(("load", "agents", team.name), f"agent {name!r} is listed twice")
+                seen.add(name)
+        for name in ld.agents:
+            if name not in {t.name for t in teams}:
+                raise self.fail(("load", "agents", name), f"unknown team {name!r}")
+        return LoadPlan(
+            number=ld.number,
+            keys=MappingProxyType(dict(ld.keys)),
+            hotkey_key=ld.hotkey_key,
+            self_service_key=ld.self_service_key,
+            key_delay=ld.key_delay,
+            leave_after=ld.leave_after,
+            agents=MappingProxyType({k: tuple(v) for k, v in ld.agents.items()}),
+            first_number=ld.first_number,
+        )
 
     def _teams(self, blocks: int) -> tuple[Team, ...]:
         out = []

@@ -101,6 +101,7 @@ TOTAL_METRICS = (
     "offered",
     "answered",
     "abandoned",
+    "overflowed",
     "overflow_callback",
     "overflow_message",
     "overflow_self_service",
