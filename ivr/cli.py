@@ -225,11 +225,11 @@ def _sim(args: argparse.Namespace) -> int:
 BENCHMARKS = {
     "bench-sip": "benchmark SIP answering against SIPp's own UAS (sim/sipbench.py)",
     "bench-media": "benchmark RTP pacing with many concurrent IVR calls (sim/mediabench.py)",
-    "bench-bookings": "benchmark durable callback bookings per second, SQLite and PostgreSQL (sim/bookbench.py)",
+    "bench-bookings": "benchmark durable callback bookings per second, SQLite and PostgreSQL (callback/bench.py)",
     "bench-sim": "benchmark the traffic simulator in simulated calls per second, against Ciw (sim/simbench.py)",
     "load": "play a scenario to a running server over SIP and compare with the simulator (sim/load.py)",
 }
-BENCHMARK_MODULES = {"bench-bookings": "sim.bookbench", "load": "sim.load"}  # the others: sim/<name>bench.py
+BENCHMARK_MODULES = {"bench-bookings": "callback.bench", "load": "sim.load"}  # the others: sim/<name>bench.py
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -569,7 +569,7 @@ async def test_promises_at_risk_are_found_once(store: CallbackStore) -> None:
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_durable_bookings_per_second(pg_url: str) -> None:
-    from sim import bookbench
+    from callback import bench as bookbench
 
     results = bookbench.run([pg_url], seconds=2.0, concurrency=8)
     by_target = {r.target: r for r in results}

@@ -1,4 +1,4 @@
-"""Durable callback bookings per second: ``frontdesk bench-bookings`` (or ``python -m sim.bookbench``).
+"""Durable callback bookings per second: ``frontdesk bench-bookings`` (or ``python -m callback.bench``).
 
 Each booking is one :meth:`callback.store.CallbackStore.book`: one committed
 transaction for a distinct number, exactly what the IVR waits for before the
