@@ -114,6 +114,8 @@ class Booking:
     booked: float
     promised_by: float
     missed: bool = False
+    attempts: int = 0  # dial attempts made
+    due: float = 0.0  # not dialled again before this (a retry after no answer)
 
 
 @dataclass(slots=True)
@@ -337,6 +339,8 @@ class Simulation:
             cb = self.plan.callbacks
             if cb is not None and self._r_choice.random() < cb.take_up:
                 self._book(caller)
+                if cb.call_again and self._r_choice.random() < cb.call_again:
+                    self._redial(caller)  # booked, and calls again all the same (R10 closes it if they get through)
             else:
                 self._maybe_redial(caller, "declined")
         elif d.target == "peak_shaving":
@@ -444,6 +448,10 @@ class Simulation:
         if not redial.probability or why not in redial.after or caller.attempt >= redial.max_attempts:
             return
         if self._r_choice.random() < redial.probability:
+            self._redial(caller)
+
+    def _redial(self, caller: Caller) -> None:
+        if caller.attempt < self.plan.redial.max_attempts:
             self._push(self.now + self._redial_delay(self._r_choice), _REDIAL, caller)
 
     def _on_redial(self, caller: Caller) -> None:
@@ -623,10 +631,11 @@ class Simulation:
                     self.counts["promises_missed"] += 1
         if not self.paused:
             for queue in sorted(self._owed):
-                if self._owed[queue]:
+                due = next((b for b in self._owed[queue] if b.due <= now), None)
+                if due is not None:
                     agent = self._free_agent(queue)
                     if agent is not None:
-                        self._start_callback(agent, self._owed[queue][0])
+                        self._start_callback(agent, due)
         self._arm_cb_round()
 
     def _free_agent(self, queue: str) -> str | None:
@@ -648,15 +657,33 @@ class Simulation:
         return min(ready, key=lambda a: (a.idle_since, a.id)).id
 
     def _start_callback(self, agent: str, booking: Booking) -> None:
+        """The agent's phone rings, then the customer's: a talk, or a no-answer retried later (or failed)."""
+        cb = self.plan.callbacks
+        assert cb is not None
         self._close_booking(booking)
         self._jobs[agent] = booking
         if booking.promised_by < self.now and not booking.missed:
             booking.missed = True
             self.counts["promises_missed"] += 1
-        self.counts["callbacks_served"] += 1
+        booking.attempts += 1
         self._feed(AgentNotReady(agent=agent, reason="callback", now=self.now))
-        talk = self._ring_delay(self._r_agent) + self._handle[booking.queue](self._r_caller)
-        self._push(self.now + talk, _CB_END, agent)
+        ring = self._ring_delay(self._r_agent)
+        if cb.customer_answers >= 1.0 or self._r_choice.random() < cb.customer_answers:
+            self.counts["callbacks_served"] += 1
+            self._push(self.now + ring + self._handle[booking.queue](self._r_caller), _CB_END, agent)
+            return
+        self.counts["callback_no_answer"] += 1
+        self._push(self.now + ring + cb.customer_ring, _CB_END, agent)
+        if booking.attempts >= cb.max_attempts:
+            self.counts["callbacks_failed"] += 1
+            return
+        # due again after the delay, in its old place (the caller keeps their place in line)
+        booking.due = self.now + ring + cb.customer_ring + cb.retry_delay
+        owed = self._owed[booking.queue]
+        owed.append(booking)
+        if len(owed) > 1 and (owed[-2].arrived, owed[-2].id) > (booking.arrived, booking.id):
+            self._owed[booking.queue] = deque(sorted(owed, key=lambda b: (b.arrived, b.id)))
+        self._open[booking.person] = booking
 
     def _on_cb_end(self, agent: str) -> None:
         self._jobs.pop(agent, None)
@@ -765,6 +792,8 @@ SIM_COUNTERS = (
     "callbacks_booked",
     "callbacks_served",
     "callbacks_expired",
+    "callbacks_failed",
+    "callback_no_answer",
     "promises_missed",
     "callbacks_closed_reached_agent",
     "reserve_activations",

@@ -157,13 +157,18 @@ class Redial:
 
 @dataclass(frozen=True, slots=True)
 class Callbacks:
-    """The callback list (docs/callbacks.md), simplified: every customer answers."""
+    """The callback list (docs/callbacks.md) as the server's dispatcher works it."""
 
     take_up: float = 0.7  # share of callers overflowed to "callback" or "message" who book one
     promise_margin: float = 300.0
     max_age: float = 86400.0
     dispatch_interval: float = 2.0
     reserve_agents: int = 1  # ready agents kept for inbound before a callback takes one
+    customer_answers: float = 1.0  # share of dial attempts the customer answers
+    max_attempts: int = 3  # dial attempts in all (the server's callbacks.retry.max_attempts)
+    retry_delay: float = 600.0  # seconds between two attempts (callbacks.retry.delay)
+    customer_ring: float = 30.0  # seconds an unanswered customer's phone rings (the dialer's limit)
+    call_again: float = 0.0  # share of callers who booked and still call again (after the redial delay)
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,6 +136,8 @@ def summary_table(summary: Summary) -> str:
     )
     lines.append(
         f"callbacks: {t['callbacks_booked'].mean:.0f} booked, {t['callbacks_served'].mean:.0f} served, "
+        f"{t['callback_no_answer'].mean:.0f} dials not answered, {t['callbacks_failed'].mean:.0f} failed, "
+        f"{t['callbacks_closed_reached_agent'].mean:.0f} closed when the caller got through, "
         f"{t['callbacks_expired'].mean:.0f} expired, {t['promises_missed'].mean:.0f} promises missed, "
         f"{t['callbacks_owed_at_end'].mean:.0f} still owed at the end; {t['waiting_at_end'].mean:.0f} callers in line"
     )

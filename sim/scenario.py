@@ -260,6 +260,11 @@ class CallbackSimSettings(_Strict):
     max_age: float = Field(86400.0, gt=0)
     dispatch_interval: float = Field(2.0, gt=0)
     reserve_agents: int = Field(1, ge=0)
+    customer_answers: float = Field(1.0, ge=0, le=1, description="share of dial attempts the customer answers")
+    max_attempts: int = Field(3, ge=1, le=20, description="dial attempts in all before the callback fails")
+    retry_delay: float = Field(600.0, gt=0, le=86400, description="seconds between two attempts")
+    customer_ring: float = Field(30.0, gt=0, le=300, description="seconds an unanswered customer's phone rings")
+    call_again: float = Field(0.0, ge=0, le=1, description="share of callers who booked and still call again")
 
 
 Key = Annotated[str, Field(pattern=r"^[0-9*#]$")]
@@ -480,7 +485,18 @@ class _Compiler:
                 after=frozenset(s.callers.redial.after),
             ),
             callbacks=(
-                Callbacks(cb.take_up, cb.promise_margin, cb.max_age, cb.dispatch_interval, cb.reserve_agents)
+                Callbacks(
+                    cb.take_up,
+                    cb.promise_margin,
+                    cb.max_age,
+                    cb.dispatch_interval,
+                    cb.reserve_agents,
+                    cb.customer_answers,
+                    cb.max_attempts,
+                    cb.retry_delay,
+                    cb.customer_ring,
+                    cb.call_again,
+                )
                 if cb.enabled
                 else None
             ),

@@ -91,6 +91,8 @@ BLOCK_METRICS = (
     "callbacks_booked",
     "callbacks_served",
     "callbacks_expired",
+    "callbacks_failed",
+    "callback_no_answer",
     "promises_missed",
     "callbacks_owed",
 )
@@ -116,6 +118,9 @@ TOTAL_METRICS = (
     "callbacks_booked",
     "callbacks_served",
     "callbacks_expired",
+    "callbacks_failed",
+    "callback_no_answer",
+    "callbacks_closed_reached_agent",
     "promises_missed",
     "callbacks_owed_at_end",
     "waiting_at_end",

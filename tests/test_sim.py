@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from queueing.events import CallArrived, Overflow
 from queueing.model import Limit
 from sim.engine import Simulation
 from sim.erlang import agents_needed, evaluate
-from sim.plan import Callbacks, Diversion, Redial, SurgeCommand, constant, exponential, single_queue_plan
+from sim.plan import Callbacks, Diversion, Plan, Redial, SurgeCommand, constant, exponential, single_queue_plan
 from sim.planning import expected_calls, staffing, what_if_variants
 from sim.scenario import ScenarioError, load_scenario, parse_scenario
 from sim.stats import replicate, t975
@@ -171,14 +172,19 @@ def test_roster_logs_agents_in_and_out_per_block() -> None:
     assert [b["agents_planned"] for b in result.blocks] == [10, 4, 7]
 
 
-def test_callbacks_are_served_when_calm_and_paused_in_surge() -> None:
+def callback_plan(**callbacks: Any) -> Plan:
+    """Two hours of one queue whose callers overflow to a callback after 30 s; every one of them books."""
     base = single_queue_plan(arrival_rate=12 / 180, aht=180, agents=10, hours=2)
     spec = base.model.queues[0]
     queue = dataclasses.replace(spec, max_wait=Limit(30, 30), overflow="callback", surge_overflow="callback")
     model = dataclasses.replace(base.model, queues=(queue,))
-    plan = base.with_changes(
-        model=model, callbacks=Callbacks(take_up=1.0, promise_margin=60), queue_mix=(("general", 1.0),)
+    return base.with_changes(
+        model=model, callbacks=Callbacks(take_up=1.0, promise_margin=60, **callbacks), queue_mix=(("general", 1.0),)
     )
+
+
+def test_callbacks_are_served_when_calm_and_paused_in_surge() -> None:
+    plan = callback_plan()
     calm = Simulation(plan, 2).run()
     booked = sum(b["callbacks_booked"] for b in calm.blocks)
     assert booked == sum(b["overflow_callback"] for b in calm.blocks) > 0
@@ -186,6 +192,37 @@ def test_callbacks_are_served_when_calm_and_paused_in_surge() -> None:
     surge = Simulation(plan.with_changes(surge_commands=(SurgeCommand(0.0, True, "manual"),)), 2).run()
     assert sum(b["callbacks_served"] for b in surge.blocks) == 0  # R15: outbound paused all along
     assert surge.owed_at_end == sum(b["callbacks_booked"] for b in surge.blocks) > 0
+
+
+def test_customers_who_do_not_answer_are_tried_again_then_the_callback_fails() -> None:
+    plan = callback_plan(customer_answers=0.5, max_attempts=2, retry_delay=120, customer_ring=30)
+    r = Simulation(plan, 2).run()
+    total = {k: sum(b[k] for b in r.blocks) for k in r.blocks[0]}
+    booked, served, failed = total["callbacks_booked"], total["callbacks_served"], total["callbacks_failed"]
+    no_answer = total["callback_no_answer"]
+    assert booked > 30
+    # every booking is served, failed, expired, closed by R10, or still owed (a retry waiting included)
+    closed = total["callbacks_closed_reached_agent"]
+    assert served + failed + total["callbacks_expired"] + closed + r.owed_at_end == booked
+    # half the attempts go unanswered; a callback fails after its second unanswered one
+    attempts = served + no_answer
+    assert 0.35 < no_answer / attempts < 0.65
+    assert 0 < failed <= no_answer / 2
+    # every customer answers: nothing fails, nothing is unanswered
+    everyone = Simulation(callback_plan(), 2).run()
+    assert sum(b["callbacks_failed"] + b["callback_no_answer"] for b in everyone.blocks) == 0
+
+
+def test_callers_who_booked_may_call_again_and_get_their_callback_closed() -> None:
+    """R10 in the simulator: a booked caller who calls again and reaches an agent has the callback closed."""
+    plan = callback_plan(call_again=1.0).with_changes(redial=Redial(probability=0.0, delay=constant(30)))
+    r = Simulation(plan, 2).run()
+    redials = sum(b["redials"] for b in r.blocks)
+    closed = sum(b["callbacks_closed_reached_agent"] for b in r.blocks)
+    assert redials > 0
+    assert 0 < closed <= redials
+    never = Simulation(callback_plan(), 2).run()
+    assert sum(b["redials"] + b["callbacks_closed_reached_agent"] for b in never.blocks) == 0
 
 
 def test_redials_and_diversions_are_counted() -> None:
