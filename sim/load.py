@@ -62,6 +62,7 @@ from typing import Any
 
 from .engine import Simulation, derive
 from .phones import (
+    above_ephemeral_ports,
     ack_with_the_dialogs_to_tag,
     free_udp_port,
     free_udp_ports,
@@ -75,6 +76,9 @@ from .stats import Estimate, replicate, run_totals
 CALLER_SCENARIO = "load_caller.xml"
 CALLER_AUDIO = "caller_audio.ulaw"
 LAUNCH_RATE = 500  # calls SIPp starts per second; each then waits for its own instant
+# SIPp gives call n the RTP port base + (4 (n - 1)) mod 10000: 9990..19989, below the server's default RTP
+# range (20000-30000), the kernel's ephemeral ports and the agents' phones
+CALLER_MEDIA_PORTS = 9990
 NEVER_MS = 10**11  # the patience of a caller who never hangs up: three years
 PYVOIP_ANSWER_DELAY = 1.0  # pyVoIP hands a ring to its phone's code 1 s after the INVITE
 
@@ -318,6 +322,7 @@ class Agents:
         self.lock = threading.Lock()
         self.stats = AgentStats()
         self.invited: dict[str, float] = {}  # Call-ID -> when the INVITE came
+        self.rtp_ports = above_ephemeral_ports()  # clear of SIPp's media ports and of sockets bound to port 0
         self.phones = {
             name: AgentPhone(name, team.name)
             for team in plan.teams
@@ -354,7 +359,7 @@ class Agents:
                     self._unregister(agent)
 
     def _register(self, agent: AgentPhone) -> None:
-        low = free_udp_ports(20)
+        low = free_udp_ports(20, start=self.rtp_ports[0], stop=self.rtp_ports[1])
         phone = self.voip.VoIPPhone(
             self.host,
             self.port,
@@ -490,7 +495,7 @@ def sipp_command(sipp: str, host: str, port: int, ld: LoadPlan, n: int, timeout:
         "-t", "u1",
         "-i", "127.0.0.1",
         "-p", str(free_udp_port()),
-        "-mp", str(free_udp_ports(64, start=40000, stop=50000)),
+        "-mp", str(CALLER_MEDIA_PORTS),
         "-m", str(n),
         "-l", str(n),
         "-r", str(LAUNCH_RATE),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import socket
 import warnings
+from pathlib import Path
 from typing import Any
 
 
@@ -68,6 +69,22 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def above_ephemeral_ports() -> tuple[int, int]:
+    """Ports above the kernel's ephemeral range, where no socket bound to port 0 can land meanwhile.
+
+    An RTP range checked free now stays free: pyVoIP binds its ports only when
+    a call comes, and a port the kernel handed out in between would make that
+    bind fail. Falls back to 40000-60000 when the range leaves no room above.
+    """
+    try:
+        _low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        high = 60999
+    if high + 1 + 2000 <= 65535:
+        return high + 1, 65535
+    return 40000, 60000
 
 
 def free_udp_ports(n: int, host: str = "127.0.0.1", start: int = 40000, stop: int = 60000) -> int:

@@ -59,7 +59,7 @@ from test_pyvoip import demo_ivr, wait_until
 
 from ivr.media.g711 import get_codec
 from ivr.media.rtp import RtpError, RtpPacket
-from sim.phones import ack_with_the_dialogs_to_tag, free_udp_ports, stop_phone
+from sim.phones import above_ephemeral_ports, ack_with_the_dialogs_to_tag, free_udp_ports, stop_phone
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # pyVoIP imports audioop (deprecated in 3.11)
@@ -182,7 +182,8 @@ def _never_answer(call: VoIPCall) -> None:
 @contextmanager
 def agent_phone(server: Server, agent: str, on_call: Callable[[VoIPCall], None] | None) -> Iterator[AgentPhone]:
     """Register ``agent``'s phone (which logs the agent in and ready); stop every pyVoIP thread at the end."""
-    low = free_udp_ports(4)
+    start, stop = above_ephemeral_ports()
+    low = free_udp_ports(4, start=start, stop=stop)
     phone = VoIPPhone(
         "127.0.0.1",
         server.sip_port,
