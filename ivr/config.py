@@ -657,16 +657,21 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
         # relative paths in the file (prompt recordings, group lists) are relative to the file
         return Config.model_validate(data, context={"config_dir": Path(filename).parent})
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = [p for p in err["loc"] if not isinstance(p, str) or not p.startswith("function-")]
-            line = _line_of(node, loc)
-            field = ".".join(str(p) for p in loc) or "(top level)"
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown setting"
-            problems.append(f"{filename}:{line}: {field}: {msg}")
-        raise ConfigError("\n".join(problems)) from None
+        raise ConfigError(explain(exc, node, filename)) from None
+
+
+def explain(exc: ValidationError, node: Any, filename: str) -> str:
+    """``file:line: field: message`` for every error of a model validated from the YAML ``node``."""
+    problems = []
+    for err in exc.errors():
+        # leave out pydantic's own steps (validator functions, members of a union such as list[float])
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and _pydantic_step(p))]
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        problems.append(f"{filename}:{line_of(node, loc)}: {field}: {msg}")
+    return "\n".join(problems)
 
 
 def text_line(before: str | bytes) -> int:
@@ -676,7 +681,12 @@ def text_line(before: str | bytes) -> int:
     return before.count("\n") + 1
 
 
-def _line_of(node: Any, loc: list[Any]) -> int:
+def _pydantic_step(part: str) -> bool:
+    """A location part that is pydantic's, not the file's (``[key]`` stays: the key itself is wrong)."""
+    return part.startswith("function-") or ("[" in part and part != "[key]")
+
+
+def line_of(node: Any, loc: Iterable[Any]) -> int:
     """Line of the YAML node at ``loc`` (or of its nearest existing parent)."""
     line = node.start_mark.line + 1 if node is not None else 1
     for key in loc:

@@ -71,6 +71,7 @@ from .phones import (
     stop_phone,
 )
 from .plan import Diversion, LoadPlan, Plan, RateStep, Sampler, ScriptedCall
+from .promtext import parse_metrics, sample
 from .stats import Estimate, replicate, run_totals
 
 CALLER_SCENARIO = "load_caller.xml"
@@ -242,25 +243,16 @@ def predict_scenario(
 
 
 def scrape(url: str) -> dict[str, float]:
-    """The KPI counters of ``url`` (Prometheus text), summed over their labels."""
-    from prometheus_client.parser import text_string_to_metric_families
-
+    """The KPI counters of ``url`` summed over the queues, and each queue's service-level threshold."""
     try:
         with urllib.request.urlopen(url, timeout=10) as r:
-            text = r.read().decode()
+            samples = parse_metrics(r.read().decode())
     except OSError as exc:
         raise LoadError(f"cannot read the server's metrics at {url}: {exc}") from None
-    wanted = {v: k for k, v in SERVER_COUNTERS.items()}
-    out = dict.fromkeys(SERVER_COUNTERS, 0.0)
-    thresholds: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            key = wanted.get(sample.name)
-            if key is not None:
-                out[key] += sample.value
-            elif sample.name == "frontdesk_queue_service_level_threshold_seconds":
-                thresholds[sample.labels.get("queue", "")] = sample.value
-    out.update({f"threshold.{q}": v for q, v in thresholds.items()})
+    out = {key: sample(samples, name) for key, name in SERVER_COUNTERS.items()}
+    for (name, labels), value in samples.items():
+        if name == "frontdesk_queue_service_level_threshold_seconds":
+            out[f"threshold.{dict(labels).get('queue', '')}"] = value
     return out
 
 

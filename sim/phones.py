@@ -13,6 +13,7 @@ needs live here:
 
 from __future__ import annotations
 
+import random
 import re
 import socket
 import warnings
@@ -89,8 +90,6 @@ def above_ephemeral_ports() -> tuple[int, int]:
 
 def free_udp_ports(n: int, host: str = "127.0.0.1", start: int = 40000, stop: int = 60000) -> int:
     """The first of ``n`` consecutive UDP ports free on ``host`` (pyVoIP takes an RTP port range)."""
-    import random
-
     for _ in range(200):
         base = random.randrange(start, stop - n)
         socks: list[socket.socket] = []

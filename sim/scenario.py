@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterable
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
@@ -24,7 +23,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from ivr.config import ConfigError, QueueSettings, SkillLevel, SurgeSettings, load_config
+from ivr.config import ConfigError, QueueSettings, SkillLevel, SurgeSettings, explain, line_of, load_config
 from ivr.flow.config import Day, Minutes, Name
 from ivr.queuesetup import queue_spec, surge_spec, tier_of
 from queueing.model import Model, ModelError
@@ -342,41 +341,8 @@ def parse_scenario(text: str, filename: str = "<scenario>") -> Plan:
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
-        raise ScenarioError(_explain(exc, node, filename)) from None
+        raise ScenarioError(explain(exc, node, filename)) from None
     return _Compiler(scenario, node, filename).plan()
-
-
-def _explain(exc: ValidationError, node: Any, filename: str) -> str:
-    problems = []
-    for err in exc.errors():
-        # leave out pydantic's own steps (validator functions, members of a union)
-        loc = [p for p in err["loc"] if not (isinstance(p, str) and (p.startswith("function-") or "[" in p))]
-        field = ".".join(str(p) for p in loc) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown setting"
-        problems.append(f"{filename}:{_line_of(node, loc)}: {field}: {msg}")
-    return "\n".join(problems)
-
-
-def _line_of(node: Any, loc: Iterable[Any]) -> int:
-    """Line of the YAML node at ``loc`` (or of its nearest existing parent)."""
-    line = node.start_mark.line + 1 if node is not None else 1
-    for key in loc:
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                if k.value == key or (isinstance(key, int) and k.value == str(key)):
-                    line = k.start_mark.line + 1
-                    node = v
-                    break
-            else:
-                return line
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            node = node.value[key]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line
 
 
 class _Compiler:
@@ -390,7 +356,7 @@ class _Compiler:
         self.block_seconds = s.block_minutes * 60.0
 
     def fail(self, loc: tuple[str | int, ...], msg: str) -> ScenarioError:
-        return ScenarioError(f"{self.filename}:{_line_of(self.node, loc)}: {'.'.join(map(str, loc))}: {msg}")
+        return ScenarioError(f"{self.filename}:{line_of(self.node, loc)}: {'.'.join(map(str, loc))}: {msg}")
 
     def plan(self) -> Plan:
         s = self.s
