@@ -1,7 +1,7 @@
 """The callback package's own SQLAlchemy base and schema set-up (alembic migrations).
 
 ``callback`` sits below ``ivr`` (DESIGN.md: ivr -> callback -> queueing), so
-its tables hang off this :class:`Base`, not ``ivr.records.Base``. They can
+its tables hang off this :class:`Base`, not ``ivr.storage.records.Base``. They can
 share one engine/database with the call records.
 
 The schema is brought up to date by the alembic revisions in
@@ -49,7 +49,7 @@ def utc(value: datetime) -> datetime:
 
 def load_models() -> None:
     """Import every module that puts a table on :data:`Base.metadata`."""
-    from . import models, outbox  # noqa: F401
+    from callback import models, outbox  # noqa: F401
 
 
 def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
@@ -60,7 +60,7 @@ def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """An async engine for a ``sqlite+aiosqlite`` or ``postgresql+asyncpg`` URL (as ``ivr.records`` makes one)."""
+    """An async engine for a ``sqlite+aiosqlite`` or ``postgresql+asyncpg`` URL (like ``ivr.storage.records``)."""
     if url.startswith("sqlite"):
         # one writer at a time: wait for the lock instead of failing at once
         kwargs["connect_args"] = {"timeout": 30}

@@ -12,8 +12,8 @@ from datetime import datetime
 from sqlalchemy import Boolean, CheckConstraint, DateTime, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .db import Base
-from .rules import ACTIVE_STATES, KINDS, STATES
+from callback.db import Base
+from callback.rules import ACTIVE_STATES, KINDS, STATES
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:

@@ -41,7 +41,7 @@ from sqlalchemy import DateTime, Index, Integer, String, Text, func, select, upd
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .db import Base
+from callback.db import Base
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class TextMessage(Base):
 class OutboxMetrics(Collector):
     """The outbox's counts, exported to Prometheus when scraped.
 
-    Plain integers on the hot path (like ``ivr.metrics.SipCollector``); given a
+    Plain integers on the hot path (like ``ivr.web.metrics.SipCollector``); given a
     ``registry``, registers itself there. ``reasons`` pre-creates label values.
     """
 

@@ -47,9 +47,9 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from .db import utc
-from .models import ACTIVE_WHERE, CallbackRow
-from .rules import (
+from callback.db import utc
+from callback.models import ACTIVE_WHERE, CallbackRow
+from callback.rules import (
     ACTIVE_STATES,
     BOOKED,
     CALLBACK,

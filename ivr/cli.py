@@ -10,13 +10,13 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from ivr.settings.config import ConfigError, load_config
 
 
 def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from .app import create_app
+    from ivr.web.app import create_app
 
     try:
         config = load_config(args.config)
@@ -24,8 +24,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .ivrsetup import load_prompts
-    from .media.prompts import PromptError
+    from ivr.media.prompts import PromptError
+    from ivr.settings.prompts import load_prompts
 
     try:
         prompts = load_prompts(config)  # renders new text prompts once; later starts read the cache
@@ -55,8 +55,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from .ivrsetup import load_prompts
-    from .media.prompts import PromptError
+    from ivr.media.prompts import PromptError
+    from ivr.settings.prompts import load_prompts
 
     try:
         config = load_config(args.config)
@@ -76,7 +76,7 @@ def _hash_password(args: argparse.Namespace) -> int:
     """Print an agent's config line: the HA1 of name:realm:password, never the password."""
     import getpass
 
-    from .sip.registrar import USERNAME_RE, ha1
+    from ivr.sip.registrar import USERNAME_RE, ha1
 
     name = args.username
     if not USERNAME_RE.match(name):
@@ -114,7 +114,7 @@ def _complaints(args: argparse.Namespace) -> int:
 
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .records import complaint_counts, create_engine
+    from ivr.storage.records import complaint_counts, create_engine
 
     try:
         config = load_config(args.config)
@@ -165,8 +165,7 @@ def _handover(args: argparse.Namespace) -> int:
 
     from callback.db import create_engine
     from callback.store import CallbackStore, RetryPolicy
-
-    from .callbackapi import handover_json, handover_text
+    from ivr.web.callbackapi import handover_json, handover_text
 
     try:
         config = load_config(args.config)

@@ -6,14 +6,14 @@ A :class:`Simulation` runs one :class:`sim.plan.Plan` with its own
 ``random.Random(seed)``. Its clock jumps from event to event (a heap of
 ``(time, seq, kind, payload)``; ``seq`` keeps ties in the order they were
 scheduled). It plays the part of everything around the engine that the live
-router (``ivr/queues.py``) connects to the engine, and feeds the engine
+router (``ivr/calls/queues.py``) connects to the engine, and feeds the engine
 exactly the events the live router feeds it:
 
 =========================  =========================================================
 live router                simulator
 =========================  =========================================================
 IVR queue node             ``CallArrived`` (tier and urgent mark from the caller's
-                           group, as ``ivr.queuesetup.tier_of``)
+                           group, as ``ivr.settings.queues.tier_of``)
 agent's phone answers      ``AgentAnswered`` ``ring_delay`` after ``RingAgent``,
                            unless the ring was cancelled meanwhile (stale rings are
                            dropped, as the live router drops late answers)
@@ -71,8 +71,7 @@ from queueing.events import (
     TimerFired,
 )
 from queueing.ewt import ewt
-
-from .plan import Plan, Sampler, ScriptedCall, team_agent_ids
+from sim.plan import Plan, Sampler, ScriptedCall, team_agent_ids
 
 # event kinds, in the heap as small ints
 (_ARRIVAL, _ANSWER, _END, _HANGUP, _BLOCK, _SAMPLE, _REDIAL, _CB_ROUND, _CB_END, _SURGE, _RESERVE, _SCRIPT,
@@ -616,7 +615,7 @@ class Simulation:
             self._push(self.now + cb.dispatch_interval, _CB_ROUND, None)
 
     def _on_cb_round(self, _: None) -> None:
-        """One round of the dispatcher (ivr/callbacks.py): expire, count broken promises, dispatch."""
+        """One round of the dispatcher (ivr/calls/dialer.py): expire, count broken promises, dispatch."""
         cb = self.plan.callbacks
         assert cb is not None
         self._cb_round_armed = False

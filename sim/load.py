@@ -60,8 +60,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .engine import Simulation, derive
-from .phones import (
+from sim.engine import Simulation, derive
+from sim.phones import (
     above_ephemeral_ports,
     ack_with_the_dialogs_to_tag,
     free_udp_port,
@@ -70,9 +70,9 @@ from .phones import (
     import_pyvoip,
     stop_phone,
 )
-from .plan import Diversion, LoadPlan, Plan, RateStep, Sampler, ScriptedCall
-from .promtext import parse_metrics, sample
-from .stats import Estimate, replicate, run_totals
+from sim.plan import Diversion, LoadPlan, Plan, RateStep, Sampler, ScriptedCall
+from sim.promtext import parse_metrics, sample
+from sim.stats import Estimate, replicate, run_totals
 
 CALLER_SCENARIO = "load_caller.xml"
 CALLER_AUDIO = "caller_audio.ulaw"
@@ -793,7 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .scenario import ScenarioError, load_scenario
+    from sim.scenario import ScenarioError, load_scenario
 
     args = build_parser().parse_args(argv)
     try:

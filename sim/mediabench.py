@@ -66,8 +66,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .promtext import Samples, parse_metrics, sample
-from .sipbench import (
+from sim.promtext import Samples, parse_metrics, sample
+from sim.sipbench import (
     HOST,
     SIPP_EXIT,
     Frontdesk,
@@ -801,8 +801,8 @@ def render_prompts(cache: Path) -> None:
     The same loader the server runs at start-up, on the same (default) IVR
     config, so every step's server finds them all cached and renders nothing.
     """
-    from ivr.config import parse_config
-    from ivr.ivrsetup import load_prompts
+    from ivr.settings.config import parse_config
+    from ivr.settings.prompts import load_prompts
 
     load_prompts(parse_config(json.dumps({"media": {"prompt_cache": str(cache)}})))
 

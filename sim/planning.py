@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from queueing.model import Model
-
-from .erlang import ErlangError, Metrics, agents_needed
-from .plan import Callbacks, Plan, SurgeCommand, Team, agent_specs
-from .stats import Estimate, Progress, Summary, replicate
+from sim.erlang import ErlangError, Metrics, agents_needed
+from sim.plan import Callbacks, Plan, SurgeCommand, Team, agent_specs
+from sim.stats import Estimate, Progress, Summary, replicate
 
 # ------------------------------------------------------------------ what-ifs
 

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .plan import Plan
-from .stats import BLOCK_METRICS, TOTAL_METRICS, Estimate, Summary, replicate
+from sim.plan import Plan
+from sim.stats import BLOCK_METRICS, TOTAL_METRICS, Estimate, Summary, replicate
 
 # -------------------------------------------------------------- progress bar
 
@@ -289,7 +289,7 @@ def write_report(summary: Summary, out: Path, *, plots: bool = True) -> list[Pat
     path.write_text(json.dumps({k: v for k, v in data.items() if k != "blocks"}, indent=1))
     written.append(path)
     path = out / "runs.csv"
-    from .stats import run_totals
+    from sim.stats import run_totals
 
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -553,8 +553,8 @@ def plot_staffing(result: Any, out: Path) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .planning import staffing, what_if
-    from .scenario import ScenarioError, load_scenario
+    from sim.planning import staffing, what_if
+    from sim.scenario import ScenarioError, load_scenario
 
     try:
         plan = load_scenario(args.scenario)

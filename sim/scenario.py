@@ -5,9 +5,9 @@ file, the line and the field (``monday.yaml:12: arrivals.surges.0.factor: ...``)
 a bad CSV names the CSV file and its line. ``load_scenario`` returns the
 :class:`sim.plan.Plan` the simulator runs. docs/sim.md is the reference.
 
-The queue, tier and surge settings are the server's own (``ivr.config``
+The queue, tier and surge settings are the server's own (``ivr.settings.config``
 ``QueueSettings`` and ``SurgeSettings``, turned into the engine's model by
-``ivr.queuesetup``): a scenario can name the server's config file and plan
+``ivr.settings.queues``): a scenario can name the server's config file and plan
 with exactly the limits the server runs. This is the one place ``sim``
 reads ``ivr`` (its configuration schema, not the router).
 """
@@ -23,12 +23,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from ivr.config import ConfigError, QueueSettings, SkillLevel, SurgeSettings, explain, line_of, load_config
 from ivr.flow.config import Day, Minutes, Name
-from ivr.queuesetup import queue_spec, surge_spec, tier_of
+from ivr.settings.config import ConfigError, QueueSettings, SkillLevel, SurgeSettings, explain, line_of, load_config
+from ivr.settings.queues import queue_spec, surge_spec, tier_of
 from queueing.model import Model, ModelError
-
-from .plan import (
+from sim.plan import (
     NEVER,
     Callbacks,
     Dist,

@@ -26,9 +26,9 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from .engine import Simulation
-from .erlang import evaluate
-from .plan import single_queue_plan
+from sim.engine import Simulation
+from sim.erlang import evaluate
+from sim.plan import single_queue_plan
 
 GOAL_SECONDS = 30.0  # for 10^6 calls (issue 7)
 TARGET_WAIT = 20.0

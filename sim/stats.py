@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .engine import RunResult, Simulation, derive
-from .plan import Plan
+from sim.engine import RunResult, Simulation, derive
+from sim.plan import Plan
 
 # Student's t, 97.5 % quantile, by degrees of freedom (beyond 120: the normal 1.960)
 _T975 = {

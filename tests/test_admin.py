@@ -13,12 +13,12 @@ from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ivr.admin import ADMIN, AdminState, setup_admin_routes
-from ivr.audit import read_audit
-from ivr.config import AdminSettings, ConfigError, parse_config
 from ivr.flow.config import BUILTIN_PROMPTS
-from ivr.notices import NoticeBoard, NoticeError
-from ivr.records import CallRecord, CallRecorder, CallSummary, complaint_counts, create_engine, init_schema
+from ivr.settings.config import AdminSettings, ConfigError, parse_config
+from ivr.storage.audit import read_audit
+from ivr.storage.notices import NoticeBoard, NoticeError
+from ivr.storage.records import CallRecord, CallRecorder, CallSummary, complaint_counts, create_engine, init_schema
+from ivr.web.admin import ADMIN, AdminState, setup_admin_routes
 
 TOKEN = "s3cret-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

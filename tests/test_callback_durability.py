@@ -26,9 +26,9 @@ from conftest import ROOT, Server, free_port, start_server
 from test_queue_hold import CallerEar, find_all
 from test_queue_live import run_callers
 
-from ivr.config import Config
-from ivr.ivrsetup import load_prompts
 from ivr.media.g711 import get_codec
+from ivr.settings.config import Config
+from ivr.settings.prompts import load_prompts
 
 pytestmark = [pytest.mark.sipp, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""The agents' callback API (ivr/callbackapi.py) on a real CallbackStore and SQLite, on a virtual clock.
+"""The agents' callback API (ivr/web/callbackapi.py) on a real CallbackStore and SQLite, on a virtual clock.
 
 The dialer is the only stand-in: a tiny fake that records whom it was asked
 to ring (the real one rings SIP phones; the page test and the SIPp tests use
@@ -26,11 +26,11 @@ from aiohttp.test_utils import TestClient
 
 from callback import db as callback_db
 from callback.store import Callback, CallbackStore, RetryPolicy
-from ivr.callbackapi import CALLBACKS, COOKIE, CallbackService, Sessions, message_file, setup_callback_routes
-from ivr.callbacks import DialError
+from ivr.calls.dialer import DialError
 from ivr.cli import main as cli_main
-from ivr.config import CallbackSettings, ConfigError, parse_config
+from ivr.settings.config import CallbackSettings, ConfigError, parse_config
 from ivr.sip.registrar import Credential, Registrar, RegistrarSettings, ha1
+from ivr.web.callbackapi import CALLBACKS, COOKIE, CallbackService, Sessions, message_file, setup_callback_routes
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
@@ -61,7 +61,7 @@ class Clock:
 @dataclass
 class FakeDialer:
     """Records click-to-call requests; fails with ``error`` when set, else starts the attempt as the real one does
-    once the agent's phone answers (ivr/callbacks.py)."""
+    once the agent's phone answers (ivr/calls/dialer.py)."""
 
     store: CallbackStore | None = None
     clock: Callable[[], datetime] | None = None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ivr.config import Config, ConfigError, load_config, parse_config
+from ivr.settings.config import Config, ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "frontdesk.yaml"

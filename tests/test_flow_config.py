@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from ivr.config import Config, ConfigError, load_config, parse_config
 from ivr.flow.config import (
     BUILTIN_PROMPTS,
     BUILTIN_TONES,
@@ -18,6 +17,7 @@ from ivr.flow.config import (
     spoken_prompts,
 )
 from ivr.flow.program import compile_ivr
+from ivr.settings.config import Config, ConfigError, load_config, parse_config
 
 BASE = """\
 ivr:

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ivr.config import ConfigError, parse_config
 from ivr.flow.actions import (
     CallbackDone,
     CallbackRequest,
@@ -37,6 +36,7 @@ from ivr.flow.actions import (
 from ivr.flow.config import DEMO_PATH, GroupMatcher
 from ivr.flow.interpreter import MAX_HOPS, in_window, start, step
 from ivr.flow.program import Case, Program, compile_ivr, digit_prompts, number_prompts
+from ivr.settings.config import ConfigError, parse_config
 
 FLOWS = """\
 ivr:

@@ -6,8 +6,8 @@ and named here so that a new one fails:
 
 - ``sim`` reaches ``ivr`` in two places: the media benchmark, which runs
   the server's media engine, and ``sim/scenario.py``, which reads the
-  server's own queue and surge settings (``ivr.config`` and their
-  conversion ``ivr.queuesetup``) so that a scenario plans with exactly what
+  server's own queue and surge settings (``ivr.settings.config`` and their
+  conversion ``ivr.settings.queues``) so that a scenario plans with exactly what
   the server runs (the load generator and the SIP benchmark drive a server
   over the network and import nothing of it);
 - ``ivr/cli.py``, the one command line, loads ``sim``'s commands when asked.

@@ -15,9 +15,9 @@ from test_media import SIPP_PCAPS, read_pcap_udp_payloads
 
 from ivr.media import g711
 from ivr.media.dtmf import TelephoneEvent
-from ivr.media.engine import MediaEngine
 from ivr.media.rtp import RtpPacket
 from ivr.media.stream import KeyPressed, MediaEvent, MediaStream, PlaybackFinished, RecordingStopped
+from ivr.transport.rtp import MediaEngine
 
 
 def tone(seconds: float, freq: float = 440.0, amp: int = 8000) -> bytes:

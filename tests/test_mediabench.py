@@ -90,12 +90,12 @@ def test_receiver_analysis_of_a_synthetic_capture() -> None:
 def test_profile_summary(tmp_path: Path) -> None:
     raw = tmp_path / "p.txt"
     raw.write_text(
-        "main (ivr/cli.py:1);_tick (ivr/media/engine.py:189) 6\n"
-        "main (ivr/cli.py:1);_tick (ivr/media/engine.py:187);next_packet (ivr/media/stream.py:150) 4\n"
+        "main (ivr/cli.py:1);_tick (ivr/transport/rtp.py:189) 6\n"
+        "main (ivr/cli.py:1);_tick (ivr/transport/rtp.py:187);next_packet (ivr/media/stream.py:150) 4\n"
     )
     summary = mediabench.summarise_profile(raw)
     assert summary["samples"] == 10
-    assert summary["self"][0] == ["_tick (ivr/media/engine.py)", 0.6]
+    assert summary["self"][0] == ["_tick (ivr/transport/rtp.py)", 0.6]
     assert ["main (ivr/cli.py)", 1.0] in summary["inclusive"]
 
 

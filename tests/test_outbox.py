@@ -30,7 +30,7 @@ from callback.outbox import (
     WebhookSender,
     build_sender,
 )
-from ivr.config import ConfigError, parse_config
+from ivr.settings.config import ConfigError, parse_config
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 

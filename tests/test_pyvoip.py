@@ -57,11 +57,11 @@ import pytest
 import yaml
 from conftest import ROOT, Server, free_port
 
-from ivr.config import Config
-from ivr.ivrsetup import prompt_sources
 from ivr.media.dtmf import TelephoneEvent
 from ivr.media.prompts import PromptStore
 from ivr.media.rtp import RtpPacket
+from ivr.settings.config import Config
+from ivr.settings.prompts import prompt_sources
 from sim.phones import ack_with_the_dialogs_to_tag, stop_phone
 
 with warnings.catch_warnings():

@@ -1,4 +1,4 @@
-"""The queues:, surge: and agents: sections, and ivr.queuesetup (config -> queueing model, tiers, runtime updates)."""
+"""The queues:, surge: and agents: sections, and ivr.settings.queues (config -> queueing model, tiers, updates)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from ivr.config import Config, ConfigError, load_config, parse_config
-from ivr.queuesetup import (
+from ivr.settings.config import Config, ConfigError, load_config, parse_config
+from ivr.settings.queues import (
     in_schedule,
     model_from_config,
     queue_for_runtime_update,
@@ -466,10 +466,10 @@ def test_surge_runtime_update_refuses_bad_input(changes: dict[str, Any], message
 
 
 def test_a_model_rule_the_fields_missed_still_comes_out_as_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ivr.queuesetup
+    import ivr.settings.queues
 
     def broken(config: Config) -> Model:
         raise ModelError("queue general: something new is wrong")
 
-    monkeypatch.setattr(ivr.queuesetup, "model_from_config", broken)
+    monkeypatch.setattr(ivr.settings.queues, "model_from_config", broken)
     assert error_of("queues:\n  general: {}\n") == "cfg.yaml:1: queues: queue general: something new is wrong"

@@ -27,9 +27,9 @@ from conftest import ROOT, Server, free_port
 from sipp_helpers import run_sipp
 from test_pyvoip import read_call_records
 
-from ivr.config import Config
-from ivr.ivrsetup import load_prompts
 from ivr.media.g711 import get_codec
+from ivr.settings.config import Config
+from ivr.settings.prompts import load_prompts
 
 pytestmark = [pytest.mark.sipp, pytest.mark.slow]
 

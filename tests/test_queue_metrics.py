@@ -1,4 +1,4 @@
-"""ivr.metrics.QueueCollector: a real queueing Engine fed scripted events, scraped through a fresh registry."""
+"""ivr.web.metrics.QueueCollector: a real queueing Engine fed scripted events, scraped through a fresh registry."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ivr.metrics import QueueCollector
+from ivr.web.metrics import QueueCollector
 from queueing.engine import Engine
 from queueing.events import (
     AgentAnswered,

@@ -19,12 +19,12 @@ from prometheus_client import CollectorRegistry
 from test_ua import Harness, responses
 
 from ivr import cli
-from ivr.app import registrar_for
-from ivr.config import ConfigError, parse_config
-from ivr.metrics import SipCollector
+from ivr.settings.config import ConfigError, parse_config
 from ivr.sip.message import Request, Response, parse_message
 from ivr.sip.registrar import Binding, Credential, Registrar, RegistrarSettings, Reply, parse_credentials
 from ivr.sip.ua import UaConfig, UserAgent
+from ivr.web.app import registrar_for
+from ivr.web.metrics import SipCollector
 
 REALM = "frontdesk"
 SECRET = b"test-secret-0123456789abcdef"

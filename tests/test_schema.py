@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, inspect
 
-from ivr.records import Base, CallRecorder, CallSummary, complaint_counts, create_engine, init_schema
-from ivr.schema import SchemaError, add_missing_columns
+from ivr.storage.records import Base, CallRecorder, CallSummary, complaint_counts, create_engine, init_schema
+from ivr.storage.upgrade import SchemaError, add_missing_columns
 
 OLD_CALL_RECORDS = """
 CREATE TABLE call_records (

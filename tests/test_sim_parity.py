@@ -1,4 +1,4 @@
-"""Parity: the same scripted callers through the live router's adapter (ivr/queues.py ``LiveQueues`` on a fake
+"""Parity: the same scripted callers through the live router's adapter (ivr/calls/queues.py ``LiveQueues`` on a fake
 clock, loop, SIP user agent and media) and through the simulator feed the engine the same events and get the
 same decisions, one for one."""
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ivr.queues import LiveQueues, Ring
+from ivr.calls.queues import LiveQueues, Ring
 from ivr.sip.ua import OutAnswered, OutCall, OutEnded, OutFailed
 from queueing.engine import Engine
 from queueing.events import Decision, Event

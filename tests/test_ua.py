@@ -16,8 +16,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
-from ivr.records import CallSummary
-from ivr.router import CallRouter, RouterSettings
+from ivr.calls.router import CallRouter, RouterSettings
 from ivr.sip.message import Request, Response, parse_message
 from ivr.sip.sdp import parse_sdp
 from ivr.sip.ua import (
@@ -31,6 +30,7 @@ from ivr.sip.ua import (
     UaConfig,
     UserAgent,
 )
+from ivr.storage.records import CallSummary
 
 E = TypeVar("E")
 TICK = 1 / 64

@@ -2,7 +2,7 @@
 
 The interpreter is pure: ``step(state, event, now) -> (state, actions)``.
 Events say what happened on the call; actions say what the call must do.
-The per-call executor (ivr/ivrcall.py) carries actions out and feeds the
+The per-call executor (ivr/calls/ivrcall.py) carries actions out and feeds the
 resulting events back. Nothing here does I/O.
 
 Timing rules the executor follows:
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .program import Flow
+    from ivr.flow.program import Flow
 
 # -- events (what happened) ---------------------------------------------------
 

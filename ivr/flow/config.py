@@ -6,7 +6,7 @@ unknown node 'hot_topc' (did you mean 'hot_topic'?)``. Field-level problems come
 from the models; cross references (node targets, prompt ids, groups, flows,
 unreachable nodes, loops with no way out) are checked by the ``after``
 validators, which raise a ``ValidationError`` carrying the exact location so
-``ivr.config.parse_config`` can name the line.
+``ivr.settings.config.parse_config`` can name the line.
 
 With no ``flows`` the built-in demo (``demo.yaml`` next to this file) is used;
 prompts, groups and notices given in the file are merged over the demo's, so a
@@ -107,7 +107,7 @@ QUEUE_PROMPT_TEXTS: dict[str, str] = {
 }
 
 
-#: Built-in music made in code (ivr/ivrsetup.py).
+#: Built-in music made in code (ivr/settings/prompts.py).
 BUILTIN_MUSIC: frozenset[str] = frozenset({"hold_music"})
 
 BUILTIN_PROMPTS: frozenset[str] = frozenset(builtin_prompt_texts()) | frozenset(BUILTIN_TONES) | BUILTIN_MUSIC

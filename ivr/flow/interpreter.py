@@ -38,7 +38,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from .actions import (
+from ivr.flow.actions import (
     CallbackDone,
     CallbackRequest,
     CallInfo,
@@ -62,7 +62,7 @@ from .actions import (
     TimerFired,
     Transfer,
 )
-from .program import (
+from ivr.flow.program import (
     BranchStep,
     CallbackStep,
     Case,

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .config import (
+from ivr.flow.config import (
     DAYS,
     BranchNode,
     CallbackNode,

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .g711 import FRAME_SAMPLES, SAMPLE_RATE, Codec
+from ivr.media.g711 import FRAME_SAMPLES, SAMPLE_RATE, Codec
 
 FRAME_BYTES_PCM = FRAME_SAMPLES * 2
 

@@ -1,6 +1,6 @@
 """One call's audio stream, pure: what to send each 20 ms, what came in.
 
-The engine (ivr/media/engine.py) owns sockets and the clock; it calls
+The engine (ivr/transport/rtp.py) owns sockets and the clock; it calls
 :meth:`MediaStream.next_packet` once per 20 ms tick and
 :meth:`MediaStream.receive` for each datagram, passing ``now``. The stream
 answers with bytes to send and :data:`MediaEvent` values: a prompt list
@@ -27,9 +27,9 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .dtmf import DtmfError, DtmfReceiver
-from .g711 import FRAME_SAMPLES, SAMPLE_RATE, Codec
-from .rtp import RtpError, RtpPacket, is_rtcp
+from ivr.media.dtmf import DtmfError, DtmfReceiver
+from ivr.media.g711 import FRAME_SAMPLES, SAMPLE_RATE, Codec
+from ivr.media.rtp import RtpError, RtpPacket, is_rtcp
 
 _RTP_HEADER = struct.Struct("!BBHII")
 

@@ -58,8 +58,8 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from .message import Request, SipParseError, is_digits, parse_name_addr, uri_host_port, uri_user
-from .transaction import Peer
+from ivr.sip.message import Request, SipParseError, is_digits, parse_name_addr, uri_host_port, uri_user
+from ivr.sip.transaction import Peer
 
 MAX_EXPIRES_VALUE = 2**32 - 1  # delta-seconds beyond this are clamped (RFC 3261 20.19)
 REPLAY_RECORD_MAX = 100_000  # (nonce, cnonce) pairs remembered at most

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .message import is_digits
+from ivr.sip.message import is_digits
 
 # Static payload types we accept, name -> pt (RFC 3551 table 4).
 STATIC_CODECS = {0: "PCMU", 8: "PCMA"}

@@ -49,7 +49,7 @@ import secrets
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
-from .message import (
+from ivr.sip.message import (
     Request,
     Response,
     SipParseError,
@@ -60,9 +60,9 @@ from .message import (
     split_list,
     uri_user,
 )
-from .registrar import Registrar, RegistrarSettings
-from .sdp import Negotiated, SdpError, build_sdp, negotiate, parse_sdp
-from .transaction import (
+from ivr.sip.registrar import Registrar, RegistrarSettings
+from ivr.sip.sdp import Negotiated, SdpError, build_sdp, negotiate, parse_sdp
+from ivr.sip.transaction import (
     ClientInviteTransaction,
     ClientNonInviteTransaction,
     Peer,
@@ -309,7 +309,7 @@ class LatencyHistogram:
 
 
 class SipStats:
-    """Plain counters kept by the core; exported by ivr.metrics at scrape time."""
+    """Plain counters kept by the core; exported by ivr.web.metrics at scrape time."""
 
     def __init__(self) -> None:
         self.requests_received: dict[str, int] = {}
@@ -1386,6 +1386,6 @@ def _contact_uri(value: str) -> str:
 
 
 def _reason(status: int, detail: str) -> str:
-    from .message import REASON_PHRASES
+    from ivr.sip.message import REASON_PHRASES
 
     return f"{REASON_PHRASES.get(status, 'Error')} ({detail})"

@@ -20,17 +20,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .flow import actions as fa
-from .flow.interpreter import start, step
-from .flow.program import Program
-from .media.engine import MediaEngine
-from .media.prompts import PromptStore, write_wav
-from .media.stream import KeyPressed, MediaEvent, MediaStream, PlaybackFinished, RecordingStopped
-from .sip.ua import Call, Outcome, UserAgent
+from ivr.flow import actions as fa
+from ivr.flow.interpreter import start, step
+from ivr.flow.program import Program
+from ivr.media.prompts import PromptStore, write_wav
+from ivr.media.stream import KeyPressed, MediaEvent, MediaStream, PlaybackFinished, RecordingStopped
+from ivr.sip.ua import Call, Outcome, UserAgent
+from ivr.transport.rtp import MediaEngine
 
 if TYPE_CHECKING:
-    from .callbacks import CallbackDesk
-    from .queues import LiveQueues
+    from ivr.calls.dialer import CallbackDesk
+    from ivr.calls.queues import LiveQueues
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ HOLD_PLAY_ID = -1  # hold music and queue announcements: never a play id of the 
 
 @dataclass
 class IvrMetrics:
-    """Plain counters, exported by ivr.metrics at scrape time."""
+    """Plain counters, exported by ivr.web.metrics at scrape time."""
 
     node_visits: dict[tuple[str, str], int] = field(default_factory=dict)  # (flow, node)
     notices_played: dict[str, int] = field(default_factory=dict)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import app as app_mod
+from ivr.web import app as app_mod
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -33,11 +33,10 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from ivr.flow.config import Day, IvrSettings, Minutes, Name
+from ivr.sip.registrar import USERNAME_RE
 from queueing.events import OverflowTarget
 from queueing.model import ModelError, Strategy
-
-from .flow.config import Day, IvrSettings, Minutes, Name
-from .sip.registrar import USERNAME_RE
 
 
 class ConfigError(Exception):
@@ -599,7 +598,7 @@ class Config(_Strict):
         if problems:
             _problems("Config", problems)
         # every rule of the queueing model holds once the fields pass; this catches any the fields missed
-        from .queuesetup import model_from_config
+        from ivr.settings.queues import model_from_config
 
         try:
             model_from_config(self)

@@ -20,11 +20,10 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, get_args
 
+from ivr.flow.config import DAYS
+from ivr.settings.config import Config, LengthLimit, QueueSettings, SurgeSettings, WaitLimit
 from queueing.events import OverflowTarget
 from queueing.model import STRATEGIES, AgentSpec, Limit, Model, QueueSpec, SurgeSpec, Tier
-
-from .config import Config, LengthLimit, QueueSettings, SurgeSettings, WaitLimit
-from .flow.config import DAYS
 
 OVERFLOW_TARGETS: tuple[OverflowTarget, ...] = get_args(OverflowTarget)
 

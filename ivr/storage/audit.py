@@ -13,7 +13,7 @@ from sqlalchemy import JSON, DateTime, Integer, String, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .records import Base
+from ivr.storage.records import Base
 
 
 class AuditEntry(Base):

@@ -8,7 +8,7 @@ server keeps only the HA1, so it checks ``MD5(name:realm:password)``)::
     POST /agent/login | /agent/ready | /agent/logout
     POST /agent/not-ready                    {"reason": "lunch"}
 
-Admins use the admin token (ivr/admin.py) and every change is audited::
+Admins use the admin token (ivr/web/admin.py) and every change is audited::
 
     GET   /admin/queues                      queues now: waiting, EWT, service level, limits
     PUT   /admin/surge                       {"on": true | false | null}  (null: back to schedule/auto)
@@ -32,14 +32,13 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from ivr.calls.queues import LiveQueues
+from ivr.settings.config import AdminSettings
+from ivr.settings.queues import queue_for_runtime_update, surge_for_runtime_update
+from ivr.storage.audit import audit
+from ivr.web.admin import ADMIN, AdminState, _error, _guard
 from queueing.engine import Agent, PolicyError
 from queueing.events import QueueReconfigured, SurgeReconfigured
-
-from .admin import ADMIN, AdminState, _error, _guard
-from .audit import audit
-from .config import AdminSettings
-from .queues import LiveQueues
-from .queuesetup import queue_for_runtime_update, surge_for_runtime_update
 
 QUEUES = web.AppKey("queues", LiveQueues)
 

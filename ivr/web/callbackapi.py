@@ -51,12 +51,11 @@ from aiohttp import web
 
 from callback.rules import ACTIVE_STATES, BOOKED, DUE, FOLLOW_UP, IN_PROGRESS, OFFERED, OUTCOMES, STATES
 from callback.store import AlreadyBooked, Callback, CallbackStore, Conflict, NotFound
-
-from .admin import _error
-from .callbacks import DialError
-from .config import CallbackSettings
-from .queueapi import QUEUES
-from .sip.registrar import USERNAME_RE, Registrar
+from ivr.calls.dialer import DialError
+from ivr.settings.config import CallbackSettings
+from ivr.sip.registrar import USERNAME_RE, Registrar
+from ivr.web.admin import _error
+from ivr.web.queueapi import QUEUES
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ _SESSION_CONTEXT = b"frontdesk callbacks session v1\0"
 
 
 class Dialer(Protocol):
-    """Click-to-call (ivr.callbacks.CallbackDesk): rings the agent, then the customer. Raises DialError."""
+    """Click-to-call (ivr.calls.dialer.CallbackDesk): rings the agent, then the customer. Raises DialError."""
 
     async def click_to_call(self, cb: Callback, agent: str) -> None: ...
 
@@ -146,7 +145,7 @@ class CallbackService:
     """What the callback routes work on; set as ``app[CALLBACKS]`` once the database is up.
 
     ``registrar`` holds the agents' SIP logins; when None, the running
-    queues' registrar (``app[ivr.queueapi.QUEUES].ua.registrar``) is used.
+    queues' registrar (``app[ivr.web.queueapi.QUEUES].ua.registrar``) is used.
     ``send_text(number, body, reason)`` queues a text to a customer.
     """
 

@@ -18,8 +18,8 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .g711 import FRAME_SECONDS, get_codec
-from .stream import MediaEvent, MediaStream
+from ivr.media.g711 import FRAME_SECONDS, get_codec
+from ivr.media.stream import MediaEvent, MediaStream
 
 log = logging.getLogger(__name__)
 

@@ -25,28 +25,28 @@ from callback import db as callback_db
 from callback import rules as callback_rules
 from callback.outbox import Outbox, OutboxDispatcher, OutboxMetrics, RetryPolicy, build_sender
 from callback.store import CallbackStore
+from ivr.calls.dialer import CallbackDesk
+from ivr.calls.ivrcall import IvrServices
+from ivr.calls.queues import LiveQueues
+from ivr.calls.router import CallRouter, RouterSettings
+from ivr.flow.config import groups_of_function
+from ivr.flow.program import compile_ivr
+from ivr.media.prompts import PromptStore
+from ivr.settings.config import Config
+from ivr.settings.prompts import load_prompts
+from ivr.settings.queues import in_schedule, model_from_config, tier_of
+from ivr.sip.registrar import Credential, Registrar, RegistrarSettings
+from ivr.sip.transaction import TimerValues
+from ivr.sip.ua import UaConfig, UserAgent
+from ivr.storage.notices import NoticeBoard
+from ivr.storage.records import Base, CallRecorder, create_engine, init_schema
+from ivr.storage.upgrade import add_missing_columns
+from ivr.transport.rtp import MediaEngine
+from ivr.transport.sip import SipShell
+from ivr.web import admin, callbackapi, queueapi
+from ivr.web import health as http
+from ivr.web.metrics import CallbackCollector, IvrCollector, QueueCollector, SipCollector
 from queueing.engine import Engine
-
-from . import admin, callbackapi, http, queueapi
-from .callbacks import CallbackDesk
-from .config import Config
-from .flow.config import groups_of_function
-from .flow.program import compile_ivr
-from .ivrcall import IvrServices
-from .ivrsetup import load_prompts
-from .media.engine import MediaEngine
-from .media.prompts import PromptStore
-from .metrics import CallbackCollector, IvrCollector, QueueCollector, SipCollector
-from .notices import NoticeBoard
-from .queues import LiveQueues
-from .queuesetup import in_schedule, model_from_config, tier_of
-from .records import Base, CallRecorder, create_engine, init_schema
-from .router import CallRouter, RouterSettings
-from .schema import add_missing_columns
-from .sip.registrar import Credential, Registrar, RegistrarSettings
-from .sip.transaction import TimerValues
-from .sip.transport import SipShell
-from .sip.ua import UaConfig, UserAgent
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .callbacks import Leg
-from .ivrcall import IvrCall, IvrServices
-from .media.dtmf import parse_dtmf_info
-from .media.g711 import get_codec
-from .media.stream import MediaEvent, MediaStream
-from .queues import Ring
-from .records import CallSummary
-from .sip.ua import (
+from ivr.calls.dialer import Leg
+from ivr.calls.ivrcall import IvrCall, IvrServices
+from ivr.calls.queues import Ring
+from ivr.media.dtmf import parse_dtmf_info
+from ivr.media.g711 import get_codec
+from ivr.media.stream import MediaEvent, MediaStream
+from ivr.sip.ua import (
     Call,
     CallConfirmed,
     CallEnded,
@@ -42,6 +41,7 @@ from .sip.ua import (
     ReferAnswered,
     UserAgent,
 )
+from ivr.storage.records import CallSummary
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,12 @@ from typing import Any, Protocol, get_args
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
+from ivr.calls.ivrcall import IvrMetrics
+from ivr.sip.registrar import RESULTS
+from ivr.sip.ua import Outcome, UserAgent
+from ivr.transport.rtp import LATENESS_BUCKETS, MediaEngine
 from queueing.engine import AgentState, Engine
 from queueing.events import OverflowTarget, SurgeCause
-
-from .ivrcall import IvrMetrics
-from .media.engine import LATENESS_BUCKETS, MediaEngine
-from .sip.registrar import RESULTS
-from .sip.ua import Outcome, UserAgent
 
 
 class SipCollector(Collector):
@@ -132,7 +131,7 @@ class SipCollector(Collector):
 
 
 class IvrCollector(Collector):
-    """IVR and media counters (plain counts kept by ivr.ivrcall and the RTP engine)."""
+    """IVR and media counters (plain counts kept by ivr.calls.ivrcall and the RTP engine)."""
 
     def __init__(self, ivr: IvrMetrics, media: MediaEngine) -> None:
         self.ivr = ivr
@@ -366,7 +365,7 @@ class CallbackCollector(Collector):
     """
 
     def __init__(self, counters: Any) -> None:
-        self.c = counters  # ivr.callbacks.DeskCounters
+        self.c = counters  # ivr.calls.dialer.DeskCounters
 
     def collect(self) -> Iterator[object]:  # type: ignore[override]
         c = self.c

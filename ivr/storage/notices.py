@@ -28,9 +28,9 @@ from sqlalchemy import Boolean, DateTime, String, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .audit import audit
-from .flow.config import BUILTIN_PROMPTS, IvrSettings
-from .records import Base
+from ivr.flow.config import BUILTIN_PROMPTS, IvrSettings
+from ivr.storage.audit import audit
+from ivr.storage.records import Base
 
 log = logging.getLogger(__name__)
 

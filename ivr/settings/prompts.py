@@ -12,10 +12,10 @@ import array
 import math
 from pathlib import Path
 
-from .config import Config
-from .flow.config import BUILTIN_TONES, builtin_prompt_texts
-from .media.g711 import SAMPLE_RATE
-from .media.prompts import PromptSource, PromptStore
+from ivr.flow.config import BUILTIN_TONES, builtin_prompt_texts
+from ivr.media.g711 import SAMPLE_RATE
+from ivr.media.prompts import PromptSource, PromptStore
+from ivr.settings.config import Config
 
 
 def prompt_sources(config: Config) -> dict[str, PromptSource]:

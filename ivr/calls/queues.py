@@ -42,6 +42,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ivr.flow.program import number_prompts
+from ivr.media.g711 import get_codec
+from ivr.media.stream import MediaStream
+from ivr.sip.ua import OutAnswered, OutCall, OutEnded, OutFailed, OutRinging
 from queueing.engine import Engine, PolicyError
 from queueing.events import (
     AgentAnswered,
@@ -67,17 +71,12 @@ from queueing.events import (
     TimerFired,
 )
 
-from .flow.program import number_prompts
-from .media.g711 import get_codec
-from .media.stream import MediaStream
-from .sip.ua import OutAnswered, OutCall, OutEnded, OutFailed, OutRinging
-
 if TYPE_CHECKING:
     import asyncio
 
-    from .ivrcall import IvrCall
-    from .media.engine import MediaEngine
-    from .sip.ua import UserAgent
+    from ivr.calls.ivrcall import IvrCall
+    from ivr.sip.ua import UserAgent
+    from ivr.transport.rtp import MediaEngine
 
 log = logging.getLogger(__name__)
 

@@ -41,20 +41,19 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from callback.store import AlreadyBooked, Callback, CallbackStore, Conflict, NotFound
+from ivr.flow import actions as fa
+from ivr.media.g711 import get_codec
+from ivr.media.stream import MediaStream
+from ivr.sip.message import uri_host_port
+from ivr.sip.ua import OutAnswered, OutCall, OutEnded, OutFailed, OutRinging
 from queueing.engine import AgentState, PolicyError
 from queueing.ewt import ewt
 
-from .flow import actions as fa
-from .media.g711 import get_codec
-from .media.stream import MediaStream
-from .sip.message import uri_host_port
-from .sip.ua import OutAnswered, OutCall, OutEnded, OutFailed, OutRinging
-
 if TYPE_CHECKING:
-    from .ivrcall import IvrCall
-    from .media.engine import MediaEngine
-    from .queues import LiveQueues
-    from .sip.ua import UserAgent
+    from ivr.calls.ivrcall import IvrCall
+    from ivr.calls.queues import LiveQueues
+    from ivr.sip.ua import UserAgent
+    from ivr.transport.rtp import MediaEngine
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +122,7 @@ class CallbackDesk:
     def __init__(
         self,
         store: CallbackStore,
-        settings: Any,  # ivr.config.CallbackSettings
+        settings: Any,  # ivr.settings.config.CallbackSettings
         queues: LiveQueues,
         ua: UserAgent,
         media: MediaEngine,

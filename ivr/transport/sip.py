@@ -19,8 +19,8 @@ import socket
 from collections.abc import Callable
 from typing import cast
 
-from .message import SipParseError, StreamFramer
-from .ua import Event, Peer, UserAgent
+from ivr.sip.message import SipParseError, StreamFramer
+from ivr.sip.ua import Event, Peer, UserAgent
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .audit import read_audit
-from .config import AdminSettings
-from .notices import NoticeBoard, NoticeError, UnknownNotice
-from .records import complaint_counts
+from ivr.settings.config import AdminSettings
+from ivr.storage.audit import read_audit
+from ivr.storage.notices import NoticeBoard, NoticeError, UnknownNotice
+from ivr.storage.records import complaint_counts
 
 
 @dataclass
