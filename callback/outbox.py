@@ -235,7 +235,7 @@ class Outbox:
 
 
 @dataclass(frozen=True, slots=True)
-class RetryPolicy:
+class Backoff:
     """Exponential back-off: ``base * factor**(attempt - 1)`` capped at ``max_delay`` seconds."""
 
     base: float = 5.0
@@ -265,14 +265,14 @@ class OutboxDispatcher:
         self,
         outbox: Outbox,
         sender: TextSender,
-        retry: RetryPolicy | None = None,
+        retry: Backoff | None = None,
         poll_interval: float = 1.0,
         batch_size: int = 100,
         concurrency: int = 10,
     ) -> None:
         self.outbox = outbox
         self.sender = sender
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or Backoff()
         self.poll_interval = poll_interval
         self.batch_size = batch_size
         self.concurrency = concurrency
@@ -409,11 +409,11 @@ __all__ = [
     "QUEUED",
     "SENDING",
     "SENT",
+    "Backoff",
     "LogSender",
     "Outbox",
     "OutboxDispatcher",
     "OutboxMetrics",
-    "RetryPolicy",
     "SendError",
     "TextMessage",
     "TextSender",

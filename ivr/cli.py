@@ -222,13 +222,19 @@ def _sim(args: argparse.Namespace) -> int:
 
 
 BENCHMARKS = {
-    "bench-sip": "benchmark SIP answering against SIPp's own UAS (sim/sipbench.py)",
-    "bench-media": "benchmark RTP pacing with many concurrent IVR calls (sim/mediabench.py)",
+    "bench-sip": "benchmark SIP answering against SIPp's own UAS (sim/live/sipbench.py)",
+    "bench-media": "benchmark RTP pacing with many concurrent IVR calls (sim/live/mediabench.py)",
     "bench-bookings": "benchmark durable callback bookings per second, SQLite and PostgreSQL (callback/bench.py)",
     "bench-sim": "benchmark the traffic simulator in simulated calls per second, against Ciw (sim/simbench.py)",
-    "load": "play a scenario to a running server over SIP and compare with the simulator (sim/load.py)",
+    "load": "play a scenario to a running server over SIP and compare with the simulator (sim/live/load.py)",
 }
-BENCHMARK_MODULES = {"bench-bookings": "callback.bench", "load": "sim.load"}  # the others: sim/<name>bench.py
+BENCHMARK_MODULES = {
+    "bench-sip": "sim.live.sipbench",
+    "bench-media": "sim.live.mediabench",
+    "bench-bookings": "callback.bench",
+    "bench-sim": "sim.simbench",
+    "load": "sim.live.load",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,8 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser(name, help=help_text, add_help=False)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] and argv[0] in BENCHMARKS:
-        name = BENCHMARK_MODULES.get(argv[0], f"sim.{argv[0].replace('bench-', '')}bench")
-        module = importlib.import_module(name)
+        module = importlib.import_module(BENCHMARK_MODULES[argv[0]])
         return int(module.main(argv[1:]) or 0)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)

@@ -132,14 +132,14 @@ class Agent:
 # ----------------------------------------------------------------- callers
 
 
-class CallState(StrEnum):
+class QueuedCallState(StrEnum):
     WAITING = "waiting"
     RINGING = "ringing"
     TALKING = "talking"
 
 
 @dataclass(slots=True)
-class Call:
+class QueuedCall:
     id: str
     queue: QueueSpec
     tier: str
@@ -148,7 +148,7 @@ class Call:
     urgent: bool
     arrived: float
     order: int
-    state: CallState = CallState.WAITING
+    state: QueuedCallState = QueuedCallState.WAITING
     requeued: bool = False
     agents: set[str] = field(default_factory=set)
     predicted_ewt: float = 0.0
@@ -160,7 +160,7 @@ class Call:
         return (-self.priority, 0 if self.requeued else 1, self.order)
 
 
-def _call_key(call: Call) -> tuple[int, int, int]:
+def _call_key(call: QueuedCall) -> tuple[int, int, int]:
     return call.key
 
 
@@ -263,7 +263,7 @@ class Engine:
         self.queues: dict[str, QueueSpec] = {q.name: q for q in model.queues}
         # Read-only views for the shell and tests; change them only through handle().
         self.agents: dict[str, Agent] = {a.id: Agent(a) for a in model.agents}
-        self.calls: dict[str, Call] = {}
+        self.calls: dict[str, QueuedCall] = {}
         self.stats: dict[str, QueueStats] = {q.name: QueueStats() for q in model.queues}
         self.surge = False
         self.surge_changes: dict[str, int] = {"manual": 0, "schedule": 0, "auto": 0}
@@ -282,7 +282,7 @@ class Engine:
         self._sl_window: deque[tuple[float, bool]] = deque()  # (left the line at, answered within T)
         self._fresh: list[str] = []  # callers who arrived in this event
         self._skilled_cache: dict[str, tuple[QueueSpec, list[Agent]]] = {}
-        self._waiting: dict[str, dict[str, Call]] = {q.name: {} for q in model.queues}  # the lines, unsorted
+        self._waiting: dict[str, dict[str, QueuedCall]] = {q.name: {} for q in model.queues}  # the lines, unsorted
         self._ready: dict[str, Agent] = {}  # agents in state READY
 
     # ---------------------------------------------------------------- public
@@ -317,7 +317,9 @@ class Engine:
             queues[name] = QueueSnapshot(
                 name=name,
                 waiting=len(line),
-                ringing=sum(1 for c in self.calls.values() if c.queue.name == name and c.state is CallState.RINGING),
+                ringing=sum(
+                    1 for c in self.calls.values() if c.queue.name == name and c.state is QueuedCallState.RINGING
+                ),
                 longest_waiting=max((now - c.arrived for c in line), default=0.0),
                 ewt=ewt(len(line) + 1, serving, idle, self._aht[name].value),
                 aht=self._aht[name].value,
@@ -332,7 +334,7 @@ class Engine:
     def position(self, call_id: str) -> int | None:
         """1-based place in line of a waiting caller, else None."""
         call = self.calls.get(call_id)
-        if call is None or call.state is not CallState.WAITING:
+        if call is None or call.state is not QueuedCallState.WAITING:
             return None
         return 1 + sum(1 for c in self._line(call.queue.name) if c.key < call.key)
 
@@ -400,15 +402,15 @@ class Engine:
         now = self._now
         if kind == "max_wait":
             call = self.calls.get(ident)
-            if call is not None and call.state is CallState.WAITING:
+            if call is not None and call.state is QueuedCallState.WAITING:
                 self._check_deadline(call, out)
         elif kind == "announce":
             call = self.calls.get(ident)
-            if call is not None and call.state is CallState.WAITING:
+            if call is not None and call.state is QueuedCallState.WAITING:
                 self._announce(call, out)
         elif kind == "ring":
             call = self.calls.get(ident)
-            if call is not None and call.state is CallState.RINGING:
+            if call is not None and call.state is QueuedCallState.RINGING:
                 agents = sorted(call.agents)
                 out.extend(CancelRing(agent_id, call.id) for agent_id in agents)  # stop the phones ringing
                 self._ring_failed(call, agents, out, miss=True)
@@ -501,7 +503,7 @@ class Engine:
             for skill in call.extra_skills:
                 required[skill] = max(required.get(skill, 1), 1)
             call.required = required
-            if call.state is CallState.WAITING:
+            if call.state is QueuedCallState.WAITING:
                 self._check_deadline(call, out)
 
     def _move(self, agent: Agent, trigger: str) -> None:
@@ -519,7 +521,7 @@ class Engine:
         required = dict(spec.skills)
         for skill in event.skills:
             required[skill] = max(required.get(skill, 1), 1)
-        call = Call(
+        call = QueuedCall(
             id=event.call_id,
             queue=spec,
             tier=event.tier,
@@ -555,7 +557,7 @@ class Engine:
         self._arm("max_wait", call.id, call.arrived + spec.max_wait.value(self.surge), out)
         self._fresh.append(call.id)
 
-    def _protected(self, call: Call) -> bool:
+    def _protected(self, call: QueuedCall) -> bool:
         return call.urgent or call.priority >= call.queue.top_priority
 
     def _not_ready(self, agent: Agent, trigger: str, reason: str | None, out: list[Decision]) -> None:
@@ -584,7 +586,7 @@ class Engine:
         agent.misses = 0
         agent.answered += 1
         agent.talk_started = now
-        call.state = CallState.TALKING
+        call.state = QueuedCallState.TALKING
         self._waiting[call.queue.name].pop(call.id, None)
         call.agents = {agent.id}
         for kind in ("ring", "max_wait", "announce"):
@@ -609,7 +611,7 @@ class Engine:
         agent.call = None
         agent.idle_since = self._now
 
-    def _ring_failed(self, call: Call, agent_ids: Iterable[str], out: list[Decision], *, miss: bool) -> None:
+    def _ring_failed(self, call: QueuedCall, agent_ids: Iterable[str], out: list[Decision], *, miss: bool) -> None:
         """Some ringing agents gave up; if none is left ringing, the caller goes back to the head of the line."""
         for agent_id in agent_ids:
             agent = self.agents[agent_id]
@@ -627,7 +629,7 @@ class Engine:
         if call.agents:
             return
         self._disarm("ring", call.id)
-        call.state = CallState.WAITING
+        call.state = QueuedCallState.WAITING
         self._waiting[call.queue.name][call.id] = call
         call.requeued = True
         self._check_deadline(call, out)
@@ -639,7 +641,7 @@ class Engine:
         if call is None:
             return  # stale
         now = self._now
-        if call.state is CallState.TALKING:
+        if call.state is QueuedCallState.TALKING:
             (agent_id,) = call.agents
             agent = self.agents[agent_id]
             self._move(agent, "end")
@@ -667,7 +669,7 @@ class Engine:
             self._aht[agent.handled_queue].add(self._now - agent.talk_started)
             agent.handled_queue = None
 
-    def _forget(self, call: Call) -> None:
+    def _forget(self, call: QueuedCall) -> None:
         for kind in ("ring", "max_wait", "announce"):
             self._disarm(kind, call.id)
         self.calls.pop(call.id, None)
@@ -675,7 +677,7 @@ class Engine:
 
     # --------------------------------------------------------------- the line
 
-    def _line(self, queue: str) -> list[Call]:
+    def _line(self, queue: str) -> list[QueuedCall]:
         return sorted(self._waiting[queue].values(), key=_call_key)
 
     def _serving(self, spec: QueueSpec) -> tuple[int, int]:
@@ -696,25 +698,25 @@ class Engine:
             self._skilled_cache[spec.name] = found
         return found[1]
 
-    def _ewt_of(self, call: Call) -> float:
+    def _ewt_of(self, call: QueuedCall) -> float:
         position = 1 + sum(1 for c in self._line(call.queue.name) if c.key < call.key and c.id != call.id)
         serving, idle = self._serving(call.queue)
         return ewt(position, serving, idle, self._aht[call.queue.name].value)
 
-    def _check_deadline(self, call: Call, out: list[Decision]) -> None:
+    def _check_deadline(self, call: QueuedCall, out: list[Decision]) -> None:
         deadline = call.arrived + call.queue.max_wait.value(self.surge)
         if self._now >= deadline - _EPS:
             self._overflow(call, self._overflow_target(call), "max_wait", out)
         else:
             self._arm("max_wait", call.id, deadline, out)
 
-    def _overflow_target(self, call: Call) -> OverflowTarget:
+    def _overflow_target(self, call: QueuedCall) -> OverflowTarget:
         target = call.queue.surge_overflow if self.surge else call.queue.overflow
         if target == "peak_shaving" and self._protected(call):
             return "callback"  # R8: never shave top-tier or urgent callers
         return target
 
-    def _overflow(self, call: Call, target: OverflowTarget, reason: str, out: list[Decision]) -> None:
+    def _overflow(self, call: QueuedCall, target: OverflowTarget, reason: str, out: list[Decision]) -> None:
         stats = self.stats[call.queue.name]
         stats.overflowed[target] = stats.overflowed.get(target, 0) + 1
         stats.longest_wait = max(stats.longest_wait, self._now - call.arrived)
@@ -722,7 +724,7 @@ class Engine:
         out.append(Overflow(call.id, target, reason))
         self._forget(call)
 
-    def _announce(self, call: Call, out: list[Decision]) -> None:
+    def _announce(self, call: QueuedCall, out: list[Decision]) -> None:
         position = self.position(call.id)
         serving, idle = self._serving(call.queue)
         assert position is not None
@@ -739,7 +741,7 @@ class Engine:
         self._enforce_lengths(out)
         for call_id in self._fresh:
             call = self.calls.get(call_id)
-            if call is not None and call.state is CallState.WAITING:
+            if call is not None and call.state is QueuedCallState.WAITING:
                 self._announce(call, out)
         self._fresh.clear()
 
@@ -763,7 +765,7 @@ class Engine:
                 chosen = [pick_fewest_calls(free)]
             else:
                 chosen = [pick_longest_idle(free)]
-            call.state = CallState.RINGING
+            call.state = QueuedCallState.RINGING
             self._waiting[spec.name].pop(call.id, None)
             self._disarm("announce", call.id)
             for agent in chosen:
@@ -801,7 +803,7 @@ class Engine:
             out.append(PauseOutbound() if on else ResumeOutbound())
         # R11: the wait limit changed; callers past the new limit leave now, others get a new deadline.
         for call in sorted(self.calls.values(), key=lambda c: c.key):
-            if call.state is CallState.WAITING:
+            if call.state is QueuedCallState.WAITING:
                 self._check_deadline(call, out)
 
     def _update_auto(self, out: list[Decision]) -> None:

@@ -48,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from queueing.engine import AgentState, CallState, Engine
+from queueing.engine import AgentState, Engine, QueuedCallState
 from queueing.events import (
     AgentAnswered,
     AgentLoggedIn,
@@ -265,7 +265,7 @@ class Simulation:
                 self._close_block()
                 break
             handlers[kind](payload)
-        waiting = sum(1 for c in engine.calls.values() if c.state is CallState.WAITING)
+        waiting = sum(1 for c in engine.calls.values() if c.state is QueuedCallState.WAITING)
         return RunResult(
             seed=self.seed,
             blocks=self.blocks,
@@ -642,7 +642,7 @@ class Simulation:
         engine = self.engine
         spec = engine.queues[queue]
         for call in engine.calls.values():
-            if call.queue.name == queue and call.state is CallState.WAITING:
+            if call.queue.name == queue and call.state is QueuedCallState.WAITING:
                 return None
         ready = [
             a
@@ -703,7 +703,7 @@ class Simulation:
         engine = self.engine
         waiting: dict[str, int] = {}
         for call in engine.calls.values():
-            if call.state is CallState.WAITING:
+            if call.state is QueuedCallState.WAITING:
                 waiting[call.queue.name] = waiting.get(call.queue.name, 0) + 1
         logged_in = sum(1 for a in engine.agents.values() if a.state is not AgentState.LOGGED_OUT)
         owed = sum(len(d) for d in self._owed.values())

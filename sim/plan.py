@@ -182,7 +182,7 @@ class Diversion:
 
 @dataclass(frozen=True, slots=True)
 class LoadPlan:
-    """How ``frontdesk load`` plays the scenario to a running server over SIP (sim/load.py)."""
+    """How ``frontdesk load`` plays the scenario to a running server over SIP (sim/live/load.py)."""
 
     number: str = "100"  # what the callers dial
     keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # queue -> key; none: straight in

@@ -30,7 +30,7 @@ from ivr.flow.actions import (
     SendText,
     Started,
     StartTimer,
-    TimerFired,
+    TimerExpired,
     Transfer,
 )
 from ivr.flow.config import DEMO_PATH, GroupMatcher
@@ -196,7 +196,7 @@ class Call:
         for name, due in sorted(self.timers.items(), key=lambda kv: kv[1]):
             if due <= self.now:
                 del self.timers[name]
-                actions += self.send(TimerFired(name))
+                actions += self.send(TimerExpired(name))
         return actions
 
     def notes(self, kind: str) -> list[str]:
@@ -711,7 +711,7 @@ def test_stale_and_unexpected_events_are_ignored() -> None:
     call = to_menu()
     call.press("0")  # replays: play 2 replaces play 1
     state = call.state
-    for event in (PlaybackDone(1), TimerFired("input:1"), TimerFired("input:2"), RecordingDone("/x.wav", 1, "key")):
+    for event in (PlaybackDone(1), TimerExpired("input:1"), TimerExpired("input:2"), RecordingDone("/x.wav", 1, "key")):
         assert call.send(event) == []
         assert call.state == state
     assert call.send(Started(info())) == []
@@ -721,7 +721,7 @@ def test_hung_up_is_recorded_where_and_ends_the_flow() -> None:
     call = to_menu()
     assert call.send(HungUp()) == [Note("outcome", "caller_hung_up_at:menu")]
     assert call.state.finished
-    for event in (PlaybackDone(call.state.play_id), Digit("1"), HungUp(), TimerFired("input:1")):
+    for event in (PlaybackDone(call.state.play_id), Digit("1"), HungUp(), TimerExpired("input:1")):
         assert call.send(event) == []
 
 
@@ -895,9 +895,9 @@ def _event(move: tuple[object, ...], state: FlowState) -> FlowEvent:
         case ("stale", int(n)):
             return PlaybackDone(n)
         case ("timer",):
-            return TimerFired(f"input:{state.play_id}")
+            return TimerExpired(f"input:{state.play_id}")
         case ("timer_any", int(n)):
-            return TimerFired(f"input:{n}")
+            return TimerExpired(f"input:{n}")
         case ("key", str(key)):
             return Digit(key)
         case ("rec", str(reason)):

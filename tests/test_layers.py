@@ -29,7 +29,7 @@ MAY_IMPORT = {
     "ivr": {"queueing", "callback"},
     "sim": {"queueing"},
 }
-SIM_LIVE_PATH = {"sim/mediabench.py", "sim/scenario.py"}
+SIM_LIVE_PATH = {"sim/live/mediabench.py", "sim/scenario.py"}
 CROSSINGS = {(path, "ivr") for path in SIM_LIVE_PATH} | {("ivr/cli.py", "sim")}
 
 

@@ -17,7 +17,7 @@ from ivr.media import g711
 from ivr.media.dtmf import TelephoneEvent
 from ivr.media.rtp import RtpPacket
 from ivr.media.stream import KeyPressed, MediaEvent, MediaStream, PlaybackFinished, RecordingStopped
-from ivr.transport.rtp import MediaEngine
+from ivr.transport.rtp import MediaShell
 
 
 def tone(seconds: float, freq: float = 440.0, amp: int = 8000) -> bytes:
@@ -59,8 +59,8 @@ class Recorder:
         self.timeouts.append(stream)
 
 
-async def make_engine(rec: Recorder, media_timeout: float = 0.0) -> MediaEngine:
-    return MediaEngine("127.0.0.1", 40000, 40100, rec.on_events, rec.on_timeout, media_timeout)
+async def make_engine(rec: Recorder, media_timeout: float = 0.0) -> MediaShell:
+    return MediaShell("127.0.0.1", 40000, 40100, rec.on_events, rec.on_timeout, media_timeout)
 
 
 async def test_prompt_is_paced_at_20ms_with_consecutive_seq_and_timestamps() -> None:

@@ -1,4 +1,4 @@
-"""The RTP pacing benchmark (sim/mediabench.py): its metric arithmetic, and a quick real run."""
+"""The RTP pacing benchmark (sim/live/mediabench.py): its metric arithmetic, and a quick real run."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sim import mediabench
+from sim.live import mediabench
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,7 +104,7 @@ def test_profile_summary(tmp_path: Path) -> None:
 def test_quick_media_bench(tmp_path: Path, sipp: str) -> None:
     out = tmp_path / "media.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sim.mediabench", "--quick", "--sipp", sipp, "--json", str(out)],
+        [sys.executable, "-m", "sim.live.mediabench", "--quick", "--sipp", sipp, "--json", str(out)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

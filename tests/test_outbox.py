@@ -21,11 +21,11 @@ from callback.outbox import (
     QUEUED,
     SENDING,
     SENT,
+    Backoff,
     LogSender,
     Outbox,
     OutboxDispatcher,
     OutboxMetrics,
-    RetryPolicy,
     SendError,
     WebhookSender,
     build_sender,
@@ -132,7 +132,7 @@ async def test_enqueue_refuses_bad_messages(engine: AsyncEngine, to: str, body: 
 
 
 def test_retry_policy_backs_off_exponentially_up_to_the_cap() -> None:
-    policy = RetryPolicy(base=1.0, factor=2.0, max_delay=5.0, max_attempts=10)
+    policy = Backoff(base=1.0, factor=2.0, max_delay=5.0, max_attempts=10)
     assert [policy.delay(n) for n in range(1, 7)] == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
     assert policy.delay(10_000) == 5.0  # no float overflow
 
@@ -144,7 +144,7 @@ async def test_failed_attempts_are_retried_with_back_off_then_sent(engine: Async
     clock, registry = Clock(), CollectorRegistry()
     outbox = Outbox(engine, OutboxMetrics(registry), clock=clock)
     sender = Recorder(failures=2)
-    dispatcher = OutboxDispatcher(outbox, sender, RetryPolicy(base=10, factor=3, max_delay=60, max_attempts=5))
+    dispatcher = OutboxDispatcher(outbox, sender, Backoff(base=10, factor=3, max_delay=60, max_attempts=5))
     msg_id = await outbox.enqueue("+15550100", "Press 2 next time.", "hotkey")
 
     assert await dispatcher.dispatch_due() == 1  # attempt 1 fails
@@ -172,7 +172,7 @@ async def test_failed_attempts_are_retried_with_back_off_then_sent(engine: Async
 async def test_gives_up_after_max_attempts(engine: AsyncEngine) -> None:
     clock, registry = Clock(), CollectorRegistry()
     outbox = Outbox(engine, OutboxMetrics(registry), clock=clock)
-    dispatcher = OutboxDispatcher(outbox, Recorder(failures=99), RetryPolicy(base=1, factor=2, max_attempts=3))
+    dispatcher = OutboxDispatcher(outbox, Recorder(failures=99), Backoff(base=1, factor=2, max_attempts=3))
     msg_id = await outbox.enqueue("+15550100", "Sorry, we could not call back in time.", "callback_late")
     for _ in range(3):
         assert await dispatcher.dispatch_due() == 1
@@ -306,7 +306,7 @@ async def test_webhook_down_then_up_delivers_everything_once(
     outbox = Outbox(engine, OutboxMetrics(registry, reasons=("hotkey", "self_service")))
     sender = WebhookSender(str(server.make_url("/sms")), timeout=2.0)
     dispatcher = OutboxDispatcher(
-        outbox, sender, RetryPolicy(base=0.01, factor=2, max_delay=0.05, max_attempts=10), poll_interval=0.01
+        outbox, sender, Backoff(base=0.01, factor=2, max_delay=0.05, max_attempts=10), poll_interval=0.01
     )
     task = asyncio.create_task(dispatcher.run())
     try:
@@ -344,7 +344,7 @@ async def test_gateway_down_across_a_restart(tmp_path: Path, aiohttp_server: Ser
     await db.init_schema(first)
     dead = WebhookSender("http://127.0.0.1:9/sms", timeout=1.0)  # discard port: connection refused
     outbox = Outbox(first)
-    dispatcher = OutboxDispatcher(outbox, dead, RetryPolicy(base=0.01, max_delay=0.01, max_attempts=50), 0.01)
+    dispatcher = OutboxDispatcher(outbox, dead, Backoff(base=0.01, max_delay=0.01, max_attempts=50), 0.01)
     msg_id = await outbox.enqueue("+15550100", "We will call you back.", "callback")
     task = asyncio.create_task(dispatcher.run())
 

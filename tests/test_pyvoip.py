@@ -62,7 +62,7 @@ from ivr.media.prompts import PromptStore
 from ivr.media.rtp import RtpPacket
 from ivr.settings.config import Config
 from ivr.settings.prompts import prompt_sources
-from sim.phones import ack_with_the_dialogs_to_tag, stop_phone
+from sim.live.phones import ack_with_the_dialogs_to_tag, stop_phone
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # pyVoIP imports audioop (deprecated in 3.11)

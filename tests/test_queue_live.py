@@ -59,7 +59,7 @@ from test_pyvoip import demo_ivr, wait_until
 
 from ivr.media.g711 import get_codec
 from ivr.media.rtp import RtpError, RtpPacket
-from sim.phones import above_ephemeral_ports, ack_with_the_dialogs_to_tag, free_udp_ports, stop_phone
+from sim.live.phones import above_ephemeral_ports, ack_with_the_dialogs_to_tag, free_udp_ports, stop_phone
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # pyVoIP imports audioop (deprecated in 3.11)

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from queueing.engine import AgentState, CallState, Engine, PolicyError
+from queueing.engine import AgentState, Engine, PolicyError, QueuedCallState
 from queueing.events import (
     AgentAnswered,
     AgentLoggedIn,
@@ -296,7 +296,7 @@ def test_skills_and_levels_decide_who_may_take_a_caller() -> None:
     out = e.handle(AgentReady(agent="senior", now=2.0))
     assert of(RingAgent, out) == [RingAgent("senior", "c1", 12.0)]
     e.handle(AgentNotReady(agent="senior", reason="meeting", now=3.0))  # caller back in line, no miss
-    assert e.calls["c1"].state is CallState.WAITING
+    assert e.calls["c1"].state is QueuedCallState.WAITING
     assert e.agents["senior"].misses == 0
     # a caller who needs French: only "senior" fits even for a queue junior would otherwise take
     e2 = Engine(Model(queues=(QueueSpec("info"),), agents=model.agents))
@@ -521,9 +521,9 @@ class EngineMachine(RuleBasedStateMachine):
     def caller_with_at_most_one_agent_and_agent_with_at_most_one_call(self) -> None:
         e = self.engine
         for call in e.calls.values():
-            if call.state is CallState.TALKING:
+            if call.state is QueuedCallState.TALKING:
                 assert len(call.agents) == 1
-            if call.state is CallState.WAITING:
+            if call.state is QueuedCallState.WAITING:
                 assert not call.agents
             for agent_id in call.agents:
                 assert e.agents[agent_id].call == call.id
@@ -532,7 +532,7 @@ class EngineMachine(RuleBasedStateMachine):
         for agent in e.agents.values():
             if agent.state in (AgentState.RINGING, AgentState.TALKING):
                 assert agent.call is not None and agent.id in e.calls[agent.call].agents
-                want = CallState.RINGING if agent.state is AgentState.RINGING else CallState.TALKING
+                want = QueuedCallState.RINGING if agent.state is AgentState.RINGING else QueuedCallState.TALKING
                 assert e.calls[agent.call].state is want
             else:
                 assert agent.call is None
@@ -541,13 +541,13 @@ class EngineMachine(RuleBasedStateMachine):
     def nobody_waits_past_max_wait(self) -> None:
         e = self.engine
         for call in e.calls.values():
-            if call.state is CallState.WAITING:
+            if call.state is QueuedCallState.WAITING:
                 assert self.now - call.arrived <= e.max_wait(call.queue.name) + 1e-6
 
     @invariant()
     def higher_tiers_are_never_passed_over(self) -> None:
         e = self.engine
-        waiting = [c for c in e.calls.values() if c.state is CallState.WAITING]
+        waiting = [c for c in e.calls.values() if c.state is QueuedCallState.WAITING]
         for decision in self.last:
             if isinstance(decision, RingAgent) and decision.call in e.calls:
                 rung = e.calls[decision.call]
@@ -564,7 +564,7 @@ class EngineMachine(RuleBasedStateMachine):
     def the_lines_kept_for_speed_are_the_waiting_callers(self) -> None:
         e = self.engine
         for name in e.queues:
-            waiting = {c.id for c in e.calls.values() if c.queue.name == name and c.state is CallState.WAITING}
+            waiting = {c.id for c in e.calls.values() if c.queue.name == name and c.state is QueuedCallState.WAITING}
             assert set(e._waiting[name]) == waiting
         assert set(e._ready) == {a.id for a in e.agents.values() if a.state is AgentState.READY}
 
@@ -572,8 +572,8 @@ class EngineMachine(RuleBasedStateMachine):
     def no_call_is_lost_from_the_books(self) -> None:
         e = self.engine
         for name, s in e.stats.items():
-            waiting = sum(1 for c in e.calls.values() if c.queue.name == name and c.state is CallState.WAITING)
-            ringing = sum(1 for c in e.calls.values() if c.queue.name == name and c.state is CallState.RINGING)
+            waiting = sum(1 for c in e.calls.values() if c.queue.name == name and c.state is QueuedCallState.WAITING)
+            ringing = sum(1 for c in e.calls.values() if c.queue.name == name and c.state is QueuedCallState.RINGING)
             assert s.offered == s.answered + s.abandoned + s.overflowed_total + waiting + ringing
         # every arrival was offered (ids are unique, so none is rejected)
         assert sum(s.offered for s in e.stats.values()) == self.serial

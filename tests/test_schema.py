@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, inspect
 
-from ivr.storage.records import Base, CallRecorder, CallSummary, complaint_counts, create_engine, init_schema
+from ivr.storage.records import CallRecorder, CallSummary, RecordsBase, complaint_counts, create_engine, init_schema
 from ivr.storage.upgrade import SchemaError, add_missing_columns
 
 OLD_CALL_RECORDS = """
@@ -26,7 +26,7 @@ async def test_an_old_call_records_table_gains_the_ivr_columns(tmp_path: Path) -
         async with engine.begin() as conn:
             await conn.exec_driver_sql(OLD_CALL_RECORDS)
         await init_schema(engine)  # create_all leaves the existing table alone
-        added = await add_missing_columns(engine, Base.metadata)
+        added = await add_missing_columns(engine, RecordsBase.metadata)
         assert added == [
             "call_records.complaint",
             "call_records.ivr_path",
@@ -34,7 +34,7 @@ async def test_an_old_call_records_table_gains_the_ivr_columns(tmp_path: Path) -
             "call_records.ivr_outcomes",
             "call_records.recording",
         ]
-        assert await add_missing_columns(engine, Base.metadata) == []  # idempotent
+        assert await add_missing_columns(engine, RecordsBase.metadata) == []  # idempotent
 
         async with engine.connect() as conn:
             indexes = await conn.run_sync(lambda c: {i["name"] for i in inspect(c).get_indexes("call_records")})

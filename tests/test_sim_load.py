@@ -27,7 +27,7 @@ import yaml
 from conftest import ROOT, Server
 
 from sim.engine import Simulation
-from sim.load import (
+from sim.live.load import (
     LoadCall,
     LoadError,
     draw_calls,
@@ -185,7 +185,7 @@ def test_the_load_section_is_checked_with_file_and_line() -> None:
 
 
 def test_a_scenario_without_load_section_is_refused_by_the_command(capsys: pytest.CaptureFixture[str]) -> None:
-    from sim.load import main
+    from sim.live.load import main
 
     assert main([str(SCENARIOS / "single_queue.yaml"), "--target", "127.0.0.1:5999"]) == 2
     err = capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The SIP benchmark (sim/sipbench.py): its SIPp file parsing, and a quick real run."""
+"""The SIP benchmark (sim/live/sipbench.py): its SIPp file parsing, and a quick real run."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sim import sipbench
+from sim.live import sipbench
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +42,7 @@ def test_parses_sipp_stat_and_rtt_files(tmp_path: Path) -> None:
 def test_quick_bench_reports_both_targets(tmp_path: Path, sipp: str) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sim.sipbench", "--quick", "--sipp", sipp, "--json", str(out)],
+        [sys.executable, "-m", "sim.live.sipbench", "--quick", "--sipp", sipp, "--json", str(out)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

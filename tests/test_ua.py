@@ -21,10 +21,10 @@ from ivr.sip.message import Request, Response, parse_message
 from ivr.sip.sdp import parse_sdp
 from ivr.sip.ua import (
     CallConfirmed,
-    CallEnded,
-    CallState,
+    CallTerminated,
     CallTimer,
     Event,
+    InboundState,
     IncomingCall,
     Outcome,
     UaConfig,
@@ -238,7 +238,7 @@ def test_invite_is_answered_100_180_200_with_an_sdp_answer(offer: str, codec: st
     call = incoming[0].call
     assert call.caller == "5551234"
     assert call.called == "100"
-    assert call.state is CallState.ANSWERED
+    assert call.state is InboundState.ANSWERED
     assert call.negotiated is not None
     assert (call.negotiated.codec, call.negotiated.payload_type) == (codec, pt)
     assert (call.negotiated.dtmf_payload_type, call.negotiated.remote_port) == (101, 4000)
@@ -266,11 +266,11 @@ def test_ack_confirms_the_call_and_stops_200_retransmissions() -> None:
     confirmed = h.events_of(CallConfirmed)
     assert len(confirmed) == 1
     call = confirmed[0].call
-    assert call.state is CallState.CONFIRMED
+    assert call.state is InboundState.CONFIRMED
     # the router arms the hold timer from the confirmation
     assert call.timers == {"hold": 2.0 + 100.0}
     assert h.advance(60.0) == []
-    assert h.events_of(CallEnded) == []
+    assert h.events_of(CallTerminated) == []
     assert h.ua.calls == {caller.call_id: call}
     # the INVITE transaction ended by Timer L (32 s after the 200)
     assert h.ua.transactions_active == 0
@@ -285,7 +285,7 @@ def test_caller_bye_gets_200_and_ends_the_call() -> None:
     assert [r.status for r in got] == [200]
     assert got[0].cseq == (2, "BYE")
     assert got[0].to.tag == caller.to_tag
-    ended = h.events_of(CallEnded)
+    ended = h.events_of(CallTerminated)
     assert len(ended) == 1
     call = ended[0].call
     assert call.outcome is Outcome.COMPLETED
@@ -336,7 +336,7 @@ def test_connected_line_update_goes_only_to_a_phone_that_allows_update() -> None
     assert h.deliver(ok_for(update)) == []
     assert h.advance(40.0) == []  # answered: no retransmission; the call goes on
     assert h.ua.stats.responses_received == {("UPDATE", 200): 1}
-    assert h.ua.calls[caller.call_id].state is CallState.CONFIRMED
+    assert h.ua.calls[caller.call_id].state is InboundState.CONFIRMED
     # a phone that did not list UPDATE hears nothing new
     other = Caller(call_id="call-2@127.0.0.1", from_tag="caller-tag-2", branch="z9hG4bK-invite-2")
     answered_call(h, other)
@@ -360,7 +360,7 @@ def test_hold_time_ends_the_call_with_bye_retransmitted_until_200() -> None:
     assert bye.to.tag == caller.from_tag
     assert bye.cseq == (1, "BYE")
     assert bye.top_via.branch.startswith("z9hG4bK")
-    ended = h.events_of(CallEnded)
+    ended = h.events_of(CallTerminated)
     assert len(ended) == 1
     call = ended[0].call
     assert (call.outcome, call.hangup_by, call.t_end) == (Outcome.COMPLETED, "frontdesk", 5.0)
@@ -401,7 +401,7 @@ def test_cancel_before_answer_gets_200_and_487_and_the_ack_stops_timer_g() -> No
     cancel_ok, terminated = got
     assert terminated.to.tag == responses([h.sent[1][1]])[0].to.tag  # same tag as the 180
     assert cancel_ok.to.tag == terminated.to.tag
-    ended = h.events_of(CallEnded)
+    ended = h.events_of(CallTerminated)
     assert len(ended) == 1
     call = ended[0].call
     assert (call.outcome, call.hangup_by, call.t_end) == (Outcome.CANCELLED, "caller", 1.0)
@@ -426,7 +426,7 @@ def test_cancel_after_answer_gets_200_and_changes_nothing() -> None:
     answered_call(h, caller)
     got = responses(h.deliver(caller.cancel()))
     assert [(r.status, r.cseq[1]) for r in got] == [(200, "CANCEL")]
-    assert h.events_of(CallEnded) == []
+    assert h.events_of(CallTerminated) == []
     assert len(h.ua.calls) == 1
 
 
@@ -472,7 +472,7 @@ def test_200_retransmitted_until_64_t1_then_missing_ack_ends_the_call_with_bye()
     assert [first_line(d) for d in out[:-1]] == [b"SIP/2.0 200 OK"] * 10
     bye = parse_message(out[-1])
     assert isinstance(bye, Request) and bye.method == "BYE"
-    ended = h.events_of(CallEnded)
+    ended = h.events_of(CallTerminated)
     assert len(ended) == 1
     call = ended[0].call
     assert (call.outcome, call.hangup_by, call.t_end) == (Outcome.NO_ACK, "frontdesk", 32.0)
@@ -511,12 +511,12 @@ def test_reinvite_keeps_the_call() -> None:
     assert (call.negotiated.codec, call.negotiated.remote_port) == ("PCMA", 4002)
     assert h.deliver(caller.ack_2xx(cseq=2)) == []
     assert h.ua.calls == {caller.call_id: call}
-    assert call.state is CallState.CONFIRMED
+    assert call.state is InboundState.CONFIRMED
     assert len(h.events_of(IncomingCall)) == 1
     assert len(h.events_of(CallConfirmed)) == 1
-    assert h.events_of(CallEnded) == []
+    assert h.events_of(CallTerminated) == []
     assert h.advance(50.0) == []  # the re-INVITE's 200 was acknowledged
-    assert h.events_of(CallEnded) == []
+    assert h.events_of(CallTerminated) == []
 
 
 def test_reinvite_whose_200_is_never_acked_ends_the_session_with_bye() -> None:
@@ -530,7 +530,7 @@ def test_reinvite_whose_200_is_never_acked_ends_the_session_with_bye() -> None:
     out = h.advance(40.0)
     byes = {d for d in out if d.startswith(b"BYE ")}  # retransmissions are the same bytes
     assert len(byes) == 1, "no BYE sent for the unacknowledged re-INVITE 2xx"
-    ended = h.events_of(CallEnded)
+    ended = h.events_of(CallTerminated)
     assert len(ended) == 1
     call = ended[0].call
     assert call.hangup_by == "frontdesk"
@@ -581,7 +581,7 @@ def test_lost_ack_then_reinvite_does_not_end_the_call() -> None:
             h.deliver(caller.ack_2xx(cseq=1))
     out = h.advance(60.0)
     assert [d for d in out if d.startswith(b"BYE ")] == []
-    assert h.events_of(CallEnded) == []
+    assert h.events_of(CallTerminated) == []
     assert len(h.ua.calls) == 1
 
 
@@ -593,9 +593,9 @@ def test_bye_with_a_cseq_below_the_last_reinvite_gets_500() -> None:
     assert statuses(h.deliver(caller.request("INVITE", to_tag=caller.to_tag, cseq=5, body=sdp_offer()))) == [200]
     h.deliver(caller.ack_2xx(cseq=5))
     assert statuses(h.deliver(caller.bye(cseq=3))) == [500]
-    assert h.events_of(CallEnded) == []
+    assert h.events_of(CallTerminated) == []
     assert statuses(h.deliver(caller.bye(cseq=6))) == [200]
-    assert len(h.events_of(CallEnded)) == 1
+    assert len(h.events_of(CallTerminated)) == 1
 
 
 def test_bye_before_the_ack_ends_the_call_and_stops_the_200() -> None:
@@ -605,7 +605,7 @@ def test_bye_before_the_ack_ends_the_call_and_stops_the_200() -> None:
     h.advance(1.0)
     assert [t for t, _ in h.sent_between(0.25, 1.0)] == [0.5]
     assert statuses(h.deliver(caller.bye())) == [200]
-    ended = h.events_of(CallEnded)
+    ended = h.events_of(CallTerminated)
     assert len(ended) == 1
     assert ended[0].call.outcome is Outcome.COMPLETED
     # the BYE shows the caller has our 2xx: no more 200 retransmissions, no BYE of ours
@@ -621,7 +621,7 @@ def test_second_invite_with_the_same_call_id_and_another_branch_gets_482() -> No
     assert [r.status for r in got] == [482]
     assert len(h.events_of(IncomingCall)) == 1
     assert list(h.ua.calls) == [caller.call_id]
-    assert h.ua.calls[caller.call_id].state is CallState.CONFIRMED
+    assert h.ua.calls[caller.call_id].state is InboundState.CONFIRMED
 
 
 def test_calls_beyond_max_calls_get_503_with_retry_after() -> None:
@@ -866,7 +866,7 @@ def test_router_answers_at_answer_delay_and_arms_a_ring_limit_timer() -> None:
     assert statuses(out) == [200]
     assert h.sent[-1][0] == 3.0
     assert call.t_answer == 3.0
-    assert call.state is CallState.ANSWERED
+    assert call.state is InboundState.ANSWERED
     # the ring limit timer is still armed and is harmless once answered
     assert call.timers == {"ring_limit": 10.0}
     caller.learn(responses(out)[0])
@@ -874,7 +874,7 @@ def test_router_answers_at_answer_delay_and_arms_a_ring_limit_timer() -> None:
     h.advance(12.0)
     timers = [(t, e.name) for t, e in h.events if isinstance(e, CallTimer)]
     assert timers == [(3.0, "answer"), (10.0, "ring_limit")]
-    assert call.state is CallState.CONFIRMED
+    assert call.state is InboundState.CONFIRMED
     assert h.records == []
 
 
@@ -1067,11 +1067,11 @@ def test_random_interleavings_end_every_call_and_drain_every_transaction(
     settle(h.advance(h.now + DRAIN))
 
     incoming = [e.call for e in h.events_of(IncomingCall)]
-    ended = [e.call for e in h.events_of(CallEnded)]
+    ended = [e.call for e in h.events_of(CallTerminated)]
     assert len(incoming) == ncalls
     assert sorted(map(id, incoming)) == sorted(map(id, ended))  # each call ended exactly once
     for call in incoming:
-        assert call.state is CallState.ENDED
+        assert call.state is InboundState.ENDED
         assert call.outcome in (Outcome.COMPLETED, Outcome.CANCELLED, Outcome.NO_ACK)
         assert call.hangup_by in ("caller", "frontdesk")
         if call.outcome is Outcome.COMPLETED:

@@ -16,7 +16,7 @@ from ivr.sip.message import Request, Response, parse_message
 from ivr.sip.sdp import parse_sdp
 from ivr.sip.ua import (
     CallConfirmed,
-    CallEnded,
+    CallTerminated,
     Event,
     IncomingCall,
     OutAnswered,
@@ -663,7 +663,7 @@ def test_a_call_to_ourselves_runs_both_dialogs_by_their_tags() -> None:
     (bye,) = net.collect()
     (ok,) = net.deliver(bye, me)
     net.deliver(ok, me)
-    assert net.events_of(CallEnded) == [CallEnded(inbound)]
+    assert net.events_of(CallTerminated) == [CallTerminated(inbound)]
     assert inbound.hangup_by == "caller"
     assert net.events_of(OutEnded) == [OutEnded(call)]
     net.advance(60.0)

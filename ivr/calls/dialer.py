@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from ivr.calls.ivrcall import IvrCall
     from ivr.calls.queues import LiveQueues
     from ivr.sip.ua import UserAgent
-    from ivr.transport.rtp import MediaEngine
+    from ivr.transport.rtp import MediaShell
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class CallbackDesk:
         settings: Any,  # ivr.settings.config.CallbackSettings
         queues: LiveQueues,
         ua: UserAgent,
-        media: MediaEngine,
+        media: MediaShell,
         loop: asyncio.AbstractEventLoop,
         send_text: Callable[[str, str, str], None],
         clock: Callable[[], datetime] = utcnow,

@@ -25,8 +25,8 @@ from ivr.flow.interpreter import start, step
 from ivr.flow.program import Program
 from ivr.media.prompts import PromptStore, write_wav
 from ivr.media.stream import KeyPressed, MediaEvent, MediaStream, PlaybackFinished, RecordingStopped
-from ivr.sip.ua import Call, Outcome, UserAgent
-from ivr.transport.rtp import MediaEngine
+from ivr.sip.ua import InboundCall, Outcome, UserAgent
+from ivr.transport.rtp import MediaShell
 
 if TYPE_CHECKING:
     from ivr.calls.dialer import CallbackDesk
@@ -59,7 +59,7 @@ class IvrServices:
 
     program: Program
     prompts: PromptStore
-    media: MediaEngine
+    media: MediaShell
     groups_of: Callable[[str], frozenset[str]]
     notices_for: Callable[[frozenset[str]], tuple[str, ...]]
     send_text: Callable[[str, str, str], None]  # (to, body, reason); durable once the outbox commits
@@ -71,7 +71,7 @@ class IvrServices:
 
 
 class IvrCall:
-    def __init__(self, services: IvrServices, ua: UserAgent, call: Call, stream: MediaStream) -> None:
+    def __init__(self, services: IvrServices, ua: UserAgent, call: InboundCall, stream: MediaStream) -> None:
         self.services = services
         self.ua = ua
         self.call = call
@@ -159,7 +159,7 @@ class IvrCall:
         self.feed(fa.QueueLeft(target), now)
 
     def on_timer(self, name: str, now: float) -> None:
-        self.feed(fa.TimerFired(name.removeprefix(TIMER_PREFIX)), now)
+        self.feed(fa.TimerExpired(name.removeprefix(TIMER_PREFIX)), now)
 
     def on_media(self, events: list[MediaEvent], now: float) -> None:
         for ev in events:

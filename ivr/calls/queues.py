@@ -76,7 +76,7 @@ if TYPE_CHECKING:
 
     from ivr.calls.ivrcall import IvrCall
     from ivr.sip.ua import UserAgent
-    from ivr.transport.rtp import MediaEngine
+    from ivr.transport.rtp import MediaShell
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class LiveQueues:
         self,
         engine: Engine,
         ua: UserAgent,
-        media: MediaEngine,
+        media: MediaShell,
         clock: Callable[[], float],
         loop: asyncio.AbstractEventLoop,
         tier_of: Callable[[str, frozenset[str]], tuple[str, bool]],

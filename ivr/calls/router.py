@@ -25,12 +25,12 @@ from ivr.media.dtmf import parse_dtmf_info
 from ivr.media.g711 import get_codec
 from ivr.media.stream import MediaEvent, MediaStream
 from ivr.sip.ua import (
-    Call,
     CallConfirmed,
-    CallEnded,
-    CallState,
+    CallTerminated,
     CallTimer,
     Event,
+    InboundCall,
+    InboundState,
     IncomingCall,
     InfoReceived,
     OutAnswered,
@@ -72,7 +72,7 @@ class CallRouter:
         self.ivr = ivr
         self.clock = clock  # for media events, which arrive outside handle()
         self.pump = pump  # sends what the SIP core queued after a media event
-        self.ivr_calls: dict[Call, IvrCall] = {}
+        self.ivr_calls: dict[InboundCall, IvrCall] = {}
 
     # -- SIP events --------------------------------------------------------------
     def handle(self, events: list[Event], now: float) -> None:
@@ -105,7 +105,7 @@ class CallRouter:
                 # the caller's phone accepted the transfer: our part is done
                 outcome = Outcome.TRANSFERRED if 200 <= ev.status < 300 else Outcome.COMPLETED
                 ua.hangup(ev.call, now, outcome)
-            elif isinstance(ev, CallEnded):
+            elif isinstance(ev, CallTerminated):
                 self._ended(ev.call, now)
             elif isinstance(ev, (OutRinging, OutAnswered, OutFailed, OutEnded)):
                 # calls we placed: rings of the live queues, or legs of a callback
@@ -118,7 +118,7 @@ class CallRouter:
                 elif not isinstance(ev, (OutFailed, OutEnded)):
                     ua.drop(ev.call, now)
 
-    def _answer(self, call: Call, now: float) -> None:
+    def _answer(self, call: InboundCall, now: float) -> None:
         if self.ivr is None:
             self.ua.answer(call, now)
             return
@@ -138,16 +138,16 @@ class CallRouter:
         self.ua.answer(call, now, rtp_port=stream.local_port)
 
     @staticmethod
-    def _update_media(call: Call, stream: MediaStream) -> None:
+    def _update_media(call: InboundCall, stream: MediaStream) -> None:
         neg = call.negotiated
         if neg is not None:
             stream.use_answer(
                 (neg.remote_address, neg.remote_port), get_codec(neg.codec), neg.payload_type, neg.dtmf_payload_type
             )
 
-    def _on_timer(self, call: Call, name: str, now: float) -> None:
+    def _on_timer(self, call: InboundCall, name: str, now: float) -> None:
         if name in ("answer", "ring_limit"):
-            if call.state is CallState.RINGING:
+            if call.state is InboundState.RINGING:
                 self._answer(call, now)
         elif name == "hold":
             self.ua.hangup(call, now)
@@ -156,7 +156,7 @@ class CallRouter:
             if ivr is not None:
                 ivr.on_timer(name, now)
 
-    def _ended(self, call: Call, now: float) -> None:
+    def _ended(self, call: InboundCall, now: float) -> None:
         ivr = self.ivr_calls.pop(call, None)
         if ivr is not None:
             if call.hangup_by == "caller":
@@ -186,7 +186,7 @@ class CallRouter:
             self.pump()
 
     # -- records ---------------------------------------------------------------------
-    def _record(self, call: Call, ivr: IvrCall | None) -> None:
+    def _record(self, call: InboundCall, ivr: IvrCall | None) -> None:
         if self.on_record is None:
             return
         off = self.wall_offset

@@ -11,7 +11,7 @@ Timing rules the executor follows:
   ``barge_in=True`` a key pressed during playback stops it (the key is still
   delivered as ``Digit``).
 - ``StartTimer(name, seconds)`` replaces a timer of the same name; when it
-  fires the executor feeds ``TimerFired(name)``. ``CancelTimer`` disarms it.
+  fires the executor feeds ``TimerExpired(name)``. ``CancelTimer`` disarms it.
 - ``Record`` starts recording the caller; the executor feeds
   ``RecordingDone`` when it stops (max length, silence, '#', or hang-up).
   When the caller hangs up during a recording, feed ``RecordingDone``
@@ -63,7 +63,7 @@ class Digit:
 
 
 @dataclass(frozen=True, slots=True)
-class TimerFired:
+class TimerExpired:
     name: str
 
 
@@ -94,7 +94,7 @@ class CallbackDone:
     minutes: int | None = None  # booked: how long until the promised time, rounded up
 
 
-FlowEvent = Started | PlaybackDone | Digit | TimerFired | RecordingDone | HungUp | QueueLeft | CallbackDone
+FlowEvent = Started | PlaybackDone | Digit | TimerExpired | RecordingDone | HungUp | QueueLeft | CallbackDone
 
 
 # -- actions (what to do) -------------------------------------------------------

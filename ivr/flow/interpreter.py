@@ -10,7 +10,7 @@ A call's :class:`~ivr.flow.actions.FlowState` carries its compiled flow
 waiting         left by                                            nodes
 ==============  =================================================  ==========================
 ``playback``    ``PlaybackDone`` with the current ``play_id``      every node that plays
-``input``       ``Digit`` or ``TimerFired("input:<play_id>")``    menu, collect
+``input``       ``Digit`` or ``TimerExpired("input:<play_id>")``    menu, collect
 ``recording``   ``RecordingDone``                                  message
 ``queued``      ``QueueLeft`` (also while its prompt plays)         queue (with live queues)
 ``booking``     ``CallbackDone``                                   callback (with live callbacks)
@@ -19,7 +19,7 @@ waiting         left by                                            nodes
 ==============  =================================================  ==========================
 
 Every ``Play`` gets a new ``play_id`` and every input timer is named after
-it, so a ``PlaybackDone`` or ``TimerFired`` from an earlier prompt (one that
+it, so a ``PlaybackDone`` or ``TimerExpired`` from an earlier prompt (one that
 was replaced, barged in on, or cancelled too late) never matches and is
 ignored. Events after ``finished`` are ignored.
 
@@ -59,7 +59,7 @@ from ivr.flow.actions import (
     SendText,
     Started,
     StartTimer,
-    TimerFired,
+    TimerExpired,
     Transfer,
 )
 from ivr.flow.program import (
@@ -153,7 +153,7 @@ class _Call:
                 self.out.append(Note("key", key))
                 if s.waiting in (PLAYBACK, INPUT) and s.node:
                     self.digit(key)
-            case TimerFired(name=name):
+            case TimerExpired(name=name):
                 if s.waiting == INPUT and name == self.timer_name():
                     s.waiting = ""  # a timer that fired is no longer armed
                     self.timed_out()

@@ -6,7 +6,7 @@ Bytes in, bytes and events out, time passed in (STYLE.md, aioquic style)::
 
     ua.receive(data, peer, now)          # a datagram or a framed TCP message
     ua.datagrams_to_send() -> [(bytes, peer)]
-    ua.events() -> [IncomingCall | CallConfirmed | CallEnded | CallTimer | OutRinging | ...]
+    ua.events() -> [IncomingCall | CallConfirmed | CallTerminated | CallTimer | OutRinging | ...]
     ua.get_timer() -> float | None       # when to call handle_timer next
     ua.handle_timer(now)
 
@@ -92,7 +92,7 @@ MAGIC_COOKIE = "z9hG4bK"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-class CallState(enum.Enum):
+class InboundState(enum.Enum):
     RINGING = "ringing"
     ANSWERED = "answered"
     CONFIRMED = "confirmed"
@@ -123,7 +123,7 @@ class UaConfig:
 
 
 @dataclass(slots=True, eq=False)
-class Call:
+class InboundCall:
     """One inbound call (the dialog we hold as UAS)."""
 
     call_id: str
@@ -139,7 +139,7 @@ class Call:
     route_set: list[str]
     remote_cseq: int
     local_cseq: int = 0
-    state: CallState = CallState.RINGING
+    state: InboundState = InboundState.RINGING
     t_answer: float | None = None
     t_end: float | None = None
     outcome: Outcome | None = None
@@ -155,27 +155,27 @@ class Call:
 
     @property
     def ended(self) -> bool:
-        return self.state is CallState.ENDED
+        return self.state is InboundState.ENDED
 
 
 @dataclass(frozen=True, slots=True)
 class IncomingCall:
-    call: Call
+    call: InboundCall
 
 
 @dataclass(frozen=True, slots=True)
 class CallConfirmed:
-    call: Call
+    call: InboundCall
 
 
 @dataclass(frozen=True, slots=True)
-class CallEnded:
-    call: Call
+class CallTerminated:
+    call: InboundCall
 
 
 @dataclass(frozen=True, slots=True)
 class CallTimer:
-    call: Call
+    call: InboundCall
     name: str
 
 
@@ -183,7 +183,7 @@ class CallTimer:
 class InfoReceived:
     """An in-dialog INFO (keys as application/dtmf-relay)."""
 
-    call: Call
+    call: InboundCall
     content_type: str
     body: bytes
 
@@ -192,7 +192,7 @@ class InfoReceived:
 class ReferAnswered:
     """The final response to our REFER (2xx: the caller's phone takes the transfer)."""
 
-    call: Call
+    call: InboundCall
     status: int
 
 
@@ -280,7 +280,7 @@ class OutEnded:
 Event = (
     IncomingCall
     | CallConfirmed
-    | CallEnded
+    | CallTerminated
     | CallTimer
     | InfoReceived
     | ReferAnswered
@@ -349,8 +349,8 @@ class UserAgent:
         self._events: list[Event] = []
         self._server_tx: dict[TxKey, ServerTransaction] = {}
         self._client_tx: dict[TxKey, ClientTransaction] = {}
-        self.calls: dict[str, Call] = {}
-        self._refers: dict[tuple[str, str], Call] = {}  # our REFERs awaiting their final response
+        self.calls: dict[str, InboundCall] = {}
+        self._refers: dict[tuple[str, str], InboundCall] = {}  # our REFERs awaiting their final response
         self.out_calls: dict[str, OutCall] = {}  # calls we placed, by Call-ID, until they end
         self._out_linger: dict[str, OutCall] = {}  # ended ones whose 2xx may still come again (64*T1)
         self._tx_owner: dict[TxKey, OutCall] = {}  # client INVITE transactions of our calls
@@ -396,7 +396,7 @@ class UserAgent:
             at, _, obj, name = heapq.heappop(heap)
             if not self._entry_live(at, obj, name):
                 continue
-            if isinstance(obj, Call):
+            if isinstance(obj, InboundCall):
                 del obj.timers[name]
                 self._events.append(CallTimer(obj, name))
             elif isinstance(obj, OutCall):
@@ -416,7 +416,7 @@ class UserAgent:
         if name:
             if isinstance(obj, OutCall):
                 return obj.timers.get(name) == at  # "linger" runs on after the call ended
-            assert isinstance(obj, Call)
+            assert isinstance(obj, InboundCall)
             return obj.timers.get(name) == at and not obj.ended
         assert isinstance(obj, Transaction)
         return obj.scheduled == at and not obj.terminated
@@ -457,7 +457,7 @@ class UserAgent:
         if isinstance(tx, ServerInviteTransaction):
             call = self._call_for_tx(tx)
             if call is not None and not call.ended:
-                if call.state in (CallState.ANSWERED, CallState.CONFIRMED) and timeout is Timeout.NO_ACK:
+                if call.state in (InboundState.ANSWERED, InboundState.CONFIRMED) and timeout is Timeout.NO_ACK:
                     # 2xx (to the INVITE or a re-INVITE) never acknowledged:
                     # end the dialog with BYE (RFC 3261 13.3.1.4, 14.2)
                     self._send_bye(call, now)
@@ -476,9 +476,9 @@ class UserAgent:
                 self._out_fail(out, 408, now, "local", "timeout")  # Timer B
 
     @staticmethod
-    def _call_for_tx(tx: ServerInviteTransaction) -> Call | None:
+    def _call_for_tx(tx: ServerInviteTransaction) -> InboundCall | None:
         owner = tx.owner
-        return owner if isinstance(owner, Call) else None
+        return owner if isinstance(owner, InboundCall) else None
 
     # -- inbound ---------------------------------------------------------------
     def receive(self, data: bytes, peer: Peer, now: float) -> None:
@@ -607,7 +607,7 @@ class UserAgent:
             self.stats.count_response(req.method, status)
         self._schedule(tx)
 
-    def _dialog_for(self, req: Request) -> Call | None:
+    def _dialog_for(self, req: Request) -> InboundCall | None:
         call = self.calls.get(req.call_id)
         if call is None or call.ended:
             return None
@@ -622,7 +622,7 @@ class UserAgent:
             return
         frm = req.from_
         contact = req.get_all("contact")
-        call = Call(
+        call = InboundCall(
             call_id=req.call_id,
             peer=peer,
             caller=uri_user(frm.uri) or frm.uri,
@@ -649,7 +649,9 @@ class UserAgent:
         self._respond(tx, req, 100, now)
         self._events.append(IncomingCall(call))
 
-    def _refuse_new_call(self, req: Request, call: Call) -> tuple[int, str | None, tuple[tuple[str, str], ...]] | None:
+    def _refuse_new_call(
+        self, req: Request, call: InboundCall
+    ) -> tuple[int, str | None, tuple[tuple[str, str], ...]] | None:
         """Why a new INVITE cannot become a call, as (status, reason, extra headers); None when it can."""
         mf = req.get("max-forwards")
         if mf is not None:
@@ -745,21 +747,21 @@ class UserAgent:
                 self._end(call, now, Outcome.FAILED, "frontdesk")
                 return
             call.remote_offer_pending = False
-        if call.state is CallState.ANSWERED:
-            call.state = CallState.CONFIRMED
+        if call.state is InboundState.ANSWERED:
+            call.state = InboundState.CONFIRMED
             if call.pending_bye:
                 self._send_bye(call, now)
                 self._end(call, now, Outcome.COMPLETED, "frontdesk")
                 return
             self._events.append(CallConfirmed(call))
 
-    def _acknowledged(self, call: Call, now: float) -> None:
+    def _acknowledged(self, call: InboundCall, now: float) -> None:
         """Stop resending the INVITE's 2xx: the caller's later request shows it arrived."""
         itx = call.invite_tx
         if itx.state is TxState.ACCEPTED and itx.receive_ack(now):
             self._schedule(itx)
-            if call.state is CallState.ANSWERED:
-                call.state = CallState.CONFIRMED
+            if call.state is InboundState.ANSWERED:
+                call.state = InboundState.CONFIRMED
                 self._events.append(CallConfirmed(call))
 
     # CANCEL / BYE -----------------------------------------------------------
@@ -790,7 +792,7 @@ class UserAgent:
         self._respond(tx, req, 200, now)
         # a BYE proves the caller has our 2xx even if its ACK was lost
         self._acknowledged(call, now)
-        if call.state is CallState.RINGING:
+        if call.state is InboundState.RINGING:
             self._final(call, 487, now)
             self._end(call, now, Outcome.CANCELLED, "caller")
         else:
@@ -837,20 +839,20 @@ class UserAgent:
         self._schedule(tx)
 
     # -- commands from the transaction user -----------------------------------
-    def ring(self, call: Call, now: float) -> None:
+    def ring(self, call: InboundCall, now: float) -> None:
         """Send 180 Ringing (the caller hears ringback)."""
-        if call.state is CallState.RINGING and not call.ended:
+        if call.state is InboundState.RINGING and not call.ended:
             self._respond(
                 call.invite_tx, call.invite, 180, now, to_tag=call.local_tag, extra=self._dialog_headers(call)
             )
 
-    def answer(self, call: Call, now: float, rtp_port: int | None = None) -> None:
+    def answer(self, call: InboundCall, now: float, rtp_port: int | None = None) -> None:
         """Send 200 OK with our SDP (audio on ``rtp_port``); ANSWERED until the ACK."""
-        if call.state is not CallState.RINGING or call.ended:
+        if call.state is not InboundState.RINGING or call.ended:
             return
         call.rtp_port = rtp_port if rtp_port is not None else self._allocate_rtp_port()
         call.local_sdp = self._local_sdp(call)
-        call.state = CallState.ANSWERED
+        call.state = InboundState.ANSWERED
         call.t_answer = now
         self.stats.answer_latency.observe(max(0.0, now - call.t_invite))
         self._respond(
@@ -863,32 +865,32 @@ class UserAgent:
             body=call.local_sdp,
         )
 
-    def reject(self, call: Call, status: int, now: float, reason: str | None = None) -> None:
+    def reject(self, call: InboundCall, status: int, now: float, reason: str | None = None) -> None:
         """Refuse a ringing call with a final error response."""
-        if call.state is not CallState.RINGING or call.ended:
+        if call.state is not InboundState.RINGING or call.ended:
             return
         self._final(call, status, now, reason)
         self._end(call, now, Outcome.REJECTED, "frontdesk")
 
-    def hangup(self, call: Call, now: float, outcome: Outcome = Outcome.COMPLETED) -> None:
+    def hangup(self, call: InboundCall, now: float, outcome: Outcome = Outcome.COMPLETED) -> None:
         """End the call from our side: BYE when answered, 480 while ringing."""
         if call.ended:
             return
-        if call.state is CallState.RINGING:
+        if call.state is InboundState.RINGING:
             self.reject(call, 480, now)
-        elif call.state is CallState.ANSWERED:
+        elif call.state is InboundState.ANSWERED:
             call.pending_bye = True  # BYE only after the ACK (RFC 3261 15)
         else:
             self._send_bye(call, now)
             self._end(call, now, outcome, "frontdesk")
 
-    def refer(self, call: Call, target: str, now: float) -> None:
+    def refer(self, call: InboundCall, target: str, now: float) -> None:
         """Blind transfer (RFC 3515): ask the caller's phone to call ``target``.
 
         The final response comes back as :class:`ReferAnswered`; the router
         hangs up once the transfer is accepted.
         """
-        if call.state is not CallState.CONFIRMED:
+        if call.state is not InboundState.CONFIRMED:
             return
         contact = self._contact_tcp if call.peer[0] == "tcp" else self._contact
         branch = self._send_in_dialog(
@@ -899,7 +901,7 @@ class UserAgent:
         )
         self._refers[(branch, "REFER")] = call
 
-    def update_connected(self, call: Call, display: str, user: str, now: float) -> bool:
+    def update_connected(self, call: InboundCall, display: str, user: str, now: float) -> bool:
         """Tell the caller's phone who it is now talking to (connected line).
 
         An UPDATE (RFC 3311) without a body, carrying the new party in
@@ -909,7 +911,7 @@ class UserAgent:
         UPDATE in Allow; returns whether it was sent. The response needs no
         action: a phone that refuses it just shows nothing new.
         """
-        if call.state is not CallState.CONFIRMED or not _allows(call.invite, "UPDATE"):
+        if call.state is not InboundState.CONFIRMED or not _allows(call.invite, "UPDATE"):
             return False
         contact = self._contact_tcp if call.peer[0] == "tcp" else self._contact
         name = display.replace("\\", "").replace('"', "")
@@ -917,12 +919,12 @@ class UserAgent:
         self._send_in_dialog(call, "UPDATE", now, (f"P-Asserted-Identity: {identity}", f"Contact: {contact}"))
         return True
 
-    def set_call_timer(self, call: Call, name: str, at: float) -> None:
+    def set_call_timer(self, call: InboundCall, name: str, at: float) -> None:
         """Arm (or re-arm) a named timer; fires as a CallTimer event."""
         call.timers[name] = at
         self._push(at, call, name)
 
-    def cancel_call_timer(self, call: Call, name: str) -> None:
+    def cancel_call_timer(self, call: InboundCall, name: str) -> None:
         call.timers.pop(name, None)
 
     # -- calls we place (UAC) ---------------------------------------------------
@@ -1006,14 +1008,19 @@ class UserAgent:
 
     # -- helpers ----------------------------------------------------------------
     def _final(
-        self, call: Call, status: int, now: float, reason: str | None = None, extra: tuple[tuple[str, str], ...] = ()
+        self,
+        call: InboundCall,
+        status: int,
+        now: float,
+        reason: str | None = None,
+        extra: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self._respond(call.invite_tx, call.invite, status, now, to_tag=call.local_tag, reason=reason, extra=extra)
 
-    def _end(self, call: Call, now: float, outcome: Outcome, by: str | None) -> None:
+    def _end(self, call: InboundCall, now: float, outcome: Outcome, by: str | None) -> None:
         if call.ended:
             return
-        call.state = CallState.ENDED
+        call.state = InboundState.ENDED
         call.t_end = now
         call.outcome = outcome
         call.hangup_by = by
@@ -1022,16 +1029,16 @@ class UserAgent:
         if self.calls.get(call.call_id) is call:
             del self.calls[call.call_id]
         self.stats.calls_ended[outcome.value] = self.stats.calls_ended.get(outcome.value, 0) + 1
-        self._events.append(CallEnded(call))
+        self._events.append(CallTerminated(call))
 
-    def _dialog_headers(self, call: Call) -> tuple[tuple[str, str], ...]:
+    def _dialog_headers(self, call: InboundCall) -> tuple[tuple[str, str], ...]:
         contact = self._contact_tcp if call.peer[0] == "tcp" else self._contact
         headers: tuple[tuple[str, str], ...] = (("Contact", contact), ("Allow", ALLOW_HEADER))
         if call.route_set:
             headers = headers + tuple(("Record-Route", rr) for rr in call.route_set)
         return headers
 
-    def _local_sdp(self, call: Call) -> bytes:
+    def _local_sdp(self, call: InboundCall) -> bytes:
         return build_sdp(
             self.config.host,
             call.rtp_port or self._allocate_rtp_port(),
@@ -1049,10 +1056,10 @@ class UserAgent:
     def _token(self) -> str:
         return f"{self._rng.getrandbits(64):016x}"
 
-    def _send_bye(self, call: Call, now: float) -> None:
+    def _send_bye(self, call: InboundCall, now: float) -> None:
         self._send_in_dialog(call, "BYE", now)
 
-    def _send_in_dialog(self, call: Call, method: str, now: float, extra: tuple[str, ...] = ()) -> str:
+    def _send_in_dialog(self, call: InboundCall, method: str, now: float, extra: tuple[str, ...] = ()) -> str:
         """Send a request inside the call's dialog; returns its branch."""
         call.local_cseq += 1
         branch = MAGIC_COOKIE + self._token()

@@ -13,10 +13,10 @@ from sqlalchemy import JSON, DateTime, Integer, String, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ivr.storage.records import Base
+from ivr.storage.records import RecordsBase
 
 
-class AuditEntry(Base):
+class AuditEntry(RecordsBase):
     __tablename__ = "audit_log"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

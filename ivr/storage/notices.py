@@ -30,7 +30,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from ivr.flow.config import BUILTIN_PROMPTS, IvrSettings
 from ivr.storage.audit import audit
-from ivr.storage.records import Base
+from ivr.storage.records import RecordsBase
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ NOTICE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # the config's name
 _CACHE_LIMIT = 4096  # distinct group sets remembered; callers fall into few
 
 
-class NoticeRow(Base):
+class NoticeRow(RecordsBase):
     __tablename__ = "notices"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -214,8 +214,8 @@ class NoticeBoard:
     async def load(self) -> None:
         """Create the tables if needed and apply the runtime changes stored there over the config."""
         async with self.engine.begin() as conn:
-            tables = [Base.metadata.tables[name] for name in ("notices", "audit_log")]
-            await conn.run_sync(Base.metadata.create_all, tables=tables)
+            tables = [RecordsBase.metadata.tables[name] for name in ("notices", "audit_log")]
+            await conn.run_sync(RecordsBase.metadata.create_all, tables=tables)
         async with self._sessions() as session:
             rows = (await session.scalars(select(NoticeRow))).all()
         async with self._lock:

@@ -21,11 +21,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 log = logging.getLogger(__name__)
 
 
-class Base(DeclarativeBase):
+class RecordsBase(DeclarativeBase):
     pass
 
 
-class CallRecord(Base):
+class CallRecord(RecordsBase):
     __tablename__ = "call_records"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -98,7 +98,7 @@ async def init_schema(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         if engine.dialect.name == "sqlite":
             await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-        await conn.run_sync(Base.metadata.create_all)
+        await conn.run_sync(RecordsBase.metadata.create_all)
 
 
 class CallRecorder:

@@ -49,7 +49,7 @@ class MediaStats:
         self.lateness_sum += value
 
 
-class MediaEngine:
+class MediaShell:
     """Opens and closes call streams; runs the shared pacing tick."""
 
     def __init__(

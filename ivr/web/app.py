@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from callback import db as callback_db
 from callback import rules as callback_rules
-from callback.outbox import Outbox, OutboxDispatcher, OutboxMetrics, RetryPolicy, build_sender
+from callback.outbox import Backoff, Outbox, OutboxDispatcher, OutboxMetrics, build_sender
 from callback.store import CallbackStore
 from ivr.calls.dialer import CallbackDesk
 from ivr.calls.ivrcall import IvrServices
@@ -39,9 +39,9 @@ from ivr.sip.registrar import Credential, Registrar, RegistrarSettings
 from ivr.sip.transaction import TimerValues
 from ivr.sip.ua import UaConfig, UserAgent
 from ivr.storage.notices import NoticeBoard
-from ivr.storage.records import Base, CallRecorder, create_engine, init_schema
+from ivr.storage.records import CallRecorder, RecordsBase, create_engine, init_schema
 from ivr.storage.upgrade import add_missing_columns
-from ivr.transport.rtp import MediaEngine
+from ivr.transport.rtp import MediaShell
 from ivr.transport.sip import SipShell
 from ivr.web import admin, callbackapi, queueapi
 from ivr.web import health as http
@@ -102,14 +102,14 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     engine = create_engine(config.storage.url)
     await init_schema(engine)
     await callback_db.init_schema(engine)
-    await add_missing_columns(engine, Base.metadata, callback_db.Base.metadata)
+    await add_missing_columns(engine, RecordsBase.metadata, callback_db.Base.metadata)
     registry = CollectorRegistry()
     notices = NoticeBoard.from_settings(engine, config.ivr)
     await notices.load()
     texts = config.texts
     outbox = Outbox(engine, OutboxMetrics(registry, reasons=("hotkey", "self_service", "callback")))
     sender = build_sender(texts.sender, texts.webhook_url, texts.timeout)
-    retry = RetryPolicy(texts.retry.base, texts.retry.factor, texts.retry.max_delay, texts.retry.max_attempts)
+    retry = Backoff(texts.retry.base, texts.retry.factor, texts.retry.max_delay, texts.retry.max_attempts)
     dispatcher = OutboxDispatcher(outbox, sender, retry, poll_interval=texts.poll_interval)
     recorder = CallRecorder(engine, config.storage.flush_interval)
     writer = asyncio.create_task(recorder.run(), name="call-record-writer")
@@ -124,7 +124,7 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     prompts = app.get(PROMPTS)
     if prompts is None:
         prompts = await asyncio.to_thread(load_prompts, config)
-    media = MediaEngine(
+    media = MediaShell(
         sip.public_address or sip.listen,
         config.media.rtp_port_min,
         config.media.rtp_port_max,

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from ivr.calls.ivrcall import IvrMetrics
 from ivr.sip.registrar import RESULTS
 from ivr.sip.ua import Outcome, UserAgent
-from ivr.transport.rtp import LATENESS_BUCKETS, MediaEngine
+from ivr.transport.rtp import LATENESS_BUCKETS, MediaShell
 from queueing.engine import AgentState, Engine
 from queueing.events import OverflowTarget, SurgeCause
 
@@ -133,7 +133,7 @@ class SipCollector(Collector):
 class IvrCollector(Collector):
     """IVR and media counters (plain counts kept by ivr.calls.ivrcall and the RTP engine)."""
 
-    def __init__(self, ivr: IvrMetrics, media: MediaEngine) -> None:
+    def __init__(self, ivr: IvrMetrics, media: MediaShell) -> None:
         self.ivr = ivr
         self.media = media
 

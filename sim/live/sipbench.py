@@ -1,6 +1,6 @@
 """SIP answering benchmark: SIPp UAC against SIPp's own UAS and against frontdesk.
 
-``frontdesk bench-sip [options]`` (or ``python -m sim.sipbench``) does, in
+``frontdesk bench-sip [options]`` (or ``python -m sim.live.sipbench``) does, in
 one run and for each target:
 
 1. steps the offered call rate up on a geometric ladder (``--start-rate``,
@@ -41,7 +41,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 
 RATIO_GOAL = 0.3  # frontdesk max clean rate / SIPp UAS max clean rate
@@ -429,7 +429,7 @@ def run_uac(
 
 
 @dataclass
-class Step:
+class SipStep:
     requested: int
     runs: list[Run]
 
@@ -445,7 +445,7 @@ class Step:
 
 
 @dataclass
-class Options:
+class SipBenchOptions:
     sipp: str
     start_rate: int
     max_rate: int
@@ -458,11 +458,11 @@ class Options:
 
 
 class Bench:
-    def __init__(self, opts: Options, target: Target, workdir: Path) -> None:
+    def __init__(self, opts: SipBenchOptions, target: Target, workdir: Path) -> None:
         self.opts = opts
         self.target = target
         self.workdir = workdir
-        self.steps: list[Step] = []
+        self.steps: list[SipStep] = []
         self.restarts = 0
 
     def _restart(self) -> None:
@@ -483,22 +483,22 @@ class Bench:
             time.sleep(self.opts.settle)
         return run
 
-    def step(self, rate: int, *, rtt: bool = False) -> Step:
+    def step(self, rate: int, *, rtt: bool = False) -> SipStep:
         runs: list[Run] = []
         need = self.opts.repeat // 2 + 1
         for _ in range(self.opts.repeat):
             runs.append(self._run(rate, rtt=rtt))
             if not rtt and sum(not r.clean for r in runs) >= need:
                 break  # the median is dirty whatever the remaining runs do
-        step = Step(rate, runs)
+        step = SipStep(rate, runs)
         verdict = "clean" if step.clean else "DIRTY"
         log(f"  {self.target.name:>9} {rate:>6}/s: {verdict:5}  [{' | '.join(r.brief() for r in runs)}]")
         return step
 
-    def search(self) -> Step | None:
+    def search(self) -> SipStep | None:
         """Highest clean step: geometric ladder, then bisection."""
         o = self.opts
-        best: Step | None = None
+        best: SipStep | None = None
         lo, hi = 0, None
         rate = o.start_rate
         while True:
@@ -544,7 +544,7 @@ class TargetResult:
     latency_runs: list[dict[str, Any]] = field(default_factory=list)
 
 
-def measure(opts: Options, target: Target, workdir: Path) -> TargetResult:
+def measure(opts: SipBenchOptions, target: Target, workdir: Path) -> TargetResult:
     log(f"{target.name}: stepping the call rate up ({opts.start_rate}..{opts.max_rate}/s, "
         f"{opts.step_seconds:g} s per run, {opts.repeat} run(s) per step)")  # fmt: skip
     bench = Bench(opts, target, workdir)
@@ -704,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[1:]
     args = build_parser().parse_args(argv)
     quick = args.quick
-    opts = Options(
+    opts = SipBenchOptions(
         sipp=args.sipp,
         start_rate=args.start_rate or 200,
         max_rate=args.max_rate or (3200 if quick else 20000),

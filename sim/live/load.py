@@ -14,7 +14,7 @@ Theory of operation
    line) when an agent answered, and then the caller holds on until the agent
    hangs up; if its patience runs out first it hangs up (an abandon). Callers
    stream mu-law audio all along, as a phone does.
-3. **The agents** are pyVoIP phones (an independent SIP stack, ``sim.phones``),
+3. **The agents** are pyVoIP phones (an independent SIP stack, ``sim.live.phones``),
    registered under the server's agent names given in the scenario's
    ``load.agents`` with ``--password``; a registration logs the agent in, so
    the roster of each block registers and unregisters phones (an agent whose
@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.engine import Simulation, derive
-from sim.phones import (
+from sim.live.phones import (
     above_ephemeral_ports,
     ack_with_the_dialogs_to_tag,
     free_udp_port,
@@ -70,8 +70,8 @@ from sim.phones import (
     import_pyvoip,
     stop_phone,
 )
+from sim.live.promtext import parse_metrics, sample
 from sim.plan import Diversion, LoadPlan, Plan, RateStep, Sampler, ScriptedCall
-from sim.promtext import parse_metrics, sample
 from sim.stats import Estimate, replicate, run_totals
 
 CALLER_SCENARIO = "load_caller.xml"

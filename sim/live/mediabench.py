@@ -1,6 +1,6 @@
 """RTP pacing benchmark: N concurrent IVR calls streaming prompts from one server process.
 
-``frontdesk bench-media [options]`` (or ``python -m sim.mediabench``) does,
+``frontdesk bench-media [options]`` (or ``python -m sim.live.mediabench``) does,
 for each N in ``--streams`` (default 250, 500, 1000, 1500):
 
 1. starts ``frontdesk serve`` (uvloop, log level warning, hold time one
@@ -66,8 +66,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sim.promtext import Samples, parse_metrics, sample
-from sim.sipbench import (
+from sim.live.promtext import Samples, parse_metrics, sample
+from sim.live.sipbench import (
     HOST,
     SIPP_EXIT,
     Frontdesk,
@@ -82,7 +82,7 @@ from sim.sipbench import (
     write_json,
 )
 
-SCENARIO = Path(__file__).resolve().parent / "scenarios" / "media_uac.xml"
+SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "media_uac.xml"
 
 GOAL_P99_MS = 5.0  # tick lateness p99 (issue 3)
 GOAL_STREAMS = 500  # concurrent calls the goal must hold at (issue 3)
@@ -172,7 +172,7 @@ def cpu_seconds(pid: int | None, tid: int | None = None) -> float | None:
 
 
 @dataclass
-class Snapshot:
+class MetricsSnapshot:
     t: float
     samples: Samples
     loop_cpu: float | None  # the server's main thread: its event loop
@@ -420,7 +420,7 @@ def analyse_capture(cap: Capture, burst_gap_ms: float = 2.0) -> RxStats:
 
 
 @dataclass
-class Options:
+class MediaBenchOptions:
     sipp: str
     streams: list[int]
     ramp_rate: int
@@ -463,10 +463,10 @@ class StepResult:
     loadavg: list[float] = field(default_factory=list)
 
 
-class Step:
+class MediaStep:
     """One N: a fresh server, SIPp holding N calls, one measured window."""
 
-    def __init__(self, opts: Options, n: int, workdir: Path, prompt_cache: Path) -> None:
+    def __init__(self, opts: MediaBenchOptions, n: int, workdir: Path, prompt_cache: Path) -> None:
         self.opts = opts
         self.n = n
         self.dir = workdir / f"step-{n}"
@@ -533,7 +533,7 @@ class Step:
             self.sink.close()
 
     # -- measuring -------------------------------------------------------------------
-    def _snapshot(self) -> Snapshot:
+    def _snapshot(self) -> MetricsSnapshot:
         server = self.server
         assert server is not None
         t0 = time.monotonic()
@@ -542,7 +542,7 @@ class Step:
         pid = server.pid
         sipp_pid = self.sipp.pid if self.sipp is not None and self.sipp.poll() is None else None
         own = os.times()
-        return Snapshot(
+        return MetricsSnapshot(
             t,
             parse_metrics(text),
             cpu_seconds(pid, pid),
@@ -616,7 +616,7 @@ class Step:
         res.passed = not res.problems
         return res
 
-    def _evaluate(self, a: Snapshot, b: Snapshot) -> None:
+    def _evaluate(self, a: MetricsSnapshot, b: MetricsSnapshot) -> None:
         o, n, res = self.opts, self.n, self.result
         dt = b.t - a.t
         res.window_s = round(dt, 2)
@@ -746,7 +746,7 @@ def _f(v: float | None, spec: str = ".2f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def render(steps: Sequence[StepResult], opts: Options, summary: Mapping[str, Any]) -> str:
+def render(steps: Sequence[StepResult], opts: MediaBenchOptions, summary: Mapping[str, Any]) -> str:
     head = ["streams", "active", "pkts/s", "per stream", "of 50N", "tick p50 ms", "tick p99 ms", "worst tick"]
     if opts.receiver:
         head += ["rx late p99 ms", "rx jitter p99 ms", "send/tick ms"]
@@ -841,7 +841,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print("bench-media: --streams takes a comma list of integers", file=sys.stderr)
         return 2
-    opts = Options(
+    opts = MediaBenchOptions(
         sipp=args.sipp,
         streams=streams or ([100] if quick else list(DEFAULT_STREAMS)),
         ramp_rate=args.ramp_rate or 100,
@@ -880,7 +880,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"stepping concurrent calls {opts.streams}: ramp {opts.ramp_rate}/s, settle {opts.settle:g} s, "
                 f"window {opts.window:g} s")  # fmt: skip
             for n in opts.streams:
-                step = Step(opts, n, workdir, cache)
+                step = MediaStep(opts, n, workdir, cache)
                 try:
                     res = step.run()
                 except (OSError, RuntimeError) as exc:
