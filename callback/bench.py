@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Its own short plumbing: the other benchmarks share sim/benchkit.py, which callback/ may not import
+    # (it imports only callback and queueing: tests/test_layers.py).
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.seconds <= 0 or args.concurrency < 1:
         print("bench-bookings: need --seconds > 0 and --concurrency >= 1", file=sys.stderr)

@@ -1,8 +1,9 @@
-"""The callback package's own SQLAlchemy base and schema set-up (alembic migrations).
+"""The callback tables' schema set-up: alembic migrations run from code.
 
-``callback`` sits below ``ivr`` (DESIGN.md: ivr -> callback -> queueing), so
-its tables hang off this :class:`Base`, not ``ivr.storage.records.Base``. They can
-share one engine/database with the call records.
+The tables themselves hang off :class:`callback.base.Base` (a leaf module, so
+that the modules defining tables never import this one); this module imports
+those modules so that ``Base.metadata`` holds every table before a migration
+or an autogenerate looks at it.
 
 The schema is brought up to date by the alembic revisions in
 ``callback/migrations/versions/``, run from code at start-up
@@ -19,37 +20,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+# models and outbox are imported for their tables: importing them puts them on Base.metadata
+from callback import models, outbox  # noqa: F401
+from callback.base import Base, create_engine
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "callback_alembic_version"
 _MIGRATION_LOCK = 0x6662_6362  # "fbcb": the advisory lock key of the callback migrations
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-def utc(value: datetime) -> datetime:
-    """A timestamp read back from the database, as an aware UTC datetime.
-
-    SQLite hands ``DateTime(timezone=True)`` columns back naive (we always
-    store UTC); PostgreSQL hands them back aware.
-    """
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def load_models() -> None:
-    """Import every module that puts a table on :data:`Base.metadata`."""
-    from callback import models, outbox  # noqa: F401
 
 
 def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
@@ -57,14 +42,6 @@ def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
     if type_ == "table":
         return name in Base.metadata.tables
     return True
-
-
-def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """An async engine for a ``sqlite+aiosqlite`` or ``postgresql+asyncpg`` URL (like ``ivr.storage.records``)."""
-    if url.startswith("sqlite"):
-        # one writer at a time: wait for the lock instead of failing at once
-        kwargs["connect_args"] = {"timeout": 30}
-    return create_async_engine(url, **kwargs)
 
 
 def alembic_config(connection: Connection | None = None, url: str | None = None) -> Config:
@@ -90,7 +67,6 @@ async def init_schema(engine: AsyncEngine, revision: str = "head") -> None:
     ``create_all`` (the first revision creates only what is missing), and again
     on an up-to-date one (nothing to do).
     """
-    load_models()
     async with engine.begin() as conn:
         if engine.dialect.name == "sqlite":
             # readers (the agent page, reports) go on while a booking is written
@@ -110,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.action != "history" and not args.url:
         parser.error(f"{args.action} needs --url")
-    load_models()
     cfg = alembic_config(url=args.url)
     if args.action == "upgrade":
         command.upgrade(cfg, args.target or "head")
@@ -135,12 +110,7 @@ __all__ = [
     "create_engine",
     "include_name",
     "init_schema",
-    "load_models",
-    "utc",
 ]
 
 if __name__ == "__main__":
-    # run the imported module's main, so the models' Base is this package's one, not __main__'s
-    from callback.db import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

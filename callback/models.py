@@ -12,7 +12,7 @@ from datetime import datetime
 from sqlalchemy import Boolean, CheckConstraint, DateTime, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from callback.db import Base
+from callback.base import Base
 from callback.rules import ACTIVE_STATES, KINDS, STATES
 
 

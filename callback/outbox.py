@@ -30,7 +30,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
 import aiohttp
@@ -41,7 +41,7 @@ from sqlalchemy import DateTime, Index, Integer, String, Text, func, select, upd
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
-from callback.db import Base
+from callback.base import Base, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,6 @@ FAILED = "failed"
 # reasons become a metric label: a short fixed vocabulary ("hotkey", "self_service", "callback", ...)
 _REASON = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _MAX_ERROR = 500
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class TextMessage(Base):
@@ -188,7 +184,7 @@ class Outbox:
     """Accepts text messages durably; wakes the dispatcher."""
 
     def __init__(
-        self, engine: AsyncEngine, metrics: OutboxMetrics | None = None, clock: Callable[[], datetime] = _utcnow
+        self, engine: AsyncEngine, metrics: OutboxMetrics | None = None, clock: Callable[[], datetime] = utcnow
     ) -> None:
         self.engine = engine
         self.metrics = metrics or OutboxMetrics()

@@ -28,6 +28,11 @@ The states and the rules that move a callback between them are in
 
 On SQLite one process's writes also queue on an in-process lock, so they wait
 for each other without SQLite's sleeping busy handler.
+
+The module is long because :class:`CallbackStore` is the one
+writer of the ``callbacks`` table, and each of its methods is one guarded
+transaction (version check, row lock, holder check); kept in one class, every
+way a callback changes can be read next to the guards that make it safe.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from callback.db import utc
+from callback.base import utc
 from callback.models import ACTIVE_WHERE, CallbackRow
 from callback.rules import (
     ACTIVE_STATES,

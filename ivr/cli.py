@@ -1,4 +1,8 @@
-"""The ``frontdesk`` command line: ``serve``, ``check-config``, ``complaints``, ``hash-password``, benchmarks."""
+"""The ``frontdesk`` command line: ``serve``, ``check-config``, ``complaints``, ``hash-password``, benchmarks.
+
+Subcommands stop with :class:`CliError` (a message for stderr and the exit status); the config is read, the
+prompts rendered and a report's database found by one helper each, so every subcommand words a bad file alike.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,49 @@ import importlib
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ivr.settings.config import ConfigError, load_config
+from ivr.settings.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from ivr.media.prompts import PromptStore
+
+
+class CliError(Exception):
+    """A subcommand cannot go on: ``message`` goes to stderr and ``status`` is the exit status."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _config(args: argparse.Namespace) -> Config:
+    """The config file named by ``args.config`` (the embedded defaults without one); CliError names file and line."""
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _prompts(args: argparse.Namespace, config: Config) -> PromptStore:
+    """Every prompt rendered into the cache (new text prompts once; later starts read the cache)."""
+    from ivr.media.prompts import PromptError
+    from ivr.settings.prompts import load_prompts
+
+    try:
+        return load_prompts(config)
+    except PromptError as exc:
+        raise CliError(f"{args.config or 'the built-in demo'}: {exc}") from None
+
+
+def _database_url(config: Config, what: str) -> str:
+    """``storage.url``, once sure that a report will not create an empty SQLite database where the server keeps none."""
+    url = config.storage.url
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
+        if path and path != ":memory:" and not Path(path).exists():
+            raise CliError(f"no {what}: {path} does not exist (storage.url {url})", 1)
+    return url
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -18,21 +63,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     from ivr.web.app import create_app
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    config = _config(args)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from ivr.media.prompts import PromptError
-    from ivr.settings.prompts import load_prompts
-
-    try:
-        prompts = load_prompts(config)  # renders new text prompts once; later starts read the cache
-    except PromptError as exc:
-        where = args.config or "the built-in demo"
-        print(f"{where}: {exc}", file=sys.stderr)
-        return 2
+    prompts = _prompts(args, config)
     # Thousands of live calls and transactions are long-lived objects: move
     # start-up objects out of the collector's view and collect young objects
     # less often, or full collections eat the per-message budget.
@@ -55,19 +88,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from ivr.media.prompts import PromptError
-    from ivr.settings.prompts import load_prompts
-
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    try:
-        store = load_prompts(config)  # renders into the prompt cache: the server will not need to
-    except PromptError as exc:
-        print(f"{args.config}: {exc}", file=sys.stderr)
-        return 2
+    store = _prompts(args, _config(args))  # renders into the prompt cache: the server will not need to
     print(f"{args.config}: OK ({len(store.ids())} prompts ready)")
     return 0
 
@@ -114,22 +135,12 @@ def _complaints(args: argparse.Namespace) -> int:
 
     from sqlalchemy.exc import SQLAlchemyError
 
-    from ivr.storage.records import complaint_counts, create_engine
+    from callback.base import create_engine
+    from ivr.storage.records import complaint_counts
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    url = _database_url(_config(args), "call records")
     now = datetime.now(UTC)
     year, month = args.month or (now.year, now.month)
-    url = config.storage.url
-    if url.startswith("sqlite"):
-        # a report must not create an empty database where the server keeps none
-        path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
-        if path and path != ":memory:" and not Path(path).exists():
-            print(f"no call records: {path} does not exist (storage.url {url})", file=sys.stderr)
-            return 1
 
     async def count() -> dict[str, int]:
         engine = create_engine(url)
@@ -159,37 +170,22 @@ def _complaints(args: argparse.Namespace) -> int:
 def _handover(args: argparse.Namespace) -> int:
     """R19: every open callback and promise, with who holds it, read from the database (GET /callbacks/handover)."""
     import json
-    from datetime import UTC, datetime, timedelta
+    from datetime import UTC, datetime
 
     from sqlalchemy.exc import SQLAlchemyError
 
-    from callback.db import create_engine
-    from callback.store import CallbackStore, RetryPolicy
-    from ivr.web.callbackapi import handover_json, handover_text
+    from callback.base import create_engine
+    from callback.handover import handover_json, handover_text
+    from ivr.web.app import callback_store
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    url = config.storage.url
-    if url.startswith("sqlite"):
-        # a report must not create an empty database where the server keeps none
-        path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
-        if path and path != ":memory:" and not Path(path).exists():
-            print(f"no callbacks: {path} does not exist (storage.url {url})", file=sys.stderr)
-            return 1
-    settings = config.callbacks
+    config = _config(args)
+    url = _database_url(config, "callbacks")
     now = datetime.now(UTC)
 
     async def report() -> dict[str, object]:
         engine = create_engine(url)
         try:
-            store = CallbackStore(
-                engine,
-                RetryPolicy(settings.retry.max_attempts, timedelta(seconds=settings.retry.delay)),
-                timedelta(seconds=settings.lease_seconds),
-            )
+            store = callback_store(engine, config.callbacks)
             return handover_json(await store.handover(now), await store.counts_by_state(), now)
         finally:
             await engine.dispose()
@@ -284,7 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(BENCHMARK_MODULES[argv[0]])
         return int(module.main(argv[1:]) or 0)
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(exc, file=sys.stderr)
+        return exc.status
 
 
 if __name__ == "__main__":

@@ -1,1 +1,1 @@
-"""Pure queueing and overload policy shared by the live router and the simulator."""
+"""Pure queueing and overload policy shared by the live server and the simulator."""

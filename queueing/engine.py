@@ -16,24 +16,28 @@ router and the simulator drive the very same code.
 Callers: waiting -> ringing -> talking -> (gone), or leave as abandoned or
 overflowed. Priority is by tier (higher first), then by place in line: a
 caller whose ring was not answered goes back to the head of its tier, then by
-arrival. Agents move by the table ``TRANSITIONS`` below.
+arrival (``queueing/line.py``). Agents move by the table ``TRANSITIONS`` of
+``queueing/agents.py``, which also holds the routing strategies.
 
 Illegal agent input (say ``AgentReady`` while talking, or an unknown agent)
 raises ``PolicyError`` before anything changes. Stale call input (an answer for
 a caller who already hung up) is ignored: it is a normal race on a phone line.
+
+Beside this module: the counters and snapshots (``queueing/stats.py``), the
+surge switch and its hysteresis (``queueing/surge.py``) and the timer table
+(``queueing/timers.py``). The module is long because what stays here is the
+one thing that decides: each step reads the line, the agents and the switch together
+and applies the rules R1..R19 in their order, so splitting it further would
+scatter one sequence of decisions over files.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import itertools
-import math
-from collections import deque
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
+from collections.abc import Iterable
 
+from queueing.agents import NO_ANSWER, TRANSITIONS, Agent, AgentState, choose
 from queueing.events import (
     AgentAnswered,
     AgentLoggedIn,
@@ -49,212 +53,26 @@ from queueing.events import (
     Decision,
     Event,
     Overflow,
-    OverflowTarget,
     PauseOutbound,
     PlayAnnouncement,
+    PolicyError,
     QueueReconfigured,
     ResumeOutbound,
     RingAgent,
     SetTimer,
-    SurgeCause,
     SurgeChanged,
     SurgeReconfigured,
     SurgeSwitch,
     TimerFired,
 )
 from queueing.ewt import MovingAht, ewt
-from queueing.model import AgentSpec, Model, QueueSpec
+from queueing.line import QueuedCall, QueuedCallState, call_key, required_skills
+from queueing.model import Model, OverflowTarget, QueueSpec
+from queueing.stats import QueueSnapshot, QueueStats, Snapshot
+from queueing.surge import SurgeControl
+from queueing.timers import Timers
 
 _EPS = 1e-9
-
-
-class PolicyError(ValueError):
-    """An event that is illegal in the current state; nothing was changed."""
-
-
-# ------------------------------------------------------------------ agents
-
-
-class AgentState(StrEnum):
-    LOGGED_OUT = "logged_out"
-    READY = "ready"
-    RINGING = "ringing"
-    TALKING = "talking"
-    WRAP_UP = "wrap_up"
-    NOT_READY = "not_ready"
-
-
-_A = AgentState
-# (state, trigger) -> next state. Anything not listed is illegal.
-TRANSITIONS: Mapping[tuple[AgentState, str], AgentState] = {
-    (_A.LOGGED_OUT, "login"): _A.READY,
-    (_A.READY, "ready"): _A.READY,
-    (_A.READY, "not_ready"): _A.NOT_READY,
-    (_A.READY, "logout"): _A.LOGGED_OUT,
-    (_A.READY, "ring"): _A.RINGING,
-    (_A.RINGING, "answer"): _A.TALKING,
-    (_A.RINGING, "miss"): _A.READY,
-    (_A.RINGING, "miss_limit"): _A.NOT_READY,  # N misses in a row: not ready "no answer"
-    (_A.RINGING, "cancel"): _A.READY,  # caller hung up, or another agent answered a ring-all
-    (_A.RINGING, "not_ready"): _A.NOT_READY,  # the caller goes back to the head of the queue
-    (_A.RINGING, "logout"): _A.LOGGED_OUT,  # same
-    (_A.TALKING, "end"): _A.WRAP_UP,
-    (_A.TALKING, "not_ready"): _A.TALKING,  # remembered; applied when wrap-up ends
-    (_A.WRAP_UP, "wrap_done"): _A.READY,
-    (_A.WRAP_UP, "ready"): _A.READY,  # the agent cuts wrap-up short
-    (_A.WRAP_UP, "not_ready"): _A.NOT_READY,
-    (_A.WRAP_UP, "logout"): _A.LOGGED_OUT,
-    (_A.NOT_READY, "ready"): _A.READY,
-    (_A.NOT_READY, "not_ready"): _A.NOT_READY,  # a new reason
-    (_A.NOT_READY, "logout"): _A.LOGGED_OUT,
-}
-NO_ANSWER = "no answer"
-
-
-@dataclass(slots=True)
-class Agent:
-    spec: AgentSpec
-    state: AgentState = AgentState.LOGGED_OUT
-    reason: str | None = None  # why not ready
-    call: str | None = None  # the one call this agent rings or talks with
-    idle_since: float = 0.0
-    answered: int = 0  # since login (fewest_calls)
-    misses: int = 0  # ring-no-answers in a row
-    pending_not_ready: str | None = None
-    talk_started: float = 0.0
-    handled_queue: str | None = None  # queue of the call being wrapped up
-
-    @property
-    def id(self) -> str:
-        return self.spec.id
-
-
-# ----------------------------------------------------------------- callers
-
-
-class QueuedCallState(StrEnum):
-    WAITING = "waiting"
-    RINGING = "ringing"
-    TALKING = "talking"
-
-
-@dataclass(slots=True)
-class QueuedCall:
-    id: str
-    queue: QueueSpec
-    tier: str
-    priority: int
-    required: Mapping[str, int]
-    urgent: bool
-    arrived: float
-    order: int
-    state: QueuedCallState = QueuedCallState.WAITING
-    requeued: bool = False
-    agents: set[str] = field(default_factory=set)
-    predicted_ewt: float = 0.0
-    extra_skills: frozenset[str] = frozenset()
-
-    @property
-    def key(self) -> tuple[int, int, int]:
-        """Sort key of the line: tier first, then callers sent back after a missed ring, then arrival."""
-        return (-self.priority, 0 if self.requeued else 1, self.order)
-
-
-def _call_key(call: QueuedCall) -> tuple[int, int, int]:
-    return call.key
-
-
-# ------------------------------------------------------------------- stats
-
-
-@dataclass(slots=True)
-class QueueStats:
-    """Counters of one queue, with the live metric definitions (docs/queueing.md)."""
-
-    offered: int = 0
-    answered: int = 0
-    abandoned: int = 0
-    abandoned_short: int = 0  # abandons within the grace period (left out of service level)
-    overflowed: dict[str, int] = field(default_factory=dict)
-    answered_within_t: int = 0
-    answer_wait_total: float = 0.0
-    longest_wait: float = 0.0  # longest time any caller spent in line before leaving it
-    ewt_samples: int = 0
-    ewt_error_total: float = 0.0  # sum of (actual - predicted) waits of answered callers
-    ewt_abs_error_total: float = 0.0
-    ring_no_answer: int = 0
-
-    @property
-    def overflowed_total(self) -> int:
-        return sum(self.overflowed.values())
-
-    @property
-    def asa(self) -> float:
-        """Average speed of answer: mean wait of answered callers (0 before the first answer)."""
-        return self.answer_wait_total / self.answered if self.answered else 0.0
-
-    @property
-    def service_level(self) -> float:
-        """answered within T / (answered + abandoned + overflowed - abandoned within grace); 1.0 when empty."""
-        decided = self.answered + self.abandoned + self.overflowed_total - self.abandoned_short
-        return self.answered_within_t / decided if decided else 1.0
-
-    @property
-    def abandonment_rate(self) -> float:
-        return self.abandoned / self.offered if self.offered else 0.0
-
-    @property
-    def ewt_error_mean(self) -> float:
-        """Mean of (actual - predicted) wait; positive means callers waited longer than told."""
-        return self.ewt_error_total / self.ewt_samples if self.ewt_samples else 0.0
-
-    @property
-    def ewt_abs_error_mean(self) -> float:
-        return self.ewt_abs_error_total / self.ewt_samples if self.ewt_samples else 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class QueueSnapshot:
-    name: str
-    waiting: int
-    ringing: int
-    longest_waiting: float  # of callers in line now
-    ewt: float  # for a caller joining now
-    aht: float
-    serving: int
-    idle: int
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    now: float
-    surge: bool
-    queues: Mapping[str, QueueSnapshot]
-    agents_by_state: Mapping[str, int]
-
-
-# ---------------------------------------------------------------- routing
-# Plain policy functions: given the ready agents that can take the caller, pick one.
-
-
-def pick_longest_idle(free: list[Agent]) -> Agent:
-    return min(free, key=lambda a: (a.idle_since, a.id))
-
-
-def pick_fewest_calls(free: list[Agent]) -> Agent:
-    return min(free, key=lambda a: (a.answered, a.idle_since, a.id))
-
-
-def pick_round_robin(free: list[Agent], last: str | None) -> Agent:
-    ordered = sorted(free, key=lambda a: a.id)
-    if last is not None:
-        for agent in ordered:
-            if agent.id > last:
-                return agent
-    return ordered[0]
-
-
-# ------------------------------------------------------------------ engine
 
 
 class Engine:
@@ -265,21 +83,12 @@ class Engine:
         self.agents: dict[str, Agent] = {a.id: Agent(a) for a in model.agents}
         self.calls: dict[str, QueuedCall] = {}
         self.stats: dict[str, QueueStats] = {q.name: QueueStats() for q in model.queues}
-        self.surge = False
-        self.surge_changes: dict[str, int] = {"manual": 0, "schedule": 0, "auto": 0}
         self.now: float | None = None
         self._aht = {q.name: MovingAht(q.initial_aht, q.aht_alpha) for q in model.queues}
-        self._timers: dict[tuple[str, str], float] = {}
-        self._heap: list[tuple[float, int, str, str]] = []
-        self._seq = itertools.count()
+        self._timers = Timers()
         self._order = itertools.count()
         self._round_robin: dict[str, str] = {}
-        self._manual: bool | None = None
-        self._scheduled_external = False
-        self._scheduled_window = False
-        self._auto = False
-        self._auto_changed_at = -math.inf
-        self._sl_window: deque[tuple[float, bool]] = deque()  # (left the line at, answered within T)
+        self._surge = SurgeControl(model.surge)
         self._fresh: list[str] = []  # callers who arrived in this event
         self._skilled_cache: dict[str, tuple[QueueSpec, list[Agent]]] = {}
         self._waiting: dict[str, dict[str, QueuedCall]] = {q.name: {} for q in model.queues}  # the lines, unsorted
@@ -301,12 +110,17 @@ class Engine:
         return out
 
     def next_timer(self) -> float | None:
-        while self._heap:
-            at, _, kind, ident = self._heap[0]
-            if self._timers.get((kind, ident)) == at:
-                return at
-            heapq.heappop(self._heap)
-        return None
+        return self._timers.next()
+
+    @property
+    def surge(self) -> bool:
+        """Whether surge mode is on."""
+        return self._surge.on
+
+    @property
+    def surge_changes(self) -> dict[str, int]:
+        """Times surge mode flipped, by the cause that decided it (``manual``, ``schedule``, ``auto``)."""
+        return self._surge.changes
 
     def snapshot(self) -> Snapshot:
         now = self.now if self.now is not None else 0.0
@@ -377,12 +191,11 @@ class Engine:
     # ---------------------------------------------------------------- timers
 
     def _arm(self, kind: str, ident: str, at: float, out: list[Decision]) -> None:
-        self._timers[(kind, ident)] = at
-        heapq.heappush(self._heap, (at, next(self._seq), kind, ident))
+        self._timers.arm(kind, ident, at)
         out.append(SetTimer(kind, ident, at))
 
     def _disarm(self, kind: str, ident: str) -> None:
-        self._timers.pop((kind, ident), None)
+        self._timers.disarm(kind, ident)
 
     def _fire_timers(self, until: float, out: list[Decision]) -> None:
         """Fire due timers in time order; settle after each earlier instant (the event's own instant settles later)."""
@@ -392,8 +205,7 @@ class Engine:
                 return
             self.now = max(at, self.now if self.now is not None else at)
             while (nxt := self.next_timer()) is not None and nxt <= at + _EPS:
-                _, _, kind, ident = heapq.heappop(self._heap)
-                del self._timers[(kind, ident)]
+                kind, ident = self._timers.pop()
                 self._on_timer(kind, ident, out)
             if at < until - _EPS:
                 self._settle(out)
@@ -425,7 +237,7 @@ class Engine:
                     self._move(agent, "wrap_done")
                     agent.idle_since = now
         elif kind == "schedule":
-            self._scheduled_window = any(s <= now + _EPS < e for s, e in self.model.surge.schedule)
+            self._surge.scheduled_window = self._surge.in_window(now + _EPS)
         # "surge" (dwell over) needs nothing here: _settle re-evaluates.
 
     @property
@@ -440,7 +252,7 @@ class Engine:
                 self._arm("schedule", f"{i}:start", start, out)
             if end > now:
                 self._arm("schedule", f"{i}:end", end, out)
-        self._scheduled_window = any(s <= now < e for s, e in self.model.surge.schedule)
+        self._surge.scheduled_window = self._surge.in_window(now)
 
     # ---------------------------------------------------------------- events
 
@@ -476,17 +288,12 @@ class Engine:
             case TimerFired():
                 pass  # due timers already fired above
             case SurgeSwitch():
-                if event.cause == "manual":
-                    self._manual = event.on
-                elif event.cause == "schedule":
-                    self._scheduled_external = bool(event.on)
-                else:
-                    self._auto = bool(event.on)
-                    self._auto_changed_at = self._now
+                self._surge.switch(event.on, event.cause, self._now)
             case QueueReconfigured():
                 self._reconfigure(event.spec, out)
             case SurgeReconfigured():
                 self.model = dataclasses.replace(self.model, surge=event.spec)
+                self._surge.spec = event.spec
 
     def _reconfigure(self, spec: QueueSpec, out: list[Decision]) -> None:
         """New settings for a queue: its callers keep their places; new limits apply at once."""
@@ -499,18 +306,12 @@ class Engine:
                 continue
             call.queue = spec
             call.priority = spec.tier_priority(call.tier)
-            required = dict(spec.skills)
-            for skill in call.extra_skills:
-                required[skill] = max(required.get(skill, 1), 1)
-            call.required = required
+            call.required = required_skills(spec, call.extra_skills)
             if call.state is QueuedCallState.WAITING:
                 self._check_deadline(call, out)
 
     def _move(self, agent: Agent, trigger: str) -> None:
-        try:
-            agent.state = state = TRANSITIONS[(agent.state, trigger)]
-        except KeyError:  # only reachable through a bug: input is validated first
-            raise PolicyError(f"agent {agent.id}: {trigger} is illegal while {agent.state}") from None
+        state = agent.move(trigger)  # PolicyError only through a bug: input is validated first
         if state is AgentState.READY:
             self._ready[agent.id] = agent
         else:
@@ -518,9 +319,7 @@ class Engine:
 
     def _arrive(self, event: CallArrived, out: list[Decision]) -> None:
         spec = self.queues[event.queue]
-        required = dict(spec.skills)
-        for skill in event.skills:
-            required[skill] = max(required.get(skill, 1), 1)
+        required = required_skills(spec, event.skills)
         call = QueuedCall(
             id=event.call_id,
             queue=spec,
@@ -545,7 +344,7 @@ class Engine:
             self.surge
             and surge.peak_shaving_ewt is not None
             and call.predicted_ewt > surge.peak_shaving_ewt
-            and not self._protected(call)
+            and not call.protected
         ):
             out.append(PlayAnnouncement(call.id, "peak_shaving"))
             self._overflow(call, "peak_shaving", "peak_shaving", out)
@@ -556,9 +355,6 @@ class Engine:
             return
         self._arm("max_wait", call.id, call.arrived + spec.max_wait.value(self.surge), out)
         self._fresh.append(call.id)
-
-    def _protected(self, call: QueuedCall) -> bool:
-        return call.urgent or call.priority >= call.queue.top_priority
 
     def _not_ready(self, agent: Agent, trigger: str, reason: str | None, out: list[Decision]) -> None:
         if agent.state is AgentState.TALKING:  # only "not_ready" gets here (validated)
@@ -593,17 +389,9 @@ class Engine:
             self._disarm(kind, call.id)
         wait = now - call.arrived
         spec = call.queue
-        stats = self.stats[spec.name]
-        stats.answered += 1
-        stats.answer_wait_total += wait
-        stats.longest_wait = max(stats.longest_wait, wait)
         within = wait <= spec.service_level_t + _EPS
-        stats.answered_within_t += within
-        if math.isfinite(call.predicted_ewt):
-            stats.ewt_samples += 1
-            stats.ewt_error_total += wait - call.predicted_ewt
-            stats.ewt_abs_error_total += abs(wait - call.predicted_ewt)
-        self._sl_window.append((now, within))
+        self.stats[spec.name].record_answer(wait, within, call.predicted_ewt)
+        self._surge.record(now, within)
         out.append(Connect(agent.id, call.id))
 
     def _release(self, agent: Agent, trigger: str) -> None:
@@ -653,14 +441,8 @@ class Engine:
         for agent_id in sorted(call.agents):
             out.append(CancelRing(agent_id, call.id))
             self._release(self.agents[agent_id], "cancel")
-        wait = now - call.arrived
-        stats = self.stats[call.queue.name]
-        stats.abandoned += 1
-        stats.longest_wait = max(stats.longest_wait, wait)
-        if wait < call.queue.abandon_grace:
-            stats.abandoned_short += 1
-        else:
-            self._sl_window.append((now, False))
+        if not self.stats[call.queue.name].record_abandon(now - call.arrived, call.queue.abandon_grace):
+            self._surge.record(now, False)
         self._forget(call)
 
     def _end_wrap_up(self, agent: Agent) -> None:
@@ -678,7 +460,7 @@ class Engine:
     # --------------------------------------------------------------- the line
 
     def _line(self, queue: str) -> list[QueuedCall]:
-        return sorted(self._waiting[queue].values(), key=_call_key)
+        return sorted(self._waiting[queue].values(), key=call_key)
 
     def _serving(self, spec: QueueSpec) -> tuple[int, int]:
         serving = idle = 0
@@ -712,15 +494,13 @@ class Engine:
 
     def _overflow_target(self, call: QueuedCall) -> OverflowTarget:
         target = call.queue.surge_overflow if self.surge else call.queue.overflow
-        if target == "peak_shaving" and self._protected(call):
+        if target == "peak_shaving" and call.protected:
             return "callback"  # R8: never shave top-tier or urgent callers
         return target
 
     def _overflow(self, call: QueuedCall, target: OverflowTarget, reason: str, out: list[Decision]) -> None:
-        stats = self.stats[call.queue.name]
-        stats.overflowed[target] = stats.overflowed.get(target, 0) + 1
-        stats.longest_wait = max(stats.longest_wait, self._now - call.arrived)
-        self._sl_window.append((self._now, False))
+        self.stats[call.queue.name].record_overflow(target, self._now - call.arrived)
+        self._surge.record(self._now, False)
         out.append(Overflow(call.id, target, reason))
         self._forget(call)
 
@@ -750,21 +530,15 @@ class Engine:
         ready = list(self._ready.values())
         if not ready:
             return  # nobody to ring: the usual case under load
-        waiting = sorted((c for line in self._waiting.values() for c in line.values()), key=_call_key)
+        waiting = sorted((c for line in self._waiting.values() for c in line.values()), key=call_key)
         for call in waiting:
             free = [a for a in ready if a.state is AgentState.READY and a.spec.can_take(call.required)]
             if not free:
                 continue
             spec = call.queue
-            if spec.strategy == "ring_all":
-                chosen = sorted(free, key=lambda a: a.id)
-            elif spec.strategy == "round_robin":
-                chosen = [pick_round_robin(free, self._round_robin.get(spec.name))]
+            chosen = choose(spec.strategy, free, self._round_robin.get(spec.name))
+            if spec.strategy == "round_robin":
                 self._round_robin[spec.name] = chosen[0].id
-            elif spec.strategy == "fewest_calls":
-                chosen = [pick_fewest_calls(free)]
-            else:
-                chosen = [pick_longest_idle(free)]
             call.state = QueuedCallState.RINGING
             self._waiting[spec.name].pop(call.id, None)
             self._disarm("announce", call.id)
@@ -787,19 +561,13 @@ class Engine:
 
     def _update_surge(self, out: list[Decision]) -> None:
         self._update_auto(out)
-        cause: SurgeCause
-        if self._manual is not None:
-            on, cause = self._manual, "manual"
-        elif self._scheduled_window or self._scheduled_external:
-            on, cause = True, "schedule"
-        else:
-            on, cause = self._auto, "auto"
-        if on == self.surge:
+        control = self._surge
+        on, cause = control.wanted()
+        if on == control.on:
             return
-        self.surge = on
-        self.surge_changes[cause] += 1
+        control.flip(on, cause)
         out.append(SurgeChanged(on, cause))
-        if self.model.surge.pause_outbound:
+        if control.spec.pause_outbound:
             out.append(PauseOutbound() if on else ResumeOutbound())
         # R11: the wait limit changed; callers past the new limit leave now, others get a new deadline.
         for call in sorted(self.calls.values(), key=lambda c: c.key):
@@ -807,17 +575,15 @@ class Engine:
                 self._check_deadline(call, out)
 
     def _update_auto(self, out: list[Decision]) -> None:
-        spec = self.model.surge
+        control = self._surge
+        if not control.spec.auto:
+            return
         now = self._now
-        if not spec.auto:
+        dwell_end = control.dwell_end(now)
+        if dwell_end is not None:
+            if not self._timers.armed("surge", "dwell"):
+                self._arm("surge", "dwell", dwell_end, out)
             return
-        if now - self._auto_changed_at < spec.min_dwell - _EPS:
-            key_at = self._timers.get(("surge", "dwell"))
-            if key_at is None:
-                self._arm("surge", "dwell", self._auto_changed_at + spec.min_dwell, out)
-            return
-        while self._sl_window and self._sl_window[0][0] < now - spec.service_level_window:
-            self._sl_window.popleft()
         ewt_now = 0.0
         length = 0
         for name, q in self.queues.items():
@@ -826,31 +592,4 @@ class Engine:
             if line:
                 serving, idle = self._serving(q)
                 ewt_now = max(ewt_now, ewt(len(line), serving, idle, self._aht[name].value))
-        level: float | None = None
-        if len(self._sl_window) >= spec.service_level_min_samples:
-            level = sum(within for _, within in self._sl_window) / len(self._sl_window)
-
-        def above(value: float, threshold: float | None) -> bool:
-            return threshold is not None and value >= threshold
-
-        def at_or_below(value: float, threshold: float | None, fallback: float | None) -> bool:
-            t = threshold if threshold is not None else fallback
-            return t is None or value <= t
-
-        if not self._auto:
-            turn_on = (
-                above(ewt_now, spec.ewt_on)
-                or above(length, spec.queue_length_on)
-                or (level is not None and spec.service_level_on is not None and level < spec.service_level_on)
-            )
-            if turn_on:
-                self._auto, self._auto_changed_at = True, now
-        else:
-            sl_off = spec.service_level_off if spec.service_level_off is not None else spec.service_level_on
-            turn_off = (
-                at_or_below(ewt_now, spec.ewt_off, spec.ewt_on)
-                and at_or_below(length, spec.queue_length_off, spec.queue_length_on)
-                and (level is None or sl_off is None or level >= sl_off)
-            )
-            if turn_off:
-                self._auto, self._auto_changed_at = False, now
+        control.observe(now, ewt_now, length)

@@ -1,24 +1,26 @@
 """Events in and decisions out of the queueing engine (queueing.engine.Engine).
 
 Every event carries ``now``: the time it happened, in seconds on whatever clock
-the caller runs (the live router's loop clock or the simulator's virtual clock).
+the caller runs (the live server's loop clock or the simulator's virtual clock).
 The engine never reads a clock; it only knows the times it is given.
 
-Decisions are what the shell (live router or simulator) must do. They carry no
+Decisions are what the shell (live server or simulator) must do. They carry no
 time of their own: they apply at the ``now`` of the event that produced them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-if TYPE_CHECKING:
-    from queueing.model import QueueSpec, SurgeSpec
+from queueing.model import OverflowTarget, QueueSpec, SurgeSpec
 
 SurgeCause = Literal["manual", "schedule", "auto"]
-OverflowTarget = Literal["callback", "message", "self_service", "peak_shaving"]
 AnnouncementKind = Literal["position_ewt", "peak_shaving", "notice"]
+
+
+class PolicyError(ValueError):
+    """An event that is illegal in the current state (``Engine.handle`` raised it); nothing was changed."""
 
 
 # ---------------------------------------------------------------- events in

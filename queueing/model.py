@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, get_args
 
-from queueing.events import OverflowTarget
-
+# Where a caller goes when they leave the line before an agent (a queue's ``overflow`` setting, R10).
+OverflowTarget = Literal["callback", "message", "self_service", "peak_shaving"]
+OVERFLOW_TARGETS: tuple[OverflowTarget, ...] = get_args(OverflowTarget)
 Strategy = Literal["longest_idle", "round_robin", "fewest_calls", "ring_all"]
 STRATEGIES: tuple[Strategy, ...] = ("longest_idle", "round_robin", "fewest_calls", "ring_all")
 

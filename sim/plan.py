@@ -1,7 +1,7 @@
 """A scenario compiled for the simulator: plain frozen data, like a Ciw network.
 
 ``sim.scenario`` reads and checks the YAML file and builds a :class:`Plan`;
-``sim.engine`` runs it. Everything here is stdlib and ``queueing`` only: a
+``sim.simulation`` runs it. Everything here is stdlib and ``queueing`` only: a
 plan can also be written by hand in a test. Times are seconds from the
 start of the run (time 0 is the start of block 0).
 """

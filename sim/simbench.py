@@ -2,11 +2,11 @@
 
 One queue, N agents, Poisson callers, exponential handle times and
 exponential patience (M/M/N+M, the Erlang A model): the simulator
-(``sim.engine.Simulation`` driving ``queueing.engine.Engine``) runs
+(``sim.simulation.Simulation`` driving ``queueing.engine.Engine``) runs
 ``--calls`` callers, and Ciw (https://ciw.readthedocs.io, an independent
 discrete-event simulator from PyPI) runs the same model in the same process
 for the ratio. Both answer at once (no ring delay, no wrap-up); the simulator
-still runs every policy step the live router runs (tiers, EWT announcements,
+still runs every policy step the live server runs (tiers, EWT announcements,
 limits, timers), which Ciw has no notion of.
 
 Printed: calls, wall seconds, calls per second and engine events per second,
@@ -26,9 +26,10 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from sim.engine import Simulation
+from sim.benchkit import cli_args, log, ratio, refuse
 from sim.erlang import evaluate
 from sim.plan import single_queue_plan
+from sim.simulation import Simulation
 
 GOAL_SECONDS = 30.0  # for 10^6 calls (issue 7)
 TARGET_WAIT = 20.0
@@ -134,12 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(cli_args(argv))
     calls = 20_000 if args.quick else args.calls
     ciw_calls = 20_000 if args.quick else (args.ciw_calls or min(calls, 200_000))
     if calls < 1 or args.agents < 1 or not 0 < args.load or args.aht <= 0 or args.patience <= 0:
-        print("bench-sim: need --calls >= 1, --agents >= 1, --load > 0, --aht > 0, --patience > 0", file=sys.stderr)
-        return 2
+        return refuse("bench-sim", "need --calls >= 1, --agents >= 1, --load > 0, --aht > 0, --patience > 0")
     rate = args.load * args.agents / args.aht
     erlang = evaluate("a", rate, args.aht, args.agents, patience=args.patience, target_wait=TARGET_WAIT)
     model = f"M/M/{args.agents}+M, load {args.load:g}, AHT {args.aht:g} s, patience {args.patience:g} s"
@@ -155,13 +155,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             results.append(run_ciw(ciw_calls, args.agents, args.load, args.aht, args.patience, args.seed))
         except ImportError:
-            print("bench-sim: Ciw is not installed (pip install -e '.[test]'); skipped", file=sys.stderr)
+            log("bench-sim: Ciw is not installed (pip install -e '.[test]'); skipped")
         else:
             if not args.json:
                 _print(results[-1])
     ours = results[0]
     million = 1_000_000 / ours.calls_per_second
-    ratio = ours.calls_per_second / results[1].calls_per_second if len(results) > 1 else None
+    to_ciw = ratio(ours.calls_per_second, results[1].calls_per_second if len(results) > 1 else None)
     if args.json:
         print(
             json.dumps(
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                     "seconds_per_million_calls": million,
                     "goal_seconds": GOAL_SECONDS,
                     "goal_met": million <= GOAL_SECONDS,
-                    "ratio_to_ciw": ratio,
+                    "ratio_to_ciw": to_ciw,
                 },
                 indent=1,
             )
@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         verdict = "met" if million <= GOAL_SECONDS else "missed"
         print(f"10^6 calls would take {million:.1f} s (goal {GOAL_SECONDS:g} s: {verdict})")
-        if ratio is not None:
-            print(f"frontdesk / Ciw speed: {ratio:.2f}")
+        if to_ciw is not None:
+            print(f"frontdesk / Ciw speed: {to_ciw:.2f}")
     return 0
 
 

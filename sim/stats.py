@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from sim.engine import RunResult, Simulation, derive
+from queueing.model import OVERFLOW_TARGETS
 from sim.plan import Plan
+from sim.simulation import RunResult, Simulation, derive
 
 # Student's t, 97.5 % quantile, by degrees of freedom (beyond 120: the normal 1.960)
 _T975 = {
@@ -72,10 +73,7 @@ BLOCK_METRICS = (
     "answered_within_t",
     "abandoned",
     "overflowed",
-    "overflow_callback",
-    "overflow_message",
-    "overflow_self_service",
-    "overflow_peak_shaving",
+    *(f"overflow_{t}" for t in OVERFLOW_TARGETS),
     "service_level",
     "asa_s",
     "abandon_rate",
@@ -104,10 +102,7 @@ TOTAL_METRICS = (
     "answered",
     "abandoned",
     "overflowed",
-    "overflow_callback",
-    "overflow_message",
-    "overflow_self_service",
-    "overflow_peak_shaving",
+    *(f"overflow_{t}" for t in OVERFLOW_TARGETS),
     "service_level",
     "asa_s",
     "abandon_rate",

@@ -13,12 +13,13 @@ from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ivr.flow.config import BUILTIN_PROMPTS
+from ivr.settings.builtin_prompts import BUILTIN_PROMPTS
 from ivr.settings.config import AdminSettings, ConfigError, parse_config
 from ivr.storage.audit import read_audit
 from ivr.storage.notices import NoticeBoard, NoticeError
 from ivr.storage.records import CallRecord, CallRecorder, CallSummary, complaint_counts, create_engine, init_schema
-from ivr.web.admin import ADMIN, AdminState, setup_admin_routes
+from ivr.web.admin import ADMIN, AdminState
+from ivr.web.routes import ADMIN_ROUTES, add_routes
 
 TOKEN = "s3cret-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -49,7 +50,7 @@ async def new_board(engine: AsyncEngine, prompts: set[str] = PROMPTS) -> NoticeB
 
 def admin_app(settings: AdminSettings, state: AdminState | None) -> web.Application:
     app = web.Application()
-    setup_admin_routes(app, settings)
+    add_routes(app, ADMIN_ROUTES, admin_token=settings.token.get_secret_value() if settings.token else None)
     if state is not None:
         app[ADMIN] = state
     return app
@@ -210,7 +211,10 @@ async def test_token_auth(client: Client, headers: dict[str, str], status: int) 
             assert resp.headers["WWW-Authenticate"].startswith("Bearer")
             assert "Authorization: Bearer" in (await resp.json())["error"]
         if status == 403:
-            assert (await resp.json()) == {"error": "wrong admin token"}
+            assert (await resp.json()) == {
+                "error": "wrong admin token",
+                "detail": [{"field": "Authorization", "message": "this is not the admin token"}],
+            }
 
 
 async def test_refused_requests_change_nothing(client: Client, board: NoticeBoard, engine: AsyncEngine) -> None:
@@ -274,37 +278,43 @@ async def test_publish_list_withdraw_and_audit(client: Client, board: NoticeBoar
 
 
 @pytest.mark.parametrize(
-    ("notice_id", "body", "message"),
+    ("notice_id", "body", "field", "message"),
     [
-        ("n1", {"group": "west", "prompt": "welcome"}, "unknown group 'west' (known: north, south, vip)"),
-        ("n1", {"group": "vip", "prompt": "nope"}, "unknown prompt 'nope' (known: billing_delay, outage_north"),
-        ("n1", {"prompt": "welcome"}, "notice 'n1' is new: give both group and prompt"),
-        ("n1", {"group": "vip", "prompt": "welcome", "active": "yes"}, "active must be true or false"),
-        ("n1", {"group": 3, "prompt": "welcome"}, "group must be a string"),
-        ("n1", {"group": "vip", "prompt": "welcome", "colour": "red"}, "unknown field(s) colour; expected group"),
-        ("n1", ["vip", "welcome"], "the body must be a JSON object"),
-        ("bad id!", {"group": "vip", "prompt": "welcome"}, "bad notice id 'bad id!'"),
+        ("n1", {"group": "west", "prompt": "welcome"}, "group", "unknown group 'west' (known: north, south, vip)"),
+        ("n1", {"group": "vip", "prompt": "nope"}, "prompt", "unknown prompt 'nope' (known: billing_delay, outage_n"),
+        ("n1", {"prompt": "welcome"}, "body", "notice 'n1' is new: give both group and prompt"),
+        ("n1", {"group": "vip", "prompt": "welcome", "active": "yes"}, "active", "Input should be a valid boolean"),
+        ("n1", {"group": 3, "prompt": "welcome"}, "group", "Input should be a valid string"),
+        ("n1", {"group": "vip", "prompt": "welcome", "colour": "red"}, "colour", "unknown field; expected group"),
+        ("n1", ["vip", "welcome"], "body", "must be a JSON object"),
+        ("bad id!", {"group": "vip", "prompt": "welcome"}, "id", "bad notice id 'bad id!'"),
     ],
 )
 async def test_publish_validation_errors(
-    client: Client, engine: AsyncEngine, notice_id: str, body: Any, message: str
+    client: Client, engine: AsyncEngine, notice_id: str, body: Any, field: str, message: str
 ) -> None:
     status, answer = await put(client, notice_id, body)
     assert status == 400
-    assert answer["error"].startswith(message), answer
+    assert [d["field"] for d in answer["detail"]] == [field], answer
+    assert answer["detail"][0]["message"].startswith(message), answer
     assert await read_audit(engine) == []
 
 
 async def test_bad_json_and_unknown_notice(client: Client) -> None:
     resp = await client.put("/admin/notices/n1", data=b"{group: vip", headers=AUTH)
-    assert resp.status == 400 and (await resp.json())["error"].startswith("the body is not valid JSON")
+    assert resp.status == 400 and (await resp.json())["error"].startswith("not valid JSON")
     resp = await client.put("/admin/notices/n1", data=b"\xff\xfe", headers=AUTH)
-    assert resp.status == 400
+    assert resp.status == 400 and (await resp.json())["detail"][0]["field"] == "body"
     resp = await client.delete("/admin/notices/nope", headers=AUTH)
-    assert resp.status == 404 and (await resp.json()) == {"error": "no notice 'nope'"}
+    assert resp.status == 404
+    assert (await resp.json()) == {
+        "error": "no notice 'nope'",
+        "detail": [{"field": "id", "message": "no such notice"}],
+    }
     for query in ({"limit": "0"}, {"limit": "many"}, {"before": "-1"}):
         resp = await client.get("/admin/audit", params=query, headers=AUTH)
         assert resp.status == 400
+        assert [d["field"] for d in (await resp.json())["detail"]] == list(query)
 
 
 # -- complaints (R4) ------------------------------------------------------------------
@@ -359,7 +369,8 @@ async def test_complaints_endpoint(client: Client, engine: AsyncEngine) -> None:
     for bad in ("2024-13", "2024-5", "May 2024", "0000-01"):
         resp = await client.get("/admin/complaints", params={"month": bad}, headers=AUTH)
         assert resp.status == 400
-        assert "month must be YYYY-MM" in (await resp.json())["error"]
+        answer = await resp.json()
+        assert answer["detail"][0]["field"] == "month" and "month must be YYYY-MM" in answer["error"]
     resp = await client.get("/admin/complaints", params={"month": "2024-05"})
     assert resp.status == 401
 

@@ -1,13 +1,13 @@
-"""The RTP relay bridge between two call legs: pure streams, then the engine on loopback."""
+"""The RTP relay bridge between two call legs: pure streams, on a stepped clock, then the RTP shell on loopback."""
 
 from __future__ import annotations
 
 import array
-import asyncio
 import itertools
 import math
 
-from test_media_engine import Peer, Recorder, make_engine
+from support.media import Recorder, SteppedMedia, UdpPhone, make_shell
+from support.waiting import wait_until_async
 
 from ivr.media import g711
 from ivr.media.dtmf import TelephoneEvent
@@ -235,7 +235,7 @@ def test_recording_still_works_while_bridged() -> None:
     assert [p.payload for p in send(b, 5)] == frames  # and B heard it all
 
 
-# -- the engine on loopback -------------------------------------------------------------
+# -- on a stepped clock, then the shell on loopback ---------------------------------------------
 
 
 def is_subsequence(short: list[bytes], long: list[bytes]) -> bool:
@@ -243,56 +243,80 @@ def is_subsequence(short: list[bytes], long: list[bytes]) -> bool:
     return all(x in it for x in short)
 
 
+def test_two_legs_hear_each_other_tick_by_tick_on_a_stepped_clock() -> None:
+    a, b = bridged_pair()
+    media = SteppedMedia(a, b)
+    from_a = voice_frames(g711.PCMU, 20)
+    from_b = [bytes(reversed(f)) for f in from_a]
+    phone_a, phone_b = PhoneSender(0, 0xA), PhoneSender(0, 0xB)
+    for n in range(23):  # both phones talk at once, a packet a tick, then fall silent
+
+        def talk(now: float, n: int = n) -> None:
+            if n < 20:
+                a.receive(phone_a.packet(from_a[n], n == 0), PHONE_A, now)
+                b.receive(phone_b.packet(from_b[n], n == 0), PHONE_B, now)
+
+        media.step(talk)
+    heard_b, heard_a = media.sent[b], media.sent[a]
+    assert a.relayed_in == b.relayed_in == 20 and a.relay_dropped == b.relay_dropped == 0
+    for heard, sent, other_leg in ((heard_b, from_a, b), (heard_a, from_b, a)):
+        assert {p.ssrc for p in heard} == {other_leg.ssrc}  # the leg's own stream, not the far phone's
+        assert all((y.sequence - x.sequence) & 0xFFFF == 1 for x, y in itertools.pairwise(heard))
+        # each frame goes out on the tick it arrived before: all 20, in order, then silence
+        assert [p.payload for p in heard] == [*sent, other_leg.silence, other_leg.silence, other_leg.silence]
+
+
 async def test_two_phones_hear_each_other_through_the_engine() -> None:
     rec = Recorder()
-    engine = await make_engine(rec)
-    phone_a, phone_b = Peer(), Peer()
+    shell = await make_shell(rec)
+    phone_a, phone_b = UdpPhone(), UdpPhone()
     try:
-        leg_a = engine.open(phone_a.addr, "PCMU", 0, 101)
-        leg_b = engine.open(phone_b.addr, "PCMU", 0, 101)
+        leg_a = shell.open(phone_a.addr, "PCMU", 0, 101)
+        leg_b = shell.open(phone_b.addr, "PCMU", 0, 101)
         leg_a.bridge(leg_b)
         from_a = voice_frames(g711.PCMU, 20)
         from_b = [bytes(reversed(f)) for f in voice_frames(g711.PCMU, 20)]
         assert not set(from_a) & set(from_b)
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        for n in range(20):  # both phones talk at once, paced like phones
+        for n in range(20):  # both phones talk at once
             phone_a.sock.sendto(
                 RtpPacket(0, n, n * 160, 0xA, from_a[n], n == 0).serialize(), ("127.0.0.1", leg_a.local_port)
             )
             phone_b.sock.sendto(
                 RtpPacket(0, 500 + n, n * 160, 0xB, from_b[n], n == 0).serialize(), ("127.0.0.1", leg_b.local_port)
             )
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.15)  # the buffers run dry
-        heard_b = phone_b.drain()
-        heard_a = phone_a.drain()
-        assert loop.time() - start < 2
-        assert leg_a.relayed_in == 20 and leg_b.relayed_in == 20
-        for heard, sent, other_leg, ssrc in (
-            (heard_b, from_a, leg_b, leg_b.ssrc),
-            (heard_a, from_b, leg_a, leg_a.ssrc),
+
+        async def both_relayed_and_ran_dry() -> bool:
+            phone_a.drain()
+            phone_b.drain()
+            heard = (phone_b.received, leg_b), (phone_a.received, leg_a)
+            return leg_a.relayed_in == leg_b.relayed_in == 20 and all(
+                len(h) >= 3 and all(p.payload == leg.silence for p in h[-3:]) for h, leg in heard
+            )
+
+        await wait_until_async("both phones' talk relayed, then silence", both_relayed_and_ran_dry)
+        for heard, sent, other_leg in (
+            (phone_b.received, from_a, leg_b),
+            (phone_a.received, from_b, leg_a),
         ):
-            assert {p.ssrc for p in heard} == {ssrc}  # the leg's own stream, not the far phone's
+            assert {p.ssrc for p in heard} == {other_leg.ssrc}  # the leg's own stream, not the far phone's
             assert all((y.sequence - x.sequence) & 0xFFFF == 1 for x, y in itertools.pairwise(heard))
             voice = [p.payload for p in heard if p.payload != other_leg.silence]
-            # all 20 frames in order (a stalled loop may make the jitter buffer drop a few)
+            # what arrives is the far phone's talk in order; the jitter buffer drops the oldest of a burst
             assert len(voice) + other_leg.relay_dropped == 20
             assert is_subsequence(voice, sent)
-            assert not any(p.payload in sent for p in heard[-3:])  # ran dry: silence again
     finally:
-        engine.close_all()
+        shell.close_all()
         phone_a.close()
         phone_b.close()
 
 
 async def test_closing_a_leg_unbridges_the_other() -> None:
-    engine = await make_engine(Recorder())
+    shell = await make_shell(Recorder())
     try:
-        leg_a = engine.open(("127.0.0.1", 9), "PCMU", 0, 101)
-        leg_b = engine.open(("127.0.0.1", 9), "PCMA", 8, 101)
+        leg_a = shell.open(("127.0.0.1", 9), "PCMU", 0, 101)
+        leg_b = shell.open(("127.0.0.1", 9), "PCMA", 8, 101)
         leg_a.bridge(leg_b)
-        engine.close(leg_a)
+        shell.close(leg_a)
         assert leg_b.bridged is None and leg_a.bridged is None
     finally:
-        engine.close_all()
+        shell.close_all()

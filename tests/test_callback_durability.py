@@ -18,13 +18,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
-from conftest import ROOT, Server, free_port, start_server
-from test_queue_hold import CallerEar, find_all
-from test_queue_live import run_callers
+from support.callers import CallerEar, find_all
+from support.demo import demo_ivr
+from support.ports import free_port
+from support.server import Server, start_server
+from support.sipp import run_callers
 
 from ivr.media.g711 import get_codec
 from ivr.settings.config import Config
@@ -38,7 +38,7 @@ CALLERS = 24
 def test_bookings_survive_kill_9(
     server_factory: Callable[[dict[str, object]], Server], sipp: str, tmp_path: Path
 ) -> None:
-    ivr: dict[str, Any] = yaml.safe_load((ROOT / "ivr" / "flow" / "demo.yaml").read_text())["ivr"]
+    ivr = demo_ivr()
     cache = tmp_path / "prompts"
     store = load_prompts(Config.model_validate({"ivr": ivr, "media": {"prompt_cache": str(cache)}}))
     overrides: dict[str, object] = {

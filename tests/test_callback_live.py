@@ -18,23 +18,24 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Server, free_port
-from test_pyvoip import wait_until
-from test_queue_live import (
-    CallState,
-    VoIPCall,
-    agent_phone,
-    caller_media,
-    http,
-    run_callers,
-    server_config,
-)
+from support.agents import agent_phone, http, server_config
+from support.callers import caller_media
+from support.ports import free_port, port_range
+from support.records import wait_for_records
+from support.server import Server
+from support.sipp import run_callers
+from support.waiting import wait_until
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # pyVoIP imports audioop (deprecated in 3.11)
+    from pyVoIP.VoIP import CallState, VoIPCall
 
 pytestmark = [pytest.mark.pyvoip, pytest.mark.sipp]
 
@@ -76,7 +77,7 @@ def test_caller_books_a_callback_and_an_agent_calls_the_customer_back(
     [cb] = callbacks(server)
     assert (cb["number"], cb["queue"], cb["state"], cb["kind"]) == ("4445001", "general", "due", "callback")
     assert cb["created_by"] == "ivr" and cb["call_id"]
-    [record] = [r for r in wait_records(server, 1)]
+    [record] = wait_for_records(server.db_path, 1, timeout=5, settle=0)
     outcomes = record["ivr_outcomes"].split(",")
     assert outcomes[:2] == ["queued", "overflow:callback"] and "callback_booked" in outcomes
     assert record["ivr_path"].split()[3:7] == ["agent", "offer_callback", "callback_slot", "book_asap"]
@@ -86,7 +87,7 @@ def test_caller_books_a_callback_and_an_agent_calls_the_customer_back(
     # 2. the customer's phone (SIPp's UAS) and the agent's phone (pyVoIP, auto-answer)
     uas = subprocess.Popen(
         [sipp, "-sn", "uas", "-i", "127.0.0.1", "-p", str(trunk_port), "-m", "1", "-timeout", "40s",
-         "-timeout_error", "-nostdin", "-bind_local", "-mp", str(free_port())],
+         "-timeout_error", "-nostdin", "-bind_local", "-mp", str(port_range(4).start)],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     answered: list[VoIPCall] = []
@@ -142,17 +143,6 @@ def test_caller_books_a_callback_and_an_agent_calls_the_customer_back(
     assert (follow_up["kind"], follow_up["parent_id"], follow_up["state"]) == ("follow_up", done["id"], "booked")
 
 
-def wait_records(server: Server, n: int) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 5
-    while True:
-        with sqlite3.connect(server.db_path) as conn:
-            conn.row_factory = sqlite3.Row
-            rows = [dict(r) for r in conn.execute("SELECT * FROM call_records")]
-        if len(rows) >= n or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.1)
-
-
 def test_a_caller_who_reaches_an_agent_has_the_callback_closed(
     server_factory: Callable[[dict[str, object]], Server], sipp: str, tmp_path: Path
 ) -> None:
@@ -195,7 +185,7 @@ def test_an_agent_claims_a_callback_and_calls_the_customer_from_the_api(
     wait_until("the callback to be due", lambda: callbacks(server)[0]["state"] == "due", 3)
     uas = subprocess.Popen(
         [sipp, "-sn", "uas", "-i", "127.0.0.1", "-p", str(trunk_port), "-m", "1", "-timeout", "40s",
-         "-timeout_error", "-nostdin", "-bind_local", "-mp", str(free_port())],
+         "-timeout_error", "-nostdin", "-bind_local", "-mp", str(port_range(4).start)],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     answered: list[VoIPCall] = []

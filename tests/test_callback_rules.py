@@ -205,7 +205,7 @@ MAX_AGE = timedelta(hours=2)
 
 
 @dataclass
-class Model:
+class RuleModel:
     id: int
     number: str
     queue: str
@@ -234,7 +234,7 @@ class CallbackList(RuleBasedStateMachine):
         self.run(db.init_schema(self.engine))
         self.store = CallbackStore(self.engine, RETRY)
         self.now = T0
-        self.model: dict[int, Model] = {}
+        self.model: dict[int, RuleModel] = {}
 
     def run(self, coro):  # type: ignore[no-untyped-def]
         return self.loop.run_until_complete(coro)
@@ -244,7 +244,7 @@ class CallbackList(RuleBasedStateMachine):
         self.loop.close()
         self.tmp.cleanup()
 
-    def active(self, number: str, queue: str) -> Model | None:
+    def active(self, number: str, queue: str) -> RuleModel | None:
         found = [m for m in self.model.values() if (m.number, m.queue) == (number, queue) and m.state in ACTIVE_STATES]
         assert len(found) <= 1
         return found[0] if found else None
@@ -278,7 +278,7 @@ class CallbackList(RuleBasedStateMachine):
             assert existing is not None and exc.existing.id == existing.id
             return
         assert existing is None, f"{number} booked twice in {queue}"
-        self.model[cb.id] = Model(
+        self.model[cb.id] = RuleModel(
             cb.id, number, queue, "booked" if slot else "due", arrived, self.now, not_before or self.now
         )
         assert cb.state == self.model[cb.id].state

@@ -1,4 +1,4 @@
-"""The agents' callback API (ivr/web/callbackapi.py) on a real CallbackStore and SQLite, on a virtual clock.
+"""The agents' callback API (ivr/web/callbackapi.py, ivr/web/sessions.py) on a real store and SQLite, virtual clock.
 
 The dialer is the only stand-in: a tiny fake that records whom it was asked
 to ring (the real one rings SIP phones; the page test and the SIPp tests use
@@ -23,6 +23,7 @@ import pytest
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from support.clock import SteppedClock
 
 from callback import db as callback_db
 from callback.store import Callback, CallbackStore, RetryPolicy
@@ -30,7 +31,9 @@ from ivr.calls.dialer import DialError
 from ivr.cli import main as cli_main
 from ivr.settings.config import CallbackSettings, ConfigError, parse_config
 from ivr.sip.registrar import Credential, Registrar, RegistrarSettings, ha1
-from ivr.web.callbackapi import CALLBACKS, COOKIE, CallbackService, Sessions, message_file, setup_callback_routes
+from ivr.web.callbackapi import message_file
+from ivr.web.routes import CALLBACK_ROUTES, add_routes
+from ivr.web.sessions import CALLBACKS, COOKIE, CallbackService, Sessions
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
@@ -45,17 +48,6 @@ def basic(agent: str, password: str | None = None) -> dict[str, str]:
 
 
 A1, A2, BOSS = basic("8001"), basic("8002"), basic("boss")
-
-
-@dataclass
-class Clock:
-    now: datetime = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @dataclass
@@ -80,7 +72,7 @@ class FakeDialer:
 class Desk:
     client: Client
     store: CallbackStore
-    clock: Clock
+    clock: SteppedClock
     dialer: FakeDialer
     texts: list[tuple[str, str, str]]
     recordings: Path
@@ -124,7 +116,7 @@ async def desk(tmp_path: Path, aiohttp_client: ClientFactory) -> AsyncIterator[D
     engine = callback_db.create_engine(url)
     await callback_db.init_schema(engine)
     store = CallbackStore(engine, RetryPolicy(3, timedelta(seconds=600)), timedelta(seconds=300))
-    clock, texts = Clock(), []
+    clock, texts = SteppedClock(START), []
     dialer = FakeDialer(store, clock)
     recordings = tmp_path / "recordings"
     recordings.mkdir()
@@ -139,7 +131,7 @@ async def desk(tmp_path: Path, aiohttp_client: ClientFactory) -> AsyncIterator[D
         registrar=registrar(),
     )
     app = web.Application()
-    setup_callback_routes(app, SETTINGS)
+    add_routes(app, CALLBACK_ROUTES)
     app[CALLBACKS] = service
     client = await aiohttp_client(app)
     yield Desk(client, store, clock, dialer, texts, recordings, url, service)
@@ -227,7 +219,7 @@ def test_session_tokens_are_signed_and_revocable() -> None:
 
 async def test_not_ready_before_the_server_has_started(aiohttp_client: ClientFactory) -> None:
     app = web.Application()
-    setup_callback_routes(app, SETTINGS)
+    add_routes(app, CALLBACK_ROUTES)
     client = await aiohttp_client(app)
     r = await client.get("/callbacks", headers=A1)
     assert r.status == 503 and "not running" in (await r.json())["error"]
@@ -366,17 +358,18 @@ async def test_no_answer_is_retried_then_fails_with_a_text(desk: Desk) -> None:
 async def test_outcome_input_is_checked(desk: Desk) -> None:
     cb = await desk.book("+4930100")
     await desk.post(f"/callbacks/{cb.id}/claim", headers=A1)
-    for payload, words in (
-        ({"outcome": "great"}, "outcome must be one of"),
-        ({"outcome": "completed", "follow_up": "yes"}, "true or false"),
-        ({"outcome": "no_answer", "follow_up": True}, "only for a completed case"),
-        ({"outcome": "completed", "notes": 5}, "notes must be text"),
-        ({"outcome": "completed", "notes": "x" * 4001}, "4000 characters"),
-        ({"outcome": "completed", "colour": "red"}, "unknown field"),
-        ([1], "JSON object"),
+    for payload, name, words in (
+        ({"outcome": "great"}, "outcome", "'completed', 'no_answer', 'busy' or 'failed'"),
+        ({"outcome": "completed", "follow_up": "yes"}, "follow_up", "valid boolean"),
+        ({"outcome": "no_answer", "follow_up": True}, "follow_up", "only for a completed case"),
+        ({"outcome": "completed", "notes": 5}, "notes", "valid string"),
+        ({"outcome": "completed", "notes": "x" * 4001}, "notes", "4000 characters"),
+        ({"outcome": "completed", "colour": "red"}, "colour", "unknown field"),
+        ([1], "body", "JSON object"),
     ):
         status, body = await desk.post(f"/callbacks/{cb.id}/outcome", payload, A1)
         assert status == 400 and words in body["error"], payload
+        assert [(d["field"], words in d["message"]) for d in body["detail"]] == [(name, True)], body
     assert (await desk.store.get(cb.id)).state == "offered"
 
 
@@ -433,15 +426,16 @@ async def test_reschedule_and_give_up(desk: Desk) -> None:
     cb = await desk.book("+4930100")
     await desk.post(f"/callbacks/{cb.id}/claim", headers=A1)
     when = START + timedelta(hours=5)
-    for payload, words in (
-        ({}, "send the new time"),
-        ({"not_before": "tomorrow"}, "date and time like"),
-        ({"not_before": "2024-05-17T14:00:00"}, "needs a time zone"),
-        ({"not_before": "2024-05-16T14:00:00Z"}, "in the past"),
-        ({"not_before": when.isoformat(), "window_end": when.isoformat()}, "window_end must be after"),
+    for payload, name, words in (
+        ({}, "not_before", "Field required"),
+        ({"not_before": "tomorrow"}, "not_before", "valid datetime"),
+        ({"not_before": "2024-05-17T14:00:00"}, "not_before", "timezone"),
+        ({"not_before": "2024-05-16T14:00:00Z"}, "not_before", "in the past"),
+        ({"not_before": when.isoformat(), "window_end": when.isoformat()}, "window_end", "window_end must be after"),
     ):
         status, body = await desk.post(f"/callbacks/{cb.id}/reschedule", payload, A1)
         assert status == 400 and words in body["error"], payload
+        assert [d["field"] for d in body["detail"]] == [name], body
     end = when + timedelta(hours=2)
     status, body = await desk.post(
         f"/callbacks/{cb.id}/reschedule", {"not_before": "2024-05-17T14:00:00Z", "window_end": end.isoformat()}, A1

@@ -36,3 +36,25 @@ def test_check_config_renders_the_demo(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["check-config", str(cfg)]) == 0
     assert "prompts ready" in capsys.readouterr().out
     assert any((tmp_path / "cache").glob("*.wav"))
+
+
+@pytest.mark.parametrize("command", ["serve", "complaints", "handover"])
+def test_every_subcommand_names_file_line_and_field_of_a_bad_config(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("sip:\n  ring_limit: 5\n  answer_delay: 6\n")
+    assert main([command, "--config", str(cfg)]) == 2
+    assert f"{cfg}:3: sip.answer_delay:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("command", "what"), [("complaints", "no call records"), ("handover", "no callbacks")])
+def test_reports_create_no_database_where_the_server_keeps_none(
+    command: str, what: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "missing.db"
+    cfg = tmp_path / "frontdesk.yaml"
+    cfg.write_text(f"storage:\n  url: sqlite+aiosqlite:///{db}\n")
+    assert main([command, "--config", str(cfg)]) == 1
+    assert f"{what}: {db} does not exist" in capsys.readouterr().err
+    assert not db.exists()

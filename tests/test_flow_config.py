@@ -6,18 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from ivr.flow.config import (
-    BUILTIN_PROMPTS,
-    BUILTIN_TONES,
-    DEMO_PATH,
-    GroupMatcher,
-    IvrSettings,
-    builtin_prompt_texts,
-    groups_of_function,
-    spoken_prompts,
-)
 from ivr.flow.program import compile_ivr
+from ivr.settings.builtin_prompts import BUILTIN_PROMPTS, BUILTIN_TONES, builtin_prompt_texts
 from ivr.settings.config import Config, ConfigError, load_config, parse_config
+from ivr.settings.flows import DEMO_PATH, GroupMatcher, IvrSettings, groups_of_function, spoken_prompts
 
 BASE = """\
 ivr:

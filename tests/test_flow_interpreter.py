@@ -33,10 +33,10 @@ from ivr.flow.actions import (
     TimerExpired,
     Transfer,
 )
-from ivr.flow.config import DEMO_PATH, GroupMatcher
 from ivr.flow.interpreter import MAX_HOPS, in_window, start, step
 from ivr.flow.program import Case, Program, compile_ivr, digit_prompts, number_prompts
 from ivr.settings.config import ConfigError, parse_config
+from ivr.settings.flows import DEMO_PATH, GroupMatcher
 
 FLOWS = """\
 ivr:

@@ -1,7 +1,7 @@
 """The demo IVR walked by SIPp: dial in, press keys with SIPp's own RFC 4733 captures.
 
 Every test starts ``frontdesk serve`` with the built-in demo flow
-(ivr/flow/demo.yaml), dials in with one or two bounded SIPp runs (scenarios
+(ivr/settings/demo.yaml), dials in with one or two bounded SIPp runs (scenarios
 tests/sipp/ivr_*.xml, caller numbers from an ``-inf`` CSV, keys played from
 /usr/share/sip-tester/dtmf_2833_*.pcap, speech from g711a.pcap) and then
 checks what the server kept: call records (ivr_path, keys, ivr_outcomes,
@@ -18,8 +18,6 @@ from __future__ import annotations
 import array
 import json
 import math
-import random
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,9 +30,10 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import ROOT, Server
-from sipp_helpers import SippRun, run_sipp, wait_for_records
+from support.demo import CALLER, GROUP_CALLER, demo_ivr
+from support.records import wait_for_records
+from support.server import ROOT, Server
+from support.sipp import SippRun, dial
 
 from ivr.cli import main as cli_main
 
@@ -43,13 +42,11 @@ pytestmark = pytest.mark.sipp
 ServerFactory = Callable[..., Server]
 
 ADMIN_TOKEN = "ivr-sipp-admin-token-0123456789"
-CALLER = "4155550100"  # outside every group of the demo
-GROUP_CALLER = "5551234567"  # fault_area: prefix 555 (R6)
 OTHER_CALLER = "4155550199"  # outside every group too
 BLOCKED = "6660000"  # blocked: listed number (R5)
 BLOCKED_PATTERN = "0900123456"  # blocked: pattern 0900\d*
 
-DEMO = yaml.safe_load((ROOT / "ivr" / "flow" / "demo.yaml").read_text())["ivr"]
+DEMO = demo_ivr()
 DEMO_NODES = DEMO["flows"]["main"]["nodes"]
 MENU_PATH = ["welcome", "surge_check", "main_menu"]
 SPEECH_PCAP = Path("/usr/share/sip-tester/g711a.pcap")
@@ -76,45 +73,6 @@ def ivr_server(server_factory: ServerFactory, prompt_cache: Path, tmp_path: Path
             "sip": {"hold_time": 60},
             "admin": {"token": ADMIN_TOKEN},
         }
-    )
-
-
-def free_udp_block(size: int) -> int:
-    """A base port with ``size`` consecutive UDP ports free on 127.0.0.1 (for SIPp's -mp)."""
-    for _ in range(100):
-        base = random.randrange(40000, 60000 - size, 2)
-        socks = []
-        try:
-            for port in range(base, base + size):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-        return base
-    raise RuntimeError("no free block of UDP ports")
-
-
-def dial(sipp: str, server: Server, workdir: Path, scenario: str, callers: list[str], timeout: float) -> SippRun:
-    """One SIPp run of ``scenario``: one call per caller number, all at once."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    csv = workdir / "callers.csv"
-    csv.write_text("SEQUENTIAL\n" + "".join(f"{c};\n" for c in callers))
-    # SIPp binds its media port (+2 for video) and plays each call's pcaps from
-    # -mp + 4 * call: a private block keeps concurrent runs apart
-    media_base = free_udp_block(4 * len(callers) + 4)
-    return run_sipp(
-        sipp,
-        server.sip_target,
-        workdir,
-        scenario=scenario,
-        calls=len(callers),
-        rate=20,
-        timeout=timeout,
-        extra=["-inf", str(csv), "-mp", str(media_base)],
     )
 
 

@@ -6,38 +6,15 @@ import array
 import math
 import struct
 import warnings
-from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.media import SIPP_PCAPS, read_pcap_udp_payloads
 
 from ivr.media import g711
 from ivr.media.dtmf import DtmfReceiver, TelephoneEvent, parse_dtmf_info
 from ivr.media.rtp import RtpError, RtpPacket
-
-SIPP_PCAPS = Path("/usr/share/sip-tester")
-
-
-def read_pcap_udp_payloads(path: Path) -> list[bytes]:
-    """UDP payloads of an Ethernet/IPv4 pcap (enough for SIPp's captures)."""
-    data = path.read_bytes()
-    magic = struct.unpack_from("<I", data)[0]
-    endian = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
-    linktype = struct.unpack_from(endian + "I", data, 20)[0]
-    offset = 24
-    out = []
-    while offset + 16 <= len(data):
-        incl = struct.unpack_from(endian + "I", data, offset + 8)[0]
-        frame = data[offset + 16 : offset + 16 + incl]
-        offset += 16 + incl
-        l2 = 14 if linktype == 1 else 16 if linktype == 113 else 0
-        ip = frame[l2:]
-        if not ip or ip[0] >> 4 != 4 or ip[9] != 17:
-            continue
-        ihl = (ip[0] & 0x0F) * 4
-        out.append(ip[ihl + 8 :])
-    return out
 
 
 @pytest.mark.parametrize("digit", range(10))

@@ -1,4 +1,4 @@
-"""The RTP pacing benchmark (sim/live/mediabench.py): its metric arithmetic, and a quick real run."""
+"""The RTP pacing benchmark (sim/live/mediabench.py): its metric arithmetic and receive side, and a quick real run."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sim.live import mediabench
+from sim.live import mediastep, promtext, readings, rtprx
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,26 +41,26 @@ SCRAPE_B = SCRAPE_B.replace('direction="out"} 1000.0', 'direction="out"} 11000.0
 
 
 def test_histogram_deltas_and_interpolated_quantiles() -> None:
-    a, b = mediabench.parse_metrics(SCRAPE_A), mediabench.parse_metrics(SCRAPE_B)
-    assert mediabench.sample(b, "frontdesk_rtp_packets_total", direction="out") == 11000
-    assert mediabench.sample(b, "frontdesk_media_streams_active") == 10
-    bounds, counts = mediabench.bucket_deltas(a, b, mediabench.LATENESS)
+    a, b = promtext.parse_metrics(SCRAPE_A), promtext.parse_metrics(SCRAPE_B)
+    assert promtext.sample(b, "frontdesk_rtp_packets_total", direction="out") == 11000
+    assert promtext.sample(b, "frontdesk_media_streams_active") == 10
+    bounds, counts = readings.bucket_deltas(a, b, mediastep.LATENESS)
     assert bounds == [0.0005, 0.001, 0.002, 0.005]
     assert counts == [900, 80, 10, 10, 0]
     # p50: rank 500 of 1000, in the first bucket [0, 0.5 ms]: 500/900 of the way
-    assert mediabench.histogram_quantile(0.5, bounds, counts) == pytest.approx(0.0005 * 500 / 900)
+    assert readings.histogram_quantile(0.5, bounds, counts) == pytest.approx(0.0005 * 500 / 900)
     # p99: rank 990 is the last of the (1, 2 ms] bucket
-    assert mediabench.histogram_quantile(0.99, bounds, counts) == pytest.approx(0.002)
-    assert mediabench.highest_bucket(bounds, counts) == "<= 5 ms"
+    assert readings.histogram_quantile(0.99, bounds, counts) == pytest.approx(0.002)
+    assert readings.highest_bucket(bounds, counts) == "<= 5 ms"
     # beyond the last finite bound: reported as that bound
-    assert mediabench.histogram_quantile(0.99, bounds, [0, 0, 0, 0, 5]) == 0.005
-    assert mediabench.highest_bucket(bounds, [0, 0, 0, 0, 5]) == "> 5 ms"
-    assert mediabench.histogram_quantile(0.5, bounds, [0, 0, 0, 0, 0]) is None
+    assert readings.histogram_quantile(0.99, bounds, [0, 0, 0, 0, 5]) == 0.005
+    assert readings.highest_bucket(bounds, [0, 0, 0, 0, 5]) == "> 5 ms"
+    assert readings.histogram_quantile(0.5, bounds, [0, 0, 0, 0, 0]) is None
 
 
 def test_receiver_analysis_of_a_synthetic_capture() -> None:
     """Two streams at 50 packets/s, one packet 3 ms late and one lost: lateness, jitter, loss, bursts."""
-    cap = mediabench.Capture()
+    cap = rtprx.Capture()
     t0 = 1_000_000_000_000
     for k in range(500):  # 10 s
         for s, (ssrc, ts0, skew) in enumerate(((0xAAAA, 4_294_967_000, 0), (0xBBBB, 1000, 300_000))):
@@ -72,7 +72,7 @@ def test_receiver_analysis_of_a_synthetic_capture() -> None:
             cap.ts.append((ts0 + 160 * k) & 0xFFFFFFFF)  # the first stream's timestamp wraps too
             cap.t_ns.append(t0 + k * 20_000_000 + skew + late)
     cap.seconds = 10.0
-    rx = mediabench.analyse_capture(cap)
+    rx = rtprx.analyse_capture(cap)
     assert rx.streams == 2
     assert rx.packets == 999
     assert rx.packets_per_stream_per_s == pytest.approx(49.95)
@@ -93,7 +93,7 @@ def test_profile_summary(tmp_path: Path) -> None:
         "main (ivr/cli.py:1);_tick (ivr/transport/rtp.py:189) 6\n"
         "main (ivr/cli.py:1);_tick (ivr/transport/rtp.py:187);next_packet (ivr/media/stream.py:150) 4\n"
     )
-    summary = mediabench.summarise_profile(raw)
+    summary = readings.summarise_profile(raw)
     assert summary["samples"] == 10
     assert summary["self"][0] == ["_tick (ivr/transport/rtp.py)", 0.6]
     assert ["main (ivr/cli.py)", 1.0] in summary["inclusive"]

@@ -14,8 +14,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from support.clock import SteppedClock
+from support.waiting import wait_until_async
 
-from callback import db
+from callback import base, db
 from callback.outbox import (
     FAILED,
     QUEUED,
@@ -47,18 +49,7 @@ async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     await eng.dispose()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-class Recorder:
+class RecordingSender:
     """A sender that records what it was given and fails while ``failures`` > 0."""
 
     def __init__(self, failures: int = 0) -> None:
@@ -75,12 +66,6 @@ class Recorder:
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
     value = registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
-
-
-async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await predicate():
-            await asyncio.sleep(0.01)
 
 
 async def stop(task: asyncio.Task[None]) -> None:
@@ -111,7 +96,7 @@ async def test_enqueue_is_committed_before_it_returns(engine: AsyncEngine, tmp_p
         0,
     )
     assert row.sent_at is None and row.last_error is None
-    assert db.utc(row.next_attempt_at) <= datetime.now(UTC)
+    assert base.utc(row.next_attempt_at) <= datetime.now(UTC)
     assert sample(registry, "frontdesk_text_messages_queued_total", reason="callback") == 1
 
 
@@ -141,16 +126,16 @@ def test_retry_policy_backs_off_exponentially_up_to_the_cap() -> None:
 
 
 async def test_failed_attempts_are_retried_with_back_off_then_sent(engine: AsyncEngine) -> None:
-    clock, registry = Clock(), CollectorRegistry()
+    clock, registry = SteppedClock(datetime(2024, 5, 1, 12, 0, tzinfo=UTC)), CollectorRegistry()
     outbox = Outbox(engine, OutboxMetrics(registry), clock=clock)
-    sender = Recorder(failures=2)
+    sender = RecordingSender(failures=2)
     dispatcher = OutboxDispatcher(outbox, sender, Backoff(base=10, factor=3, max_delay=60, max_attempts=5))
     msg_id = await outbox.enqueue("+15550100", "Press 2 next time.", "hotkey")
 
     assert await dispatcher.dispatch_due() == 1  # attempt 1 fails
     row = await outbox.get(msg_id)
     assert row is not None and row.state == QUEUED and row.attempts == 1 and row.last_error == "gateway down"
-    assert db.utc(row.next_attempt_at) == clock.now + timedelta(seconds=10)
+    assert base.utc(row.next_attempt_at) == clock.now + timedelta(seconds=10)
     assert await dispatcher.dispatch_due() == 0  # not due yet
     clock.advance(10)
     assert await dispatcher.dispatch_due() == 1  # attempt 2 fails, next in 30 s
@@ -161,7 +146,7 @@ async def test_failed_attempts_are_retried_with_back_off_then_sent(engine: Async
 
     row = await outbox.get(msg_id)
     assert row is not None and row.state == SENT and row.attempts == 3 and row.last_error is None
-    assert row.sent_at is not None and db.utc(row.sent_at) == clock.now
+    assert row.sent_at is not None and base.utc(row.sent_at) == clock.now
     assert sender.sent == [("+15550100", "Press 2 next time.", "hotkey", msg_id)]
     assert await dispatcher.refresh_pending() == 0
     assert sample(registry, "frontdesk_text_message_send_errors_total") == 2
@@ -170,9 +155,9 @@ async def test_failed_attempts_are_retried_with_back_off_then_sent(engine: Async
 
 
 async def test_gives_up_after_max_attempts(engine: AsyncEngine) -> None:
-    clock, registry = Clock(), CollectorRegistry()
+    clock, registry = SteppedClock(datetime(2024, 5, 1, 12, 0, tzinfo=UTC)), CollectorRegistry()
     outbox = Outbox(engine, OutboxMetrics(registry), clock=clock)
-    dispatcher = OutboxDispatcher(outbox, Recorder(failures=99), Backoff(base=1, factor=2, max_attempts=3))
+    dispatcher = OutboxDispatcher(outbox, RecordingSender(failures=99), Backoff(base=1, factor=2, max_attempts=3))
     msg_id = await outbox.enqueue("+15550100", "Sorry, we could not call back in time.", "callback_late")
     for _ in range(3):
         assert await dispatcher.dispatch_due() == 1
@@ -187,9 +172,9 @@ async def test_gives_up_after_max_attempts(engine: AsyncEngine) -> None:
 
 
 async def test_due_messages_go_out_oldest_first_in_batches(engine: AsyncEngine) -> None:
-    clock = Clock()
+    clock = SteppedClock(datetime(2024, 5, 1, 12, 0, tzinfo=UTC))
     outbox = Outbox(engine, clock=clock)
-    sender = Recorder()
+    sender = RecordingSender()
     dispatcher = OutboxDispatcher(outbox, sender, batch_size=2, concurrency=1)
     ids = []
     for i in range(5):
@@ -228,13 +213,13 @@ async def test_a_crash_while_sending_loses_nothing(tmp_path: Path) -> None:
     try:
         registry = CollectorRegistry()
         outbox2 = Outbox(second, OutboxMetrics(registry))
-        sender = Recorder()
+        sender = RecordingSender()
         task = asyncio.create_task(OutboxDispatcher(outbox2, sender, poll_interval=0.01).run())
 
         async def delivered() -> bool:
             return await outbox2.counts() == {SENT: 1} and sample(registry, "frontdesk_text_messages_pending") == 0
 
-        await wait_until(delivered)
+        await wait_until_async("the message delivered", delivered)
         await stop(task)
         assert sender.sent == [("+15550100", "Your callback is booked.", "callback", msg_id)]
         row = await outbox2.get(msg_id)
@@ -246,7 +231,7 @@ async def test_a_crash_while_sending_loses_nothing(tmp_path: Path) -> None:
 
 async def test_run_survives_a_broken_database_round(engine: AsyncEngine, caplog: pytest.LogCaptureFixture) -> None:
     outbox = Outbox(engine)
-    dispatcher = OutboxDispatcher(outbox, Recorder(), poll_interval=0.01)
+    dispatcher = OutboxDispatcher(outbox, RecordingSender(), poll_interval=0.01)
     real_claim = dispatcher._claim
     calls = 0
 
@@ -264,7 +249,7 @@ async def test_run_survives_a_broken_database_round(engine: AsyncEngine, caplog:
     async def delivered() -> bool:
         return await outbox.counts() == {SENT: 1}
 
-    await wait_until(delivered)
+    await wait_until_async("the message delivered", delivered)
     await stop(task)
     assert "text outbox round failed" in caplog.text
 
@@ -316,7 +301,7 @@ async def test_webhook_down_then_up_delivers_everything_once(
             # the pending gauge is refreshed at the end of each round
             return await outbox.counts() == {SENT: 3} and sample(registry, "frontdesk_text_messages_pending") == 0
 
-        await wait_until(all_sent)
+        await wait_until_async("every message sent", all_sent)
     finally:
         await stop(task)
         await sender.close()
@@ -352,7 +337,7 @@ async def test_gateway_down_across_a_restart(tmp_path: Path, aiohttp_server: Ser
         row = await outbox.get(msg_id)
         return row is not None and row.attempts >= 2
 
-    await wait_until(tried_twice)
+    await wait_until_async("a second try", tried_twice)
     await stop(task)
     await dead.close()
     row = await outbox.get(msg_id)
@@ -371,7 +356,7 @@ async def test_gateway_down_across_a_restart(tmp_path: Path, aiohttp_server: Ser
         async def sent() -> bool:
             return await outbox2.counts() == {SENT: 1}
 
-        await wait_until(sent)
+        await wait_until_async("the message sent", sent)
         await stop(task)
     finally:
         await live.close()

@@ -59,8 +59,9 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT, Server, free_port, stop_process
-from test_dashboards import (
+from support.agents import agent_phone, http, server_config
+from support.callers import caller_media
+from support.dashboards import (
     DASHBOARDS,
     ISSUE_5_CALLBACK_METRICS,
     PROMETHEUS_METRICS,
@@ -72,9 +73,11 @@ from test_dashboards import (
     recorded_names,
     substitute,
 )
-from test_ivr_sipp import CALLER, GROUP_CALLER, dial
-from test_pyvoip import wait_until
-from test_queue_live import agent_phone, caller_media, http, run_callers, server_config
+from support.demo import CALLER, GROUP_CALLER
+from support.ports import free_port, release
+from support.server import ROOT, Server, stop_process
+from support.sipp import dial, run_callers
+from support.waiting import wait_until
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # pyVoIP imports audioop (deprecated in 3.11)
@@ -109,7 +112,7 @@ QUEUE_CALLERS = [
 RATE_INTERVAL = "1m"  # $__rate_interval: a minute covers the whole load at the time of the queries
 
 
-# -- Prometheus ---------------------------------------------------------------------------------------
+# -- Prometheus ----------------------------------------------------------------------------------------------
 
 
 class PrometheusError(Exception):
@@ -117,7 +120,7 @@ class PrometheusError(Exception):
 
 
 @dataclass
-class Prometheus:
+class PrometheusServer:
     url: str
     proc: subprocess.Popen[bytes]
     log_path: Path
@@ -170,7 +173,7 @@ def prometheus_config(target: str) -> dict[str, Any]:
 
 
 @contextmanager
-def run_prometheus(binary: str, workdir: Path, target: str) -> Iterator[Prometheus]:
+def run_prometheus(binary: str, workdir: Path, target: str) -> Iterator[PrometheusServer]:
     """A Prometheus of our own on a free port with its storage under ``workdir``; stopped on the way out."""
     workdir.mkdir(parents=True)
     config_path = workdir / "prometheus.yml"
@@ -190,24 +193,26 @@ def run_prometheus(binary: str, workdir: Path, target: str) -> Iterator[Promethe
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    prom = Prometheus(f"http://127.0.0.1:{port}", proc, log_path)
+    prom = PrometheusServer(f"http://127.0.0.1:{port}", proc, log_path)
     try:
-        deadline = time.monotonic() + 20
-        while True:
+
+        def ready() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"prometheus exited:\n{log_path.read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(f"{prom.url}/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
+                    return r.status == 200
             except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"prometheus not ready:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
+                return False
+
+        try:
+            wait_until("Prometheus to be ready", ready, timeout=20, interval=0.1)
+        except AssertionError:
+            raise RuntimeError(f"prometheus not ready:\n{log_path.read_text()[-3000:]}") from None
         yield prom
     finally:
         prom.stop()
+        release(port)
 
 
 # -- the load -----------------------------------------------------------------------------------------------
@@ -220,7 +225,7 @@ def talk_until_the_caller_hangs_up(call: VoIPCall) -> None:
         time.sleep(0.05)
 
 
-def switch_surge(server: Server, prom: Prometheus, on: bool) -> None:
+def switch_surge(server: Server, prom: PrometheusServer, on: bool) -> None:
     """Ops flip the surge switch by hand; wait until Prometheus has scraped the new state."""
     status, body = http(server, "PUT", "/admin/surge", body={"on": on})
     assert status == 200 and body["on"] is on, body
@@ -241,7 +246,7 @@ def exported_names(server: Server) -> set[str]:
 
 @dataclass
 class Checker:
-    prom: Prometheus
+    prom: PrometheusServer
     exported: set[str]
     started: float  # wall clock: the start of the dashboards' time range
     skipped: list[Query]

@@ -1,6 +1,6 @@
 """A pyVoIP phone against the real server: it registers, calls in, hears the welcome, and is heard.
 
-pyVoIP is an independent SIP/RTP implementation (DESIGN.md), so this proves
+pyVoIP is an independent SIP/RTP implementation (docs/architecture.md), so this proves
 our digest registrar, our SIP answer and our RTP in both directions against
 code we did not write. The phone:
 
@@ -51,11 +51,13 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
-from conftest import ROOT, Server, free_port
+from support.demo import demo_ivr
+from support.ports import free_port
+from support.records import read_records
+from support.server import Server
+from support.waiting import wait_until
 
 from ivr.media.dtmf import TelephoneEvent
 from ivr.media.prompts import PromptStore
@@ -78,20 +80,6 @@ FRAME = 160  # samples in 20 ms at 8 kHz
 
 def md5(text: str) -> str:
     return hashlib.md5(text.encode()).hexdigest()
-
-
-def demo_ivr() -> dict[str, Any]:
-    """The demo flow exactly as `make run` answers with it."""
-    ivr: dict[str, Any] = yaml.safe_load((ROOT / "ivr" / "flow" / "demo.yaml").read_text())["ivr"]
-    return ivr
-
-
-def wait_until(what: str, check: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def press_key(sock: socket.socket, dest: tuple[str, int], key: str) -> None:
@@ -130,12 +118,6 @@ def best_match(heard: list[float], expected: list[float]) -> tuple[float, int]:
     for lag in range(len(heard) - len(expected) + 1):
         best = max(best, (pearson(heard[lag : lag + len(expected)], expected), lag))
     return best
-
-
-def read_call_records(db: Path) -> list[dict[str, Any]]:
-    with sqlite3.connect(db) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT * FROM call_records")]
 
 
 def test_pyvoip_phone_registers_calls_in_and_hears_the_welcome(
@@ -215,8 +197,7 @@ def test_pyvoip_phone_registers_calls_in_and_hears_the_welcome(
         score, _ = best_match(envelope(after), envelope(answer))
         assert score > 0.7, f"hot-topic answer not heard after the key: correlation {score:.2f}"
         call.hangup()
-        wait_until("the call record", lambda: len(read_call_records(server.db_path)) == 1, 5)
-        [record] = read_call_records(server.db_path)
+        [record] = wait_until("the call record", lambda: read_records(server.db_path), 5)
         assert record["caller"] == USER and record["called"] == "service"
         assert (record["outcome"], record["hangup_by"]) == ("completed", "caller")
         assert record["keys"] == "2"

@@ -148,7 +148,7 @@ def test_every_setting_reaches_the_model() -> None:
         service_level_off=0.75,
         service_level_window=600.0,
         min_dwell=120.0,
-        schedule=(),  # daily windows are the live router's: in_schedule
+        schedule=(),  # daily windows are the live server's: in_schedule
         peak_shaving_ewt=None,
         notice=True,
         pause_outbound=False,

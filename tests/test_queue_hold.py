@@ -14,18 +14,16 @@ each prompt is found exactly, with the time it started.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
-from conftest import ROOT, Server, free_port
-from sipp_helpers import run_sipp
-from test_pyvoip import read_call_records
+from support.callers import CallerEar, find_all
+from support.demo import demo_ivr
+from support.records import read_records
+from support.server import Server
+from support.sipp import run_sipp
+from support.waiting import wait_until
 
 from ivr.media.g711 import get_codec
 from ivr.settings.config import Config
@@ -38,62 +36,10 @@ MAX_WAIT = 22.0
 CALLER = "4440077"
 
 
-class CallerEar:
-    """The caller's RTP socket: keeps the payloads that arrive (with arrival times) and sends silence back."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", free_port()))
-        self.sock.settimeout(0.02)
-        self.port = self.sock.getsockname()[1]
-        self.frames: list[tuple[float, bytes]] = []
-        self.t0 = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        silence = bytes([get_codec("PCMU").silence]) * 160
-        seq = 0
-        peer = None
-        while not self._stop.is_set():
-            try:
-                data, peer = self.sock.recvfrom(2048)
-                if len(data) > 12 and data[1] & 0x7F == 0:
-                    self.frames.append((time.monotonic(), data[12:]))
-            except TimeoutError:
-                pass
-            if peer is not None and seq * 0.02 < time.monotonic() - self.t0:
-                header = bytes([0x80, 0]) + (seq & 0xFFFF).to_bytes(2, "big") + (seq * 160).to_bytes(4, "big")
-                self.sock.sendto(header + (77).to_bytes(4, "big") + silence, peer)
-                seq += 1
-
-    def start(self) -> None:
-        self.t0 = time.monotonic()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
-
-    def payloads(self) -> list[bytes]:
-        return [f for _, f in self.frames]
-
-    def at(self, index: int) -> float:
-        """When frame ``index`` arrived, in seconds after start()."""
-        return self.frames[index][0] - self.t0
-
-
-def find_all(heard: list[bytes], wanted: list[bytes]) -> list[int]:
-    """Every index where ``wanted`` appears in ``heard`` as an exact run of frames."""
-    n = len(wanted)
-    return [i for i in range(len(heard) - n + 1) if heard[i] == wanted[0] and heard[i : i + n] == wanted]
-
-
 def test_caller_on_hold_hears_announcements_and_music_then_overflows(
     server_factory: Callable[[dict[str, object]], Server], sipp: str, tmp_path: Path
 ) -> None:
-    ivr: dict[str, Any] = yaml.safe_load((ROOT / "ivr" / "flow" / "demo.yaml").read_text())["ivr"]
+    ivr = demo_ivr()
     cache = tmp_path / "prompts"
     store = load_prompts(Config.model_validate({"ivr": ivr, "media": {"prompt_cache": str(cache)}}))
     server = server_factory(
@@ -147,9 +93,6 @@ def test_caller_on_hold_hears_announcements_and_music_then_overflows(
     assert server.metric("frontdesk_queue_calls_offered_total", queue="general") == 1
     assert server.metric("frontdesk_queue_calls_overflowed_total", queue="general", target="message") == 1
     assert server.metric("frontdesk_queue_calls_answered_total", queue="general") == 0
-    deadline = time.monotonic() + 5
-    while not read_call_records(server.db_path) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    [record] = read_call_records(server.db_path)
+    [record] = wait_until("the call record", lambda: read_records(server.db_path), 5)
     assert record["ivr_path"].split()[3:6] == ["agent", "agents_busy", "leave_message"]
     assert record["ivr_outcomes"].split(",")[:3] == ["queued", "overflow:message", "queue_overflow"]

@@ -26,281 +26,38 @@ about 1 s after the ring starts.
 
 pyVoIP's quirks (see tests/test_pyvoip.py): its ACK is patched to carry the
 dialog's To tag, and its non-daemon threads are stopped in ``finally``
-whatever happens. It answers CANCEL with 200 but never sends 487 for the
+whatever happens (tests/support/agents.py). It answers CANCEL with 200 but never sends 487 for the
 INVITE; the server's CANCEL transaction copes (RFC 3261 9.1).
 """
 
 from __future__ import annotations
 
-import array
-import base64
-import hashlib
-import json
 import math
-import socket
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Server, free_port
-from sipp_helpers import SippRun, run_sipp, wait_for_records
-from test_pyvoip import demo_ivr, wait_until
-
-from ivr.media.g711 import get_codec
-from ivr.media.rtp import RtpError, RtpPacket
-from sim.live.phones import above_ephemeral_ports, ack_with_the_dialogs_to_tag, free_udp_ports, stop_phone
+from support.agents import admin_agents, admin_queue, agent_phone, agent_state, http, server_config, tone_u8
+from support.callers import FRAME, RATE, caller_media
+from support.demo import demo_ivr
+from support.records import wait_for_records
+from support.server import Server
+from support.sipp import SippRun, run_callers
+from support.waiting import wait_until
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # pyVoIP imports audioop (deprecated in 3.11)
-    from pyVoIP.VoIP import CallState, InvalidStateError, PhoneStatus, VoIPCall, VoIPPhone
+    from pyVoIP.VoIP import CallState, InvalidStateError, VoIPCall
 
 pytestmark = [pytest.mark.pyvoip, pytest.mark.sipp]
 
-REALM = "frontdesk"
-ADMIN_TOKEN = "queue-live-admin-token-0123456789"
-RATE = 8000
-FRAME = 160  # samples in 20 ms
-PCMU = get_codec("PCMU")
 ServerFactory = Callable[[dict[str, object]], Server]
-
-
-# -- configuration ----------------------------------------------------------------------------
-
-
-def md5(text: str) -> str:
-    return hashlib.md5(text.encode()).hexdigest()
-
-
-def password(agent: str) -> str:
-    return f"secret-{agent}-pw"
-
-
-def server_config(
-    queue: dict[str, Any],
-    agents: Iterable[str],
-    *,
-    surge: dict[str, Any] | None = None,
-    ivr: dict[str, Any] | None = None,
-) -> dict[str, object]:
-    """The overrides for ``server_factory``: one queue ``general``, agents who log in by registering."""
-    return {
-        "sip": {"hold_time": 60, "realm": REALM},
-        "agents": {a: {"ha1": md5(f"{a}:{REALM}:{password(a)}"), "skills": {}, "max_misses": 1} for a in agents},
-        "queues": {"general": queue},
-        # auto surge off unless a test wants it: with no agent ready the EWT is infinite, which would
-        # switch surge on, and the demo's surge branch plays "lines are busy" before the menu
-        "surge": surge if surge is not None else {"auto": False},
-        "admin": {"token": ADMIN_TOKEN},
-        "ivr": ivr if ivr is not None else demo_ivr(),
-    }
-
-
-# -- HTTP: agents' buttons and the admin API ------------------------------------------------------
-
-
-def http(
-    server: Server, method: str, path: str, *, agent: str | None = None, body: object = None
-) -> tuple[int, dict[str, Any]]:
-    """Basic auth as ``agent`` (SIP name and password), else the admin bearer token."""
-    if agent is not None:
-        cred = base64.b64encode(f"{agent}:{password(agent)}".encode()).decode()
-        headers = {"Authorization": f"Basic {cred}"}
-    else:
-        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{server.http_port}{path}", data=data, method=method, headers=headers
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as r:
-            return r.status, dict(json.loads(r.read()))
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(json.loads(exc.read() or b"{}"))
-
-
-def agent_state(server: Server, agent: str) -> dict[str, Any]:
-    status, body = http(server, "GET", "/agent/state", agent=agent)
-    assert status == 200, body
-    return body
-
-
-def admin_agents(server: Server) -> dict[str, dict[str, Any]]:
-    status, body = http(server, "GET", "/admin/agents")
-    assert status == 200, body
-    return {a["agent"]: a for a in body["agents"]}
-
-
-def admin_queue(server: Server) -> dict[str, Any]:
-    status, body = http(server, "GET", "/admin/queues")
-    assert status == 200, body
-    return dict(body["queues"]["general"])
-
-
-# -- agents' phones ---------------------------------------------------------------------------
-
-
-@dataclass
-class AgentPhone:
-    """A pyVoIP phone of one agent, with the requests the server sent it."""
-
-    agent: str
-    phone: VoIPPhone
-    requests: list[tuple[float, str, str, str]] = field(default_factory=list)  # (time, method, Call-ID, From number)
-
-    def invites(self) -> list[tuple[float, str, str, str]]:
-        """The INVITEs, one per call (a retransmission is not a new ring)."""
-        seen: set[str] = set()
-        out = []
-        for r in self.requests:
-            if r[1] == "INVITE" and r[2] not in seen:
-                seen.add(r[2])
-                out.append(r)
-        return out
-
-    def cancels(self) -> list[tuple[float, str, str, str]]:
-        return [r for r in self.requests if r[1] == "CANCEL"]
-
-
-def _never_answer(call: VoIPCall) -> None:
-    """A phone that rings and rings: pyVoIP sent 180; nobody picks up."""
-
-
-@contextmanager
-def agent_phone(server: Server, agent: str, on_call: Callable[[VoIPCall], None] | None) -> Iterator[AgentPhone]:
-    """Register ``agent``'s phone (which logs the agent in and ready); stop every pyVoIP thread at the end."""
-    start, stop = above_ephemeral_ports()
-    low = free_udp_ports(4, start=start, stop=stop)
-    phone = VoIPPhone(
-        "127.0.0.1",
-        server.sip_port,
-        agent,
-        password(agent),
-        myIP="127.0.0.1",
-        sipPort=free_port(),
-        rtpPortLow=low,
-        rtpPortHigh=low + 3,
-        callCallback=on_call or _never_answer,
-    )
-    phone.sip.register_timeout = 5  # bounds every wait for a REGISTER answer
-    ack_with_the_dialogs_to_tag(phone)
-    ap = AgentPhone(agent, phone)
-    original = phone.callback  # what pyVoIP gave its SIP client as callCallback
-
-    def spy(message: Any) -> None:
-        method = getattr(message, "method", None)
-        if method in ("INVITE", "CANCEL", "BYE"):
-            headers = message.headers
-            ap.requests.append((time.monotonic(), method, headers["Call-ID"], headers["From"]["number"]))
-        original(message)
-
-    phone.sip.callCallback = spy
-    try:
-        phone.start()
-        assert phone.get_status() == PhoneStatus.REGISTERED
-        wait_until(
-            f"agent {agent} logged in by the registration", lambda: agent_state(server, agent)["state"] == "ready", 5
-        )
-        yield ap
-    finally:
-        stop_phone(phone)
-
-
-def tone_u8(freq: float, seconds: float, amplitude: int = 60) -> bytes:
-    """A tone as pyVoIP's ``write_audio`` takes it: 8-bit unsigned linear PCM at 8 kHz."""
-    return bytes(128 + int(amplitude * math.sin(2 * math.pi * freq * i / RATE)) for i in range(int(seconds * RATE)))
-
-
-# -- the caller's media -----------------------------------------------------------------------
-
-
-class CallerMedia:
-    """The RTP socket a SIPp caller offers in its SDP (field 1), owned by the test.
-
-    Once the server's first packet arrives it sends a PCMU tone back to where
-    that packet came from (symmetric RTP), every 20 ms; it keeps every packet
-    it receives with the time it arrived.
-    """
-
-    def __init__(self, tone_hz: float | None = None) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.005)
-        self.port = int(self.sock.getsockname()[1])
-        self.received: list[tuple[float, RtpPacket]] = []
-        self.sent = 0
-        pcm = array.array("h", [int(8000 * math.sin(2 * math.pi * (tone_hz or 0) * n / RATE)) for n in range(FRAME)])
-        if sys.byteorder == "big":
-            pcm.byteswap()
-        # 1 kHz has exactly 20 periods in a 20 ms frame, so one payload repeats without a seam
-        self.payload = PCMU.encode(pcm.tobytes()) if tone_hz else None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"caller-rtp-{self.port}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        peer: tuple[str, int] | None = None
-        seq, ts, next_at = 0, 0, 0.0
-        while not self._stop.is_set():
-            try:
-                data, addr = self.sock.recvfrom(2048)
-                try:
-                    self.received.append((time.monotonic(), RtpPacket.parse(data)))
-                except RtpError:
-                    pass
-                peer = addr
-            except (TimeoutError, OSError):
-                pass
-            now = time.monotonic()
-            if peer is not None and self.payload is not None and now >= next_at:
-                packet = RtpPacket(0, seq & 0xFFFF, ts & 0xFFFFFFFF, 0x1000, self.payload, marker=seq == 0)
-                try:
-                    self.sock.sendto(packet.serialize(), peer)
-                    self.sent += 1
-                except OSError:
-                    pass
-                seq, ts = seq + 1, ts + FRAME
-                next_at = max(next_at + 0.02, now - 0.02)
-
-    def heard_after(self, t: float) -> list[array.array[int]]:
-        """Decoded PCMU frames received at or after monotonic time ``t``."""
-        frames = []
-        for at, pkt in list(self.received):
-            if at >= t and pkt.payload_type == 0:
-                pcm = array.array("h")
-                pcm.frombytes(PCMU.decode(pkt.payload))
-                if sys.byteorder == "big":
-                    pcm.byteswap()
-                frames.append(pcm)
-        return frames
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
-
-
-@contextmanager
-def caller_media(count: int = 1, tone_hz: float | None = None) -> Iterator[list[CallerMedia]]:
-    media = [CallerMedia(tone_hz) for _ in range(count)]
-    try:
-        yield media
-    finally:
-        for m in media:
-            m.close()
 
 
 # -- tones ------------------------------------------------------------------------------------
@@ -327,36 +84,6 @@ def tone_frames(frames: Iterable[Sequence[int]], freq: float, other: float, min_
         if p > 10 * q and 2 * math.sqrt(p) / len(f) >= min_amplitude:  # |X| = A * N / 2 for a pure tone
             count += 1
     return count
-
-
-# -- SIPp callers -----------------------------------------------------------------------------
-
-
-def run_callers(
-    sipp: str,
-    server: Server,
-    workdir: Path,
-    rows: Sequence[tuple[str, int, int | None]],
-    *,
-    scenario: str = "queue_caller.xml",
-    rate: float = 10,
-    timeout: float = 40,
-) -> SippRun:
-    """One SIPp run, one call per row (number, RTP port, ms to stay after pressing 1), in order."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    csv = workdir / "callers.csv"
-    csv.write_text("SEQUENTIAL\n" + "".join(f"{n};{port};{'' if ms is None else ms};\n" for n, port, ms in rows))
-    return run_sipp(
-        sipp,
-        server.sip_target,
-        workdir,
-        scenario=scenario,
-        calls=len(rows),
-        rate=rate,
-        timeout=timeout,
-        # -l: SIPp would otherwise hold back new calls once 3 x rate x 2.8 s are open
-        extra=["-inf", str(csv), "-l", str(len(rows) + 1)],
-    )
 
 
 def records_by_caller(server: Server, expected: int) -> dict[str, dict[str, Any]]:

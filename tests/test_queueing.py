@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from queueing.engine import AgentState, Engine, PolicyError, QueuedCallState
+from queueing.agents import AgentState
+from queueing.engine import Engine
 from queueing.events import (
     AgentAnswered,
     AgentLoggedIn,
@@ -29,6 +30,7 @@ from queueing.events import (
     Overflow,
     PauseOutbound,
     PlayAnnouncement,
+    PolicyError,
     QueueReconfigured,
     ResumeOutbound,
     RingAgent,
@@ -39,7 +41,10 @@ from queueing.events import (
     TimerFired,
 )
 from queueing.ewt import MovingAht, ewt
+from queueing.line import QueuedCallState
 from queueing.model import AgentSpec, Limit, Model, ModelError, QueueSpec, SurgeSpec
+from queueing.surge import SurgeControl
+from queueing.timers import Timers
 
 
 def skills(**levels: int) -> MappingProxyType[str, int]:
@@ -386,6 +391,36 @@ def test_ewt_error_of_answered_calls() -> None:
     # c1 told 0 waited 1; c2 told 180 waited 32
     assert s.ewt_error_mean == pytest.approx((1.0 + (32.0 - 180.0)) / 2)
     assert s.ewt_abs_error_mean == pytest.approx((1.0 + 148.0) / 2)
+
+
+def test_timers_rearm_replaces_and_disarm_forgets() -> None:
+    t = Timers()
+    t.arm("ring", "c1", 10.0)
+    t.arm("ring", "c1", 5.0)  # re-armed earlier: only the new time counts
+    t.arm("wrap_up", "a1", 7.0)
+    t.arm("announce", "c2", 6.0)
+    t.disarm("announce", "c2")
+    assert t.next() == 5.0 and t.pop() == ("ring", "c1")
+    assert t.next() == 7.0 and t.armed("wrap_up", "a1") and not t.armed("ring", "c1")
+    assert t.pop() == ("wrap_up", "a1")
+    assert t.next() is None  # the stale 10.0 and the disarmed 6.0 are dropped, never fired
+
+
+def test_surge_control_hysteresis_and_precedence() -> None:
+    c = SurgeControl(SurgeSpec(ewt_on=100.0, ewt_off=40.0, min_dwell=30.0))
+    c.observe(0.0, ewt_now=120.0, length=0)
+    assert c.auto and c.wanted() == (True, "auto")
+    assert c.dwell_end(10.0) == 30.0  # no change before min_dwell
+    c.observe(30.0, ewt_now=60.0, length=0)
+    assert c.auto  # between ewt_off and ewt_on: stays on
+    c.observe(31.0, ewt_now=40.0, length=0)
+    assert not c.auto
+    c.switch(True, "schedule", 32.0)
+    assert c.wanted() == (True, "schedule")
+    c.switch(False, "manual", 33.0)
+    assert c.wanted() == (False, "manual")  # manual beats the schedule
+    c.switch(None, "manual", 34.0)
+    assert c.wanted() == (True, "schedule")
 
 
 def test_ewt_formula_and_moving_aht() -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from prometheus_client import CollectorRegistry
-from test_ua import Harness, responses
+from support.sip import Harness, responses
 
 from ivr import cli
 from ivr.settings.config import ConfigError, parse_config

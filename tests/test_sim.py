@@ -14,11 +14,11 @@ from ivr.cli import main as cli_main
 from queueing.engine import Engine
 from queueing.events import CallArrived, Overflow
 from queueing.model import Limit
-from sim.engine import Simulation
 from sim.erlang import agents_needed, evaluate
 from sim.plan import Callbacks, Diversion, Plan, Redial, SurgeCommand, constant, exponential, single_queue_plan
 from sim.planning import expected_calls, staffing, what_if_variants
 from sim.scenario import ScenarioError, load_scenario, parse_scenario
+from sim.simulation import Simulation
 from sim.stats import replicate, t975
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "sim" / "scenarios"

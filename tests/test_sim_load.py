@@ -10,7 +10,9 @@ callers (sim/scenarios/load_caller.xml) and ten pyVoIP agents' phones. The
 server's own counters must give a service level and an abandonment within
 5 points of the simulator run on the same calls, with every caller in the
 books, no SIPp call failed, and no caller cut off for silence (the callers
-stream audio; the server's media timeout is 5 s).
+stream audio; the server's media timeout is 5 s). The load generator's
+ports (the phones' blocks and SIPp's media ports) are ranges of
+tests/support/ports.py, passed with ``--phone-ports`` and ``--sipp-media-port``.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT, Server
+from support.ports import port_range, release
+from support.server import ROOT, Server
 
-from sim.engine import Simulation
-from sim.live.load import (
+from sim.live.load import write_callers
+from sim.live.loadcalls import (
     LoadCall,
     LoadError,
     draw_calls,
@@ -35,10 +38,10 @@ from sim.live.load import (
     predict_same_calls,
     replay_problems,
     window,
-    write_callers,
 )
 from sim.plan import Diversion, LoadPlan, Redial, ScriptedCall, single_queue_plan
 from sim.scenario import ScenarioError, load_scenario, parse_scenario
+from sim.simulation import Simulation
 
 SCENARIOS = ROOT / "sim" / "scenarios"
 CHECK = SCENARIOS / "load_check.yaml"
@@ -219,6 +222,9 @@ def test_a_live_run_matches_the_simulator(server_factory: Any, tmp_path: Path, s
         CHECK.read_text().replace("server_config: load_server.yaml", f"server_config: {tmp_path / 'frontdesk.yaml'}")
     )
     out = tmp_path / "load.json"
+    max_calls = 400
+    phones = port_range(21 * 20)  # ten phones of 21 ports, room to register each again, and SIPp's SIP port
+    media = port_range(4 * max_calls + 4)  # SIPp binds base and base + 2; call n's SDP names base + 4 (n - 1)
     cmd = [
         sys.executable, "-m", "ivr.cli", "load", str(scenario),
         "--target", server.sip_target,
@@ -228,8 +234,15 @@ def test_a_live_run_matches_the_simulator(server_factory: Any, tmp_path: Path, s
         "--drain", "120",
         "--json", str(out),
         "--tolerance", "5",
+        "--max-calls", str(max_calls),
+        "--phone-ports", f"{phones.start}-{phones[-1]}",
+        "--sipp-media-port", str(media.start),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    finally:
+        release(phones)
+        release(media)
     report = proc.stdout + proc.stderr
     assert out.exists(), report
     got = json.loads(out.read_text())

@@ -1,4 +1,4 @@
-"""Parity: the same scripted callers through the live router's adapter (ivr/calls/queues.py ``LiveQueues`` on a fake
+"""Parity: the same scripted callers through the live queues (ivr/calls/queues.py ``LiveQueues`` on a fake
 clock, loop, SIP user agent and media) and through the simulator feed the engine the same events and get the
 same decisions, one for one."""
 
@@ -19,8 +19,8 @@ from ivr.sip.ua import OutAnswered, OutCall, OutEnded, OutFailed
 from queueing.engine import Engine
 from queueing.events import Decision, Event
 from queueing.model import Limit, Model, QueueSpec, SurgeSpec, Tier
-from sim.engine import Simulation
 from sim.plan import NEVER, Plan, RateStep, ScriptedCall, Source, SurgeCommand, Team, agent_specs, constant
+from sim.simulation import Simulation
 
 RING_DELAY = 2.0
 
@@ -59,14 +59,14 @@ class FakeLoop:
 
 
 @dataclass
-class Binding:
+class FakeBinding:
     contact: str
     peer: tuple[str, str, int] = ("udp", "127.0.0.1", 5062)
 
 
 class FakeRegistrar:
-    def lookup(self, agent: str, now: float) -> list[Binding]:
-        return [Binding(f"sip:{agent}@127.0.0.1:5062")]
+    def lookup(self, agent: str, now: float) -> list[FakeBinding]:
+        return [FakeBinding(f"sip:{agent}@127.0.0.1:5062")]
 
 
 class FakeStream:
@@ -91,10 +91,10 @@ class FakeMedia:
 
 
 @dataclass(eq=False)
-class Phone:
+class FakePhone:
     """An agent's phone: answers ``RING_DELAY`` after the INVITE; the agent hangs up after the caller's talk time."""
 
-    world: World
+    world: LiveWorld
     agent: str
     out: OutCall
     answered: bool = False
@@ -102,7 +102,7 @@ class Phone:
 
 
 class FakeUA:
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: LiveWorld) -> None:
         self.world = world
         self.registrar = FakeRegistrar()
         self._n = 0
@@ -110,7 +110,7 @@ class FakeUA:
     def place_call(self, target: str, peer: Any, rtp_port: int, now: float, **kw: Any) -> OutCall:
         self._n += 1
         out = OutCall(call_id=f"out{self._n}", peer=peer, target=target, local_tag="t")
-        phone = Phone(self.world, target.split(":")[1].split("@")[0], out)
+        phone = FakePhone(self.world, target.split(":")[1].split("@")[0], out)
         self.world.phones[out.call_id] = phone
         self.world.loop.call_at(now + RING_DELAY, lambda: self.world.phone_answers(phone))
         return out
@@ -158,10 +158,10 @@ class FakeIvr:
         self.in_queue = False
 
 
-class World:
+class LiveWorld:
     def __init__(self, model: Model, tiers: dict[tuple[str, str | None], tuple[str, bool]]) -> None:
         self.loop = FakeLoop()
-        self.phones: dict[str, Phone] = {}
+        self.phones: dict[str, FakePhone] = {}
         self.trace: list[tuple[Event, list[Decision]]] = []
         engine = Engine(model)
         handle = engine.handle
@@ -182,7 +182,7 @@ class World:
         )
         self.talk: dict[str, float] = {}
 
-    def phone_answers(self, phone: Phone) -> None:
+    def phone_answers(self, phone: FakePhone) -> None:
         if phone.over:
             return
         phone.answered = True
@@ -194,7 +194,7 @@ class World:
             talk = self.talk[ring.call_id]
             self.loop.call_at(self.loop.now + talk, lambda: self.agent_hangs_up(phone))
 
-    def agent_hangs_up(self, phone: Phone) -> None:
+    def agent_hangs_up(self, phone: FakePhone) -> None:
         if phone.over:
             return
         phone.over = True
@@ -272,7 +272,7 @@ def test_live_adapter_and_simulator_take_the_same_decisions(seed: int) -> None:
     sim_trace: list[tuple[Event, list[Decision]]] = []
     Simulation(plan, seed, trace=sim_trace, script=script).run()
 
-    world = World(model, tiers)
+    world = LiveWorld(model, tiers)
     for agent in [a.id for a in model.agents]:
         world.queues.agent_event(agent, "login")
     for i, call in enumerate(script, start=1):

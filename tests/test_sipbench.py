@@ -1,4 +1,5 @@
-"""The SIP benchmark (sim/live/sipbench.py): its SIPp file parsing, and a quick real run."""
+"""The SIP benchmark (sim/live/sipbench.py): SIPp file parsing (sim/live/sipprun.py), the benchmarks' shared plumbing
+(sim/benchkit.py), and a quick real run."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sim.live import sipbench
+from sim import benchkit
+from sim.live import sipprun
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,18 +25,41 @@ def test_parses_sipp_stat_and_rtt_files(tmp_path: Path) -> None:
         "2026-01-01\t00:00:00.000000\t100.000000;2026-01-01\t00:00:01.000000\t101.000000;5;0;0;\n"
         "2026-01-01\t00:00:00.000000\t100.000000;2026-01-01\t00:00:02.000000\t102.500000;9;1;3;\n"
     )
-    last = sipbench.parse_stat_file(stat)
+    last = sipprun.parse_stat_file(stat)
     assert last["SuccessfulCall(C)"] == "9"
     assert last["Retransmissions(C)"] == "3"
-    assert sipbench._epoch(last["CurrentTime"]) - sipbench._epoch(last["StartTime"]) == pytest.approx(2.5)
+    assert sipprun._epoch(last["CurrentTime"]) - sipprun._epoch(last["StartTime"]) == pytest.approx(2.5)
 
     rtt = tmp_path / "uac_1_rtt.csv"
     rtt.write_text("Date_ms;response_time_ms;rtd_no\n" + "".join(f"{i}.0;{i % 10};1\n" for i in range(100)))
-    values = sipbench.parse_rtt_file(rtt)
+    values = sipprun.parse_rtt_file(rtt)
     assert len(values) == 100
-    assert sipbench.percentile(values, 50) == 4
-    assert sipbench.percentile(values, 99) == 9
-    assert sipbench.percentile([7.0], 99) == 7
+    assert sipprun.percentile(values, 50) == 4
+    assert sipprun.percentile(values, 99) == 9
+    assert sipprun.percentile([7.0], 99) == 7
+
+
+def test_benchkit_arguments_table_ratio_and_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert benchkit.cli_args(["--", "--quick"]) == ["--quick"]  # `frontdesk bench-sip -- --quick`
+    assert benchkit.cli_args(["--quick", "--"]) == ["--quick", "--"]
+    assert benchkit.table(("target", "rate"), [("a", "1"), ("bb", "100")]) == [
+        "target  rate",
+        "------  ----",
+        "a          1",
+        "bb       100",
+        "------  ----",
+    ]
+    assert benchkit.ratio(3.0, 2.0) == 1.5
+    assert benchkit.ratio(3.0, 0.0) is None and benchkit.ratio(None, 2.0) is None
+    assert (benchkit.verdict(True), benchkit.verdict(False), benchkit.verdict(None)) == ("MET", "NOT MET", "n/a")
+    run = benchkit.BenchRun("frontdesk bench-test")
+    report = run.report(machine=run.machine(extra="x"), met=False)
+    out = tmp_path / "sub" / "bench.json"
+    assert run.finish(report, json_path=str(out), check=True, met=False) == 1
+    assert run.finish(report, json_path=None, check=False, met=False) == 0
+    saved = json.loads(out.read_text())
+    assert saved["benchmark"] == "frontdesk bench-test" and saved["machine"]["extra"] == "x"
+    assert f"results written to {out}" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -16,8 +16,9 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import Server
-from sipp_helpers import SippRun, UdpSipClient, new_token, run_sipp, sdp_offer, wait_for_records
+from support.records import wait_for_records
+from support.server import Server
+from support.sipp import SippRun, UdpSipClient, new_token, run_sipp, sdp_offer
 
 pytestmark = pytest.mark.sipp
 

@@ -33,7 +33,7 @@ CAPPED = [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
 DOUBLING = [0.5, 1.5, 3.5, 7.5, 15.5, 31.5]
 
 
-class Clock:
+class TxStepper:
     """Steps a transaction along: ``now += TICK`` and fire whatever is due."""
 
     def __init__(self, tx: Transaction, now: float = 0.0) -> None:
@@ -105,7 +105,7 @@ def test_server_invite_2xx_retransmitted_until_64_t1_without_ack() -> None:
     assert tx.send_response(b"200", 200, 0.0) == b"200"
     assert tx.state is TxState.ACCEPTED
     assert tx.deadline == 0.5
-    clock = Clock(tx)
+    clock = TxStepper(tx)
     clock.run_until(100.0)
     assert clock.send_times == CAPPED
     assert all(data == b"200" for _, data in clock.sent)
@@ -118,7 +118,7 @@ def test_server_invite_2xx_retransmitted_until_64_t1_without_ack() -> None:
 def test_server_invite_2xx_retransmission_stops_at_ack() -> None:
     tx = server_invite()
     tx.send_response(b"200", 200, 0.0)
-    clock = Clock(tx)
+    clock = TxStepper(tx)
     clock.run_until(2.0)
     assert clock.send_times == [0.5, 1.5]
     assert tx.receive_ack(2.0) is True
@@ -145,7 +145,7 @@ def test_server_invite_2xx_interval_is_capped_at_t2() -> None:
     tv = TimerValues(t1=0.5, t2=1.0, t4=5.0)
     tx = ServerInviteTransaction(("b", "h", "INVITE"), UDP, False, tv)
     tx.send_response(b"200", 200, 0.0)
-    clock = Clock(tx)
+    clock = TxStepper(tx)
     clock.run_until(5.0)
     assert clock.send_times == [0.5, 1.5, 2.5, 3.5, 4.5]
 
@@ -156,7 +156,7 @@ def test_server_invite_non_2xx_timer_g_then_ack_confirms_then_timer_i() -> None:
     assert tx.send_response(b"486", 486, 1.0) == b"486"
     assert tx.state is TxState.COMPLETED
     assert tx.deadline == 1.5
-    clock = Clock(tx, now=1.0)
+    clock = TxStepper(tx, now=1.0)
     clock.run_until(5.0)
     assert clock.send_times == [1.5, 2.5, 4.5]
     assert all(data == b"486" for _, data in clock.sent)
@@ -177,7 +177,7 @@ def test_server_invite_non_2xx_timer_g_then_ack_confirms_then_timer_i() -> None:
 def test_server_invite_non_2xx_timer_g_schedule_and_timer_h() -> None:
     tx = server_invite()
     tx.send_response(b"603", 603, 0.0)
-    clock = Clock(tx)
+    clock = TxStepper(tx)
     clock.run_until(100.0)
     assert clock.send_times == CAPPED
     assert clock.timeouts == [(32.0, Timeout.NO_ACK)]
@@ -189,7 +189,7 @@ def test_server_invite_reliable_2xx_has_no_retransmissions() -> None:
     tx = server_invite(TCP)
     tx.send_response(b"200", 200, 0.0)
     assert tx.deadline == 32.0
-    clock = Clock(tx)
+    clock = TxStepper(tx)
     clock.run_until(100.0)
     assert clock.sent == []
     assert clock.timeouts == [(32.0, Timeout.NO_ACK)]
@@ -199,7 +199,7 @@ def test_server_invite_reliable_non_2xx_ack_terminates_at_once() -> None:
     tx = server_invite(TCP)
     tx.send_response(b"486", 486, 0.0)
     assert tx.deadline == 32.0  # Timer H only, no Timer G
-    clock = Clock(tx)
+    clock = TxStepper(tx)
     clock.run_until(3.0)
     assert clock.sent == []
     assert tx.receive_ack(3.0) is True
@@ -212,7 +212,7 @@ def test_server_invite_reliable_non_2xx_ack_terminates_at_once() -> None:
 def test_server_invite_reliable_non_2xx_timer_h() -> None:
     tx = server_invite(TCP)
     tx.send_response(b"486", 486, 0.0)
-    clock = Clock(tx)
+    clock = TxStepper(tx)
     clock.run_until(100.0)
     assert clock.sent == []
     assert clock.timeouts == [(32.0, Timeout.NO_ACK)]
@@ -240,7 +240,7 @@ def test_server_invite_retransmission_law(t1: float, t2_factor: int, ack_at: flo
     tv = TimerValues(t1=t1, t2=t1 * t2_factor, t4=5.0)
     tx = ServerInviteTransaction(("b", "h", "INVITE"), UDP, False, tv)
     tx.send_response(b"final", status, 0.0)
-    clock = Clock(tx)
+    clock = TxStepper(tx)
     acked = False
     if ack_at is not None and ack_at < 64 * t1:
         clock.run_until(ack_at)
@@ -285,7 +285,7 @@ def test_server_non_invite_timer_j_on_udp() -> None:
     assert tx.deadline == 33.0  # Timer J = 64*T1
     assert tx.receive_request(2.0) == b"200"
     assert tx.send_response(b"500", 500, 2.0) is None
-    clock = Clock(tx, now=1.0)
+    clock = TxStepper(tx, now=1.0)
     clock.run_until(100.0)
     # the final response is never retransmitted by a non-INVITE server transaction
     assert clock.sent == []
@@ -297,7 +297,7 @@ def test_server_non_invite_timer_j_is_zero_on_tcp() -> None:
     tx = server_non_invite(TCP)
     tx.send_response(b"200", 200, 1.0)
     assert tx.deadline == 1.0
-    clock = Clock(tx, now=1.0)
+    clock = TxStepper(tx, now=1.0)
     clock.run_until(5.0)
     assert clock.ended_at == 1.0
 
@@ -311,7 +311,7 @@ def test_client_non_invite_timer_e_doubles_to_t2_then_timer_f() -> None:
     assert tx.start(0.0) == b"BYE"
     assert tx.state is TxState.TRYING
     assert tx.deadline == 0.5
-    clock = Clock(tx)
+    clock = TxStepper(tx)
     clock.run_until(100.0)
     assert clock.send_times == CAPPED
     assert all(data == b"BYE" for _, data in clock.sent)
@@ -322,7 +322,7 @@ def test_client_non_invite_timer_e_doubles_to_t2_then_timer_f() -> None:
 def test_client_non_invite_timer_e_is_t2_in_proceeding() -> None:
     tx = client_non_invite()
     tx.start(0.0)
-    clock = Clock(tx)
+    clock = TxStepper(tx)
     clock.run_until(1.0)
     assert clock.send_times == [0.5]
     assert tx.receive_response(100, 1.0) is True
@@ -336,7 +336,7 @@ def test_client_non_invite_timer_e_is_t2_in_proceeding() -> None:
 def test_client_non_invite_final_response_then_timer_k() -> None:
     tx = client_non_invite()
     tx.start(0.0)
-    clock = Clock(tx)
+    clock = TxStepper(tx)
     clock.run_until(2.0)
     assert clock.send_times == [0.5, 1.5]
     assert tx.receive_response(200, 2.0) is True
@@ -353,7 +353,7 @@ def test_client_non_invite_reliable() -> None:
     tx = client_non_invite(TCP)
     tx.start(0.0)
     assert tx.deadline == 32.0  # F only
-    clock = Clock(tx)
+    clock = TxStepper(tx)
     clock.run_until(1.0)
     assert tx.receive_response(200, 1.0) is True
     assert tx.deadline == 1.0  # K = 0
@@ -370,7 +370,7 @@ def test_client_invite_timer_a_doubles_and_timer_b_times_out() -> None:
     tx = client_invite()
     assert tx.start(0.0) == b"INVITE"
     assert tx.state is TxState.CALLING
-    clock = Clock(tx)
+    clock = TxStepper(tx)
     clock.run_until(100.0)
     assert clock.send_times == DOUBLING
     assert clock.timeouts == [(32.0, Timeout.NO_RESPONSE)]
@@ -380,7 +380,7 @@ def test_client_invite_timer_a_doubles_and_timer_b_times_out() -> None:
 def test_client_invite_provisional_stops_retransmissions() -> None:
     tx = client_invite()
     tx.start(0.0)
-    clock = Clock(tx)
+    clock = TxStepper(tx)
     clock.run_until(2.0)
     assert tx.receive_response(180, 2.0) == (True, None)
     assert tx.state is TxState.PROCEEDING
@@ -395,7 +395,7 @@ def test_client_invite_provisional_stops_retransmissions() -> None:
 def test_client_invite_non_2xx_acks_and_timer_d() -> None:
     tx = client_invite()
     tx.start(0.0)
-    clock = Clock(tx)
+    clock = TxStepper(tx)
     clock.run_until(1.0)
     assert tx.receive_response(100, 1.0) == (True, None)
     assert tx.receive_response(486, 2.0, ack=b"ACK") == (True, b"ACK")
@@ -422,7 +422,7 @@ def test_client_invite_reliable() -> None:
     tx = client_invite(TCP)
     tx.start(0.0)
     assert tx.deadline == 32.0  # B only
-    clock = Clock(tx)
+    clock = TxStepper(tx)
     clock.run_until(1.0)
     assert tx.receive_response(404, 1.0, ack=b"ACK") == (True, b"ACK")
     assert tx.deadline == 1.0  # D = 0

@@ -13,9 +13,9 @@ import asyncio
 from alembic import context
 from sqlalchemy import Connection
 
-from callback.db import VERSION_TABLE, Base, create_engine, include_name, load_models
+from callback.base import Base, create_engine
+from callback.db import VERSION_TABLE, include_name  # importing callback.db also puts every table on Base.metadata
 
-load_models()
 config = context.config
 target_metadata = Base.metadata
 

@@ -18,7 +18,8 @@ module connects it to calls:
 - **Dialer** (click-to-call and the dispatcher). The agent's phone rings
   first (the agent is made "not ready: callback" in the queue engine, so
   inbound calls do not ring it meanwhile); when the agent answers, the
-  customer is dialled through ``callbacks.trunk`` and the two are bridged.
+  customer is dialled through ``callbacks.trunk`` and the two are bridged
+  (both legs placed as ``ivr/calls/legs.py`` places every call of ours).
   A customer who does not answer is recorded as ``no_answer`` (the store
   retries it later, up to its limit).
 - **Dispatcher** (R15). Every ``dispatch_interval`` it makes booked
@@ -35,23 +36,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from callback.base import utcnow
+from callback.rules import STATES, WAITING_STATES
 from callback.store import AlreadyBooked, Callback, CallbackStore, Conflict, NotFound
+from ivr.calls.callers import BookingCaller
+from ivr.calls.legs import OutboundLeg, dial
+from ivr.calls.promises import NEVER, Forecast
+from ivr.calls.queues import LiveQueues
 from ivr.flow import actions as fa
-from ivr.media.g711 import get_codec
-from ivr.media.stream import MediaStream
 from ivr.sip.message import uri_host_port
-from ivr.sip.ua import OutAnswered, OutCall, OutEnded, OutFailed, OutRinging
-from queueing.engine import AgentState, PolicyError
-from queueing.ewt import ewt
+from ivr.sip.ua import OutAnswered, OutEnded, OutFailed, OutRinging
+from queueing.agents import AgentState
+from queueing.events import PolicyError
 
 if TYPE_CHECKING:
-    from ivr.calls.ivrcall import IvrCall
-    from ivr.calls.queues import LiveQueues
+    from ivr.settings.callbacks import CallbackSettings
     from ivr.sip.ua import UserAgent
     from ivr.transport.rtp import MediaShell
 
@@ -63,14 +67,6 @@ CUSTOMER_RING_TIMEOUT = 30.0  # seconds the customer's phone may ring
 
 class DialError(Exception):
     """A callback could not be placed; worded for the agent."""
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-STATES = ("booked", "due", "offered", "in_progress", "completed", "failed", "expired", "cancelled")
-ACTIVE = ("booked", "due", "offered", "in_progress")
 
 
 @dataclass
@@ -91,15 +87,13 @@ class DeskCounters:
     missed_ids: set[int] = field(default_factory=set)
 
 
-@dataclass(eq=False)
-class Leg:
+@dataclass(eq=False, kw_only=True)
+class Leg(OutboundLeg):
     """One outbound leg of a callback (agent or customer); SIP events come back to :meth:`on_out_event`."""
 
     job: Job
     role: str  # "agent" | "customer"
-    stream: MediaStream
-    out: OutCall | None = None
-    answered: asyncio.Future[bool] | None = None
+    answered: asyncio.Future[bool] | None = None  # the agent's leg: resolved by its answer or its end
 
     def on_out_event(self, ev: OutRinging | OutAnswered | OutFailed | OutEnded) -> None:
         self.job.desk.on_leg_event(self, ev)
@@ -122,12 +116,13 @@ class CallbackDesk:
     def __init__(
         self,
         store: CallbackStore,
-        settings: Any,  # ivr.settings.config.CallbackSettings
+        settings: CallbackSettings,
         queues: LiveQueues,
         ua: UserAgent,
         media: MediaShell,
         loop: asyncio.AbstractEventLoop,
         send_text: Callable[[str, str, str], None],
+        wake: Callable[[], None],
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
@@ -137,61 +132,31 @@ class CallbackDesk:
         self.media = media
         self.loop = loop
         self.send_text = send_text
+        self.wake = wake  # asks for what the SIP core queued to be sent
         self.clock = clock
-        self.pump: Callable[[], None] | None = None
         self.counters = DeskCounters()
         self.jobs: dict[str, Job] = {}  # agent -> job
-        self.due_waiting: dict[str, int] = {}  # queue -> due callbacks at the last dispatcher pass
+        self.forecast = Forecast(queues, settings)
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        # kept until done, and cancelled by stop(): a booking or an outcome write never outlives the server
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _flush(self) -> None:
-        if self.pump is not None:
-            self.pump()
-
-    # -- the forecast ---------------------------------------------------------------------
-    def slot_bounds(self, slot: str, now: datetime) -> tuple[datetime, datetime | None]:
-        """Start and end of a slot: now for "asap", else the window's next occurrence (server local time)."""
-        if slot == "asap":
-            return now, None
-        for window in self.settings.windows:
-            if window.name == slot:
-                local = now.astimezone()
-                day = local.replace(hour=0, minute=0, second=0, microsecond=0)
-                start = day + timedelta(minutes=window.start)
-                end = day + timedelta(minutes=window.end)
-                if local >= end:
-                    start, end = start + timedelta(days=1), end + timedelta(days=1)
-                return max(start, local).astimezone(UTC), end.astimezone(UTC)
-        raise ValueError(f"no callback window {slot!r}")
-
-    def forecast_wait(self, queue: str, extra_ahead: int = 0) -> float:
-        """Seconds until an agent of ``queue`` is free for one more callback, by the EWT formula."""
-        snap = self.queues.engine.snapshot().queues.get(queue)
-        if snap is None:
-            return math.inf
-        ahead = snap.waiting + snap.ringing + self.due_waiting.get(queue, 0) + extra_ahead
-        return ewt(ahead + 1, snap.serving, snap.idle, snap.aht)
-
-    def promise(self, queue: str, slot: str, now: datetime) -> tuple[datetime, datetime | None, datetime]:
-        start, end = self.slot_bounds(slot, now)
-        wait = self.forecast_wait(queue)
-        if not math.isfinite(wait):
-            wait = float(self.settings.max_age)  # nobody serves: promise no more than the list keeps it
-        promised = max(start, now + timedelta(seconds=wait)) + timedelta(seconds=self.settings.promise_margin)
-        if end is not None:
-            promised = max(promised, end)  # a window slot: promised by its end
-        return start, end, promised
+    async def stop(self) -> None:
+        """Cancel the bookings, closings and outcome writes still running, and wait for them to end."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- bookings from the IVR ------------------------------------------------------------------
-    def request(self, ivr: IvrCall, act: fa.CallbackRequest) -> None:
+    def request(self, ivr: BookingCaller, act: fa.CallbackRequest) -> None:
         self._spawn(self._book(ivr, act))
 
-    async def _book(self, ivr: IvrCall, act: fa.CallbackRequest) -> None:
+    async def _book(self, ivr: BookingCaller, act: fa.CallbackRequest) -> None:
         now = self.clock()
         minutes: int | None = None
         number = act.number
@@ -206,7 +171,7 @@ class CallbackDesk:
                     await self.store.cancel(existing.id, now=now, by="caller")
                     result = "cancelled"
             else:
-                start, end, promised = self.promise(act.queue, act.slot, now)
+                start, end, promised = self.forecast.promise(act.queue, act.slot, now)
                 await self.store.book(
                     queue=act.queue,
                     number=number,
@@ -232,7 +197,7 @@ class CallbackDesk:
             self.counters.booking_errors += 1
             result = "failed"
         ivr.feed(fa.CallbackDone(result, minutes), self.loop.time())
-        self._flush()
+        self.wake()
 
     def reached_agent(self, number: str, queue: str) -> None:
         """R10: the caller got through; their callback for this queue is closed, and they are told."""
@@ -274,24 +239,20 @@ class CallbackDesk:
             raise DialError(str(exc)) from None
         job = Job(self, cb, agent, previous)
         self.jobs[agent] = job
+        contact, peer = bindings[0].contact, bindings[0].peer
         try:
-            stream = self.media.open((bindings[0].peer[1], 9), "PCMU", 0, 101)
+            stream, out = dial(
+                self.ua, self.media, contact, peer, self.loop.time(), from_user=cb.number,
+                from_display=f"Callback {cb.id}",
+            )  # fmt: skip
         except OSError:
             self._finish(job)
             raise DialError("the server has no free RTP port") from None
-        leg = Leg(job, "agent", stream, answered=self.loop.create_future())
-        job.agent_leg = leg
-        stream.owner = leg
-        now = self.loop.time()
-        leg.out = self.ua.place_call(
-            bindings[0].contact, bindings[0].peer, stream.local_port, now, from_user=cb.number,
-            from_display=f"Callback {cb.id}",
-        )  # fmt: skip
-        leg.out.owner = leg
-        self._flush()
-        assert leg.answered is not None
+        answered = self.loop.create_future()
+        job.agent_leg = Leg(stream=stream, out=out, job=job, role="agent", answered=answered)
+        self.wake()
         try:
-            ok = await asyncio.wait_for(asyncio.shield(leg.answered), AGENT_RING_TIMEOUT)
+            ok = await asyncio.wait_for(asyncio.shield(answered), AGENT_RING_TIMEOUT)
         except TimeoutError:
             ok = False
         if not ok:
@@ -313,25 +274,20 @@ class CallbackDesk:
         target = settings.trunk.format(number=job.cb.number)
         host, port = uri_host_port(target)
         try:
-            stream = self.media.open((host, 9), "PCMU", 0, 101)
+            stream, out = dial(self.ua, self.media, target, ("udp", host, port or 5060), self.loop.time())
         except OSError:
             self._count("no_port")
             self._hang_up(job)
             return
-        leg = Leg(job, "customer", stream)
-        job.customer_leg = leg
-        stream.owner = leg
-        now = self.loop.time()
-        leg.out = self.ua.place_call(target, ("udp", host, port or 5060), stream.local_port, now)
-        leg.out.owner = leg
+        job.customer_leg = Leg(stream=stream, out=out, job=job, role="customer")
         self.loop.call_later(CUSTOMER_RING_TIMEOUT, self._customer_timeout, job)
-        self._flush()
+        self.wake()
 
     def _customer_timeout(self, job: Job) -> None:
         leg = job.customer_leg
-        if not job.done and leg is not None and leg.out is not None and leg.out.t_answer is None:
+        if not job.done and leg is not None and leg.out.t_answer is None:
             self.ua.drop(leg.out, self.loop.time())
-            self._flush()
+            self.wake()
 
     def on_leg_event(self, leg: Leg, ev: OutRinging | OutAnswered | OutFailed | OutEnded) -> None:
         job = leg.job
@@ -339,10 +295,7 @@ class CallbackDesk:
         if isinstance(ev, OutRinging):
             return
         if isinstance(ev, OutAnswered):
-            neg = ev.call.negotiated
-            if neg is not None:
-                address = (neg.remote_address, neg.remote_port)
-                leg.stream.use_answer(address, get_codec(neg.codec), neg.payload_type, neg.dtmf_payload_type)
+            leg.use_answer()
             if job.done:
                 self.ua.drop(ev.call, now)
                 return
@@ -375,10 +328,10 @@ class CallbackDesk:
     def _hang_up(self, job: Job) -> None:
         now = self.loop.time()
         for leg in (job.agent_leg, job.customer_leg):
-            if leg is not None and leg.out is not None and not leg.out.ended:
+            if leg is not None and not leg.out.ended:
                 self.ua.drop(leg.out, now)
         self._finish(job)
-        self._flush()
+        self.wake()
 
     def _count(self, result: str) -> None:
         self.counters.dials[result] = self.counters.dials.get(result, 0) + 1
@@ -425,17 +378,13 @@ class CallbackDesk:
                 "https://example.com/help",
                 "callback",
             )
-        due = await store.due(now, limit=1000)
-        counts: dict[str, int] = {}
-        for cb in due:
-            counts[cb.queue] = counts.get(cb.queue, 0) + 1
-        self.due_waiting = counts
+        self.forecast.note_due(await store.due(now, limit=1000))
         await self._warn_at_risk(now)
         await self._take_stock(now)
         self.counters.dispatch_paused = self.queues.outbound_paused
         if self.queues.outbound_paused:
             return  # R15: in a surge every agent is on inbound
-        for queue in sorted(counts):
+        for queue in sorted(self.forecast.due_waiting):
             agent = self._free_agent(queue)
             if agent is None:
                 continue
@@ -480,14 +429,13 @@ class CallbackDesk:
         by_state = await self.store.counts_by_state()
         c.by_state = {state: by_state.get(state, 0) for state in STATES}
         c.oldest_waiting = await self.store.oldest_waiting_age(now) or 0.0
-        waiting = await self.store.list(states=["booked", "due"], limit=100_000)
+        waiting = await self.store.list(states=list(WAITING_STATES), limit=100_000)
         at_risk = 0
         ahead: dict[str, int] = {}
         for cb in sorted(waiting, key=lambda cb: (cb.arrived_at, cb.id)):
             n = ahead.get(cb.queue, 0)
             ahead[cb.queue] = n + 1
-            wait = self.forecast_wait(cb.queue, extra_ahead=n - self.due_waiting.get(cb.queue, 0))
-            start = max(now + timedelta(seconds=wait), cb.not_before) if math.isfinite(wait) else None
+            start = self.forecast.start(cb, n, now)
             if start is None or start > cb.promised_by:
                 at_risk += 1
             if cb.promised_by < now and cb.id not in c.missed_ids:
@@ -502,10 +450,7 @@ class CallbackDesk:
         def forecast_start(cb: Callback) -> datetime:
             ahead = position.get(cb.queue, 0)
             position[cb.queue] = ahead + 1
-            wait = self.forecast_wait(cb.queue, extra_ahead=ahead - self.due_waiting.get(cb.queue, 0))
-            if not math.isfinite(wait):
-                return now + timedelta(days=365)
-            return max(now + timedelta(seconds=wait), cb.not_before)
+            return self.forecast.start(cb, ahead, now) or now + NEVER
 
         for cb in await self.store.at_risk(now, forecast_start):
             await self.store.mark_warned(cb.id)

@@ -7,7 +7,12 @@ effects: prompts on the stream, timers on the SIP core's heap (named
 outbox, transfers and hang-ups through the user agent. Media and SIP events
 come back as interpreter events. What the caller did (path, keys, notices,
 hotkey, self-service, screening, complaint, message) is kept for the call
-record (R4).
+record (R4). A caller who reaches an agent has their callback for that queue
+closed (R10).
+
+The RTP shell's events reach the call through :class:`MediaEventSink`, built
+before the shell: they go to the stream's owner, and what the SIP core queued
+meanwhile is flushed after.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from callback.base import utcnow
+from ivr.calls.dialer import CallbackDesk
+from ivr.calls.queues import LiveQueues
 from ivr.flow import actions as fa
 from ivr.flow.interpreter import start, step
 from ivr.flow.program import Program
@@ -27,10 +34,6 @@ from ivr.media.prompts import PromptStore, write_wav
 from ivr.media.stream import KeyPressed, MediaEvent, MediaStream, PlaybackFinished, RecordingStopped
 from ivr.sip.ua import InboundCall, Outcome, UserAgent
 from ivr.transport.rtp import MediaShell
-
-if TYPE_CHECKING:
-    from ivr.calls.dialer import CallbackDesk
-    from ivr.calls.queues import LiveQueues
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +56,9 @@ class IvrMetrics:
     texts_requested: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
 class IvrServices:
-    """What every IVR call shares: built once in create_app."""
+    """What every IVR call shares: built once in create_app, after the live queues and the callback dialer."""
 
     program: Program
     prompts: PromptStore
@@ -88,6 +91,7 @@ class IvrCall:
         self.holding = False  # hold music (and announcements) playing
         self.pending_announcement: tuple[str, ...] = ()
         self.enqueue_to: str | None = None
+        self.queue: str | None = None  # the queue the caller joined last
         self.agent_hung_up = False  # the agent ended the talk (the call record says so)
         self.queue_entered_at: datetime | None = None  # the caller's place in line, kept by a callback (R10)
         stream.owner = self
@@ -120,7 +124,8 @@ class IvrCall:
         if queue is not None and self.services.queues is not None:
             # after this step's actions (the holding prompt): the engine may connect or overflow at once
             if self.queue_entered_at is None:
-                self.queue_entered_at = datetime.now(UTC)
+                self.queue_entered_at = utcnow()
+            self.queue = queue
             self.services.queues.enqueue(self, queue, self.groups, now)
         if self.queued and not self.holding and self.state.waiting == "queued":
             self._hold(self.pending_announcement)
@@ -146,10 +151,13 @@ class IvrCall:
             self._hold(prompt_ids)
 
     def connected(self, now: float) -> None:
-        """An agent answered: the flow ends here and the router bridges the audio."""
+        """An agent answered: the flow ends here and the live queues bridge the audio."""
         self.queued = self.holding = False
         self.stream.stop_playback()
         self.feed(fa.QueueLeft("connected"), now)
+        callbacks = self.services.callbacks
+        if callbacks is not None and self.queue is not None:
+            callbacks.reached_agent(self.call.caller, self.queue)  # R10
 
     def leave_queue(self, target: str, now: float) -> None:
         """The queue overflowed this caller: the flow goes on at the target's node."""
@@ -282,3 +290,28 @@ class IvrCall:
 
     def media_timed_out(self, now: float) -> None:
         self.ua.hangup(self.call, now, Outcome.MEDIA_TIMEOUT)
+
+
+class MediaEventSink:
+    """Takes the RTP shell's events to the IVR call that owns the stream; built before the shell.
+
+    Media events arrive outside the SIP shell's own turn (from the shared
+    tick), so what they make the SIP core queue (a hang-up, a ring) is sent
+    by ``wake`` after them.
+    """
+
+    def __init__(self, clock: Callable[[], float], wake: Callable[[], None]) -> None:
+        self.clock = clock
+        self.wake = wake
+
+    def on_events(self, stream: MediaStream, events: list[MediaEvent]) -> None:
+        call = stream.owner
+        if isinstance(call, IvrCall):  # an agent's or a customer's leg only relays audio
+            call.on_media(events, self.clock())
+            self.wake()
+
+    def on_timeout(self, stream: MediaStream) -> None:
+        call = stream.owner
+        if isinstance(call, IvrCall):
+            call.media_timed_out(self.clock())
+            self.wake()

@@ -3,13 +3,13 @@
 Theory of operation
 -------------------
 ``queueing.engine.Engine`` decides; this module only feeds it events with
-the loop clock's ``now`` and carries out its decisions (DESIGN.md):
+the loop clock's ``now`` and carries out its decisions (docs/architecture.md):
 
 ===================  ==========================================================
 decision             carried out as
 ===================  ==========================================================
 ``RingAgent``        INVITE to the agent's registered contact (an ``OutCall``)
-                     offering a fresh RTP port of our own
+                     offering a fresh RTP port of our own (ivr/calls/legs.py)
 ``CancelRing``       CANCEL (or BYE when the phone answered meanwhile)
 ``Connect``          the flow leaves the queue node; the caller's and the
                      agent's RTP streams are bridged (relay through us)
@@ -17,7 +17,8 @@ decision             carried out as
 ``PlayAnnouncement`` position and wait, peak shaving or busy notice, then
                      hold music again
 ``SetTimer``         one ``loop.call_at`` for the engine's earliest timer
-``SurgeChanged``     the IVR's surge branches and metrics follow it
+``SurgeChanged``     logged; the IVR's surge branches and the metrics read
+                     the engine's switch
 ``Pause/Resume``     the outbound (callback) dispatcher's switch (R15)
 ===================  ==========================================================
 
@@ -42,11 +43,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ivr.calls.callers import QueueCaller
+from ivr.calls.legs import OutboundLeg, dial
 from ivr.flow.program import number_prompts
-from ivr.media.g711 import get_codec
-from ivr.media.stream import MediaStream
-from ivr.sip.ua import OutAnswered, OutCall, OutEnded, OutFailed, OutRinging
-from queueing.engine import Engine, PolicyError
+from ivr.sip.ua import OutAnswered, OutEnded, OutFailed, OutRinging
+from queueing.engine import Engine
 from queueing.events import (
     AgentAnswered,
     AgentLoggedIn,
@@ -64,6 +65,7 @@ from queueing.events import (
     Overflow,
     PauseOutbound,
     PlayAnnouncement,
+    PolicyError,
     ResumeOutbound,
     RingAgent,
     SurgeChanged,
@@ -74,7 +76,6 @@ from queueing.events import (
 if TYPE_CHECKING:
     import asyncio
 
-    from ivr.calls.ivrcall import IvrCall
     from ivr.sip.ua import UserAgent
     from ivr.transport.rtp import MediaShell
 
@@ -83,14 +84,12 @@ log = logging.getLogger(__name__)
 HOLD_MUSIC = "hold_music"
 
 
-@dataclass(eq=False)
-class Ring:
-    """One agent's phone ringing for one caller."""
+@dataclass(eq=False, kw_only=True)
+class Ring(OutboundLeg):
+    """One agent's phone ringing for one caller (and, once answered, the agent's leg of the talk)."""
 
     agent: str
     call_id: str
-    out: OutCall
-    stream: MediaStream
     cancelled: bool = False
 
 
@@ -98,7 +97,7 @@ class Ring:
 class Queued:
     """A caller handed to the engine, from the queue node to the end of the talk."""
 
-    ivr: IvrCall
+    ivr: QueueCaller
     queue: str
     rings: dict[str, Ring] = field(default_factory=dict)  # agent -> ring
     talking: Ring | None = None
@@ -121,6 +120,9 @@ class LiveQueues:
         clock: Callable[[], float],
         loop: asyncio.AbstractEventLoop,
         tier_of: Callable[[str, frozenset[str]], tuple[str, bool]],
+        *,
+        wake: Callable[[], None] | None = None,
+        connected_line: bool = True,
     ) -> None:
         self.engine = engine
         self.ua = ua
@@ -128,11 +130,10 @@ class LiveQueues:
         self.clock = clock
         self.loop = loop
         self.tier_of = tier_of
-        self.pump: Callable[[], None] | None = None  # flushes what the SIP core queued
-        self.on_surge: Callable[[bool], None] | None = None
-        self.on_connected: Callable[[str, str], None] | None = None  # (caller number, queue): R10
+        # asks for what the SIP core queued to be sent (the server's SIP shell; nothing in the parity test)
+        self.wake = wake
+        self.connected_line = connected_line  # UPDATE to the caller's phone naming the agent who answered
         self.outbound_paused = False
-        self.connected_line = True  # UPDATE to the caller's phone naming the agent who answered
         self.counters = QueueCounters()
         self.calls: dict[str, Queued] = {}
         self._pending: deque[Event] = deque()
@@ -164,8 +165,8 @@ class LiveQueues:
             self._busy = False
             self._pending.clear()
         self._arm_timer()
-        if not self._in_sip and self.pump is not None:
-            self.pump()
+        if not self._in_sip and self.wake is not None:
+            self.wake()
 
     def now(self) -> float:
         """The loop clock, never behind the engine's own time (the engine refuses time going backwards)."""
@@ -219,8 +220,6 @@ class LiveQueues:
                     queued.ivr.announce(announcement_prompts(d), self.now())
             case SurgeChanged():
                 log.info("surge %s (%s)", "on" if d.on else "off", d.cause)
-                if self.on_surge is not None:
-                    self.on_surge(d.on)
             case PauseOutbound():
                 self.outbound_paused = True
             case ResumeOutbound():
@@ -240,26 +239,22 @@ class LiveQueues:
             self._pending.append(AgentNoAnswer(agent=agent, call=call_id, now=now))
             return
         binding = bindings[0]
+        caller = queued.ivr.call
         try:
-            # the phone's media address comes with its answer; until then we send nowhere useful
-            stream = self.media.open((binding.peer[1], 9), "PCMU", 0, 101)
+            stream, out = dial(
+                self.ua,
+                self.media,
+                binding.contact,
+                binding.peer,
+                now,
+                from_user=caller.caller or "anonymous",
+                from_display=f"{caller.caller} via {queued.queue}",  # shown on the agent's phone
+            )
         except OSError:
             log.warning("no RTP port free to ring agent %s", agent)
             self._pending.append(AgentNoAnswer(agent=agent, call=call_id, now=now))
             return
-        caller = queued.ivr.call
-        out = self.ua.place_call(
-            binding.contact,
-            binding.peer,
-            stream.local_port,
-            now,
-            from_user=caller.caller or "anonymous",
-            from_display=f"{caller.caller} via {queued.queue}",  # shown on the agent's phone
-        )
-        ring = Ring(agent, call_id, out, stream)
-        out.owner = ring
-        stream.owner = ring
-        queued.rings[agent] = ring
+        queued.rings[agent] = Ring(stream=stream, out=out, agent=agent, call_id=call_id)
 
     def _connect(self, agent: str, call_id: str) -> None:
         queued = self.calls[call_id]
@@ -271,8 +266,6 @@ class LiveQueues:
         ivr.stream.bridge(ring.stream)
         if self.connected_line:
             self.ua.update_connected(ivr.call, f"{agent} ({queued.queue})", agent, now)
-        if self.on_connected is not None:
-            self.on_connected(ivr.call.caller, queued.queue)
 
     # -- SIP events of the agents' legs -------------------------------------------------------
     def on_sip_event(self, ev: OutRinging | OutAnswered | OutFailed | OutEnded) -> None:
@@ -295,10 +288,7 @@ class LiveQueues:
             return
         if isinstance(ev, OutAnswered):
             self._count("answered")
-            neg = ev.call.negotiated
-            if neg is not None:
-                address = (neg.remote_address, neg.remote_port)
-                ring.stream.use_answer(address, get_codec(neg.codec), neg.payload_type, neg.dtmf_payload_type)
+            ring.use_answer()
             if queued is None or queued.rings.get(ring.agent) is not ring or ring.cancelled:
                 self.ua.drop(ev.call, now)  # answered too late: the caller left or another agent won
                 return
@@ -325,7 +315,7 @@ class LiveQueues:
                 self.ua.hangup(queued.ivr.call, now)
 
     # -- the caller's side -------------------------------------------------------------------------
-    def enqueue(self, ivr: IvrCall, queue: str, groups: frozenset[str], now: float) -> None:
+    def enqueue(self, ivr: QueueCaller, queue: str, groups: frozenset[str], now: float) -> None:
         call_id = ivr.call.call_id
         if call_id in self.calls or queue not in self.engine.queues:
             ivr.leave_queue("message", now)

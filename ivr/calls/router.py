@@ -4,7 +4,8 @@ It reacts to the SIP core's events with commands, ``now`` passed in.
 Every call is answered after ``answer_delay`` of ringback. With IVR
 services (the server always has them; core tests run without) the answer
 opens the call's RTP stream and the ACK starts the IVR flow, which decides
-what the caller hears and when the call ends. Without them the router
+what the caller hears and when the call ends (media events reach the IVR
+call through ``ivr.calls.ivrcall.MediaEventSink``). Without them the router
 hangs up after ``hold_time``. ``hold_time`` is also the longest any answered
 call is kept.
 
@@ -20,10 +21,9 @@ from dataclasses import dataclass
 
 from ivr.calls.dialer import Leg
 from ivr.calls.ivrcall import IvrCall, IvrServices
+from ivr.calls.legs import use_answer
 from ivr.calls.queues import Ring
 from ivr.media.dtmf import parse_dtmf_info
-from ivr.media.g711 import get_codec
-from ivr.media.stream import MediaEvent, MediaStream
 from ivr.sip.ua import (
     CallConfirmed,
     CallTerminated,
@@ -54,6 +54,8 @@ class RouterSettings:
 
 
 class CallRouter:
+    """The SIP shell's transaction user: :meth:`handle` takes the core's events for every call."""
+
     def __init__(
         self,
         ua: UserAgent,
@@ -61,8 +63,6 @@ class CallRouter:
         on_record: Callable[[CallSummary], None] | None = None,
         wall_offset: float = 0.0,
         ivr: IvrServices | None = None,
-        clock: Callable[[], float] | None = None,
-        pump: Callable[[], None] | None = None,
     ) -> None:
         self.ua = ua
         self.settings = settings
@@ -70,8 +70,6 @@ class CallRouter:
         # loop clock -> wall clock for the records (the core only knows `now`)
         self.wall_offset = wall_offset
         self.ivr = ivr
-        self.clock = clock  # for media events, which arrive outside handle()
-        self.pump = pump  # sends what the SIP core queued after a media event
         self.ivr_calls: dict[InboundCall, IvrCall] = {}
 
     # -- SIP events --------------------------------------------------------------
@@ -92,7 +90,7 @@ class CallRouter:
                 ua.set_call_timer(call, "hold", now + s.hold_time)
                 ivr = self.ivr_calls.get(call)
                 if ivr is not None:
-                    self._update_media(call, ivr.stream)
+                    use_answer(ivr.stream, call)  # an offer of ours answered in the ACK, if we made one
                     ivr.start(now)
             elif isinstance(ev, CallTimer):
                 self._on_timer(ev.call, ev.name, now)
@@ -137,14 +135,6 @@ class CallRouter:
         self.ivr_calls[call] = IvrCall(self.ivr, self.ua, call, stream)
         self.ua.answer(call, now, rtp_port=stream.local_port)
 
-    @staticmethod
-    def _update_media(call: InboundCall, stream: MediaStream) -> None:
-        neg = call.negotiated
-        if neg is not None:
-            stream.use_answer(
-                (neg.remote_address, neg.remote_port), get_codec(neg.codec), neg.payload_type, neg.dtmf_payload_type
-            )
-
     def _on_timer(self, call: InboundCall, name: str, now: float) -> None:
         if name in ("answer", "ring_limit"):
             if call.state is InboundState.RINGING:
@@ -166,24 +156,6 @@ class CallRouter:
                 self.ivr.queues.caller_gone(call.call_id, now)
             self.ivr.media.close(ivr.stream)
         self._record(call, ivr)
-
-    # -- media events (from the RTP engine, outside handle()) ------------------------
-    def on_media_events(self, stream: MediaStream, events: list[MediaEvent]) -> None:
-        ivr = stream.owner
-        if isinstance(ivr, IvrCall) and self.clock is not None:
-            ivr.on_media(events, self.clock())
-            self._after_media()
-
-    def on_media_timeout(self, stream: MediaStream) -> None:
-        ivr = stream.owner
-        if isinstance(ivr, IvrCall) and self.clock is not None:
-            ivr.media_timed_out(self.clock())
-            self._after_media()
-
-    def _after_media(self) -> None:
-        # the shell's pump hands new SIP events back to handle() and sends datagrams
-        if self.pump is not None:
-            self.pump()
 
     # -- records ---------------------------------------------------------------------
     def _record(self, call: InboundCall, ivr: IvrCall | None) -> None:

@@ -3,7 +3,7 @@
 The interpreter walks these, not the pydantic models: every lookup it needs
 on a call (menu keys, branch tests, the say-value source, time windows as
 minutes, weekdays as numbers) is worked out here, at start-up. Compiling
-trusts :class:`~ivr.flow.config.IvrSettings` validation: every target, prompt
+trusts :class:`~ivr.settings.flows.IvrSettings` validation: every target, prompt
 and group named here exists.
 """
 
@@ -13,13 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ivr.flow.config import (
-    DAYS,
+from ivr.settings.flows import IvrSettings
+from ivr.settings.nodes import (
     BranchNode,
     CallbackNode,
     CollectNode,
     HangupNode,
-    IvrSettings,
     MenuNode,
     MessageNode,
     NodeBase,
@@ -29,6 +28,7 @@ from ivr.flow.config import (
     SayNumberNode,
     TransferNode,
 )
+from ivr.settings.values import DAYS
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ivr.sip.message import is_digits
-
 EVENT_KEYS = "0123456789*#ABCD"
 
 
@@ -87,7 +85,8 @@ def parse_dtmf_info(content_type: str, body: bytes) -> str | None:
         return None
     if ctype == "application/dtmf":
         key = text.strip().upper()
-        if is_digits(key) and int(key) < len(EVENT_KEYS):
+        # ASCII digits only (str.isdigit alone takes superscripts, which int() refuses)
+        if key.isascii() and key.isdigit() and int(key) < len(EVENT_KEYS):
             return EVENT_KEYS[int(key)]
         return key if len(key) == 1 and key in EVENT_KEYS else None
     return None

@@ -12,9 +12,9 @@ import array
 import math
 from pathlib import Path
 
-from ivr.flow.config import BUILTIN_TONES, builtin_prompt_texts
 from ivr.media.g711 import SAMPLE_RATE
 from ivr.media.prompts import PromptSource, PromptStore
+from ivr.settings.builtin_prompts import BUILTIN_TONES, builtin_prompt_texts
 from ivr.settings.config import Config
 
 

@@ -1,11 +1,13 @@
-"""From the config file to the queueing model, and the small decisions around it.
+"""The ``queues:``, ``agents:`` and ``surge:`` sections, and from them to the queueing model.
+
+The section models come first (docs/queueing.md describes each setting).
 
 ``model_from_config`` turns the ``queues:``, ``agents:`` and ``surge:``
 sections into the frozen ``queueing.model.Model`` the engine runs on.
 ``tier_of`` gives an arriving caller a tier and the urgent mark from the
 caller groups their number is in. ``in_schedule`` says whether a wall-clock
 time is inside a daily surge window: the engine's own schedule runs on the
-engine clock, so the live router checks the daily windows and sends
+engine clock, so the live server checks the daily windows and sends
 ``SurgeSwitch(cause="schedule")`` itself. The two ``*_for_runtime_update``
 functions apply a JSON body from the admin API to a spec, refusing anything
 they do not understand with a ``ValueError`` worded for the operator.
@@ -15,17 +17,220 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, get_args
+from typing import Annotated, Any, Protocol
 
-from ivr.flow.config import DAYS
-from ivr.settings.config import Config, LengthLimit, QueueSettings, SurgeSettings, WaitLimit
-from queueing.events import OverflowTarget
-from queueing.model import STRATEGIES, AgentSpec, Limit, Model, QueueSpec, SurgeSpec, Tier
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 
-OVERFLOW_TARGETS: tuple[OverflowTarget, ...] = get_args(OverflowTarget)
+from ivr.settings.base import Problem, Strict, ends_after_start, raise_problems
+from ivr.settings.values import DAYS, Day, Minutes, Name, SkillLevel
+from queueing.model import (
+    OVERFLOW_TARGETS,
+    STRATEGIES,
+    AgentSpec,
+    Limit,
+    Model,
+    OverflowTarget,
+    QueueSpec,
+    Strategy,
+    SurgeSpec,
+    Tier,
+)
+
+_HA1_RE = re.compile(r"^[0-9a-fA-F]{32}$")
+
+
+# ------------------------------------------------------------ the sections
+
+
+class AgentSettings(Strict):
+    """One agent's SIP login and what calls the agent can take. The password is stored only as its HA1."""
+
+    ha1: str = Field(description="hex MD5 of 'name:realm:password' (`frontdesk hash-password NAME`)")
+    display_name: str | None = None
+    skills: dict[Name, SkillLevel] = Field(
+        default_factory=dict, description="skill -> level; the agent takes a queue's calls when every level is met"
+    )
+    max_misses: int = Field(2, ge=1, le=100, description="unanswered rings in a row before the agent is not ready")
+
+    @field_validator("ha1")
+    @classmethod
+    def _hex_md5(cls, v: str) -> str:
+        if not _HA1_RE.match(v):
+            raise ValueError("ha1 must be 32 hex digits: generate it with `frontdesk hash-password NAME`")
+        return v.lower()
+
+
+def _limit_shorthand(low: float, strict: bool, whole: bool, what: str) -> Callable[[Any], Any]:
+    """A plain number means the same value in normal and surge mode; check it here for a one-line error."""
+
+    def widen(v: Any) -> Any:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            if not math.isfinite(v) or (v <= low if strict else v < low) or (whole and v != int(v)):
+                bound = f"{'greater than' if strict else 'at least'} {low:g}"
+                raise ValueError(f"{what} must be {f'a whole number ({bound})' if whole else bound}, got {v}")
+            return {"normal": v, "surge": v}
+        return v
+
+    return widen
+
+
+class WaitLimit(Strict):
+    """Seconds, one value for normal mode and one for surge (R11)."""
+
+    normal: float = Field(gt=0, allow_inf_nan=False, description="seconds in normal mode")
+    surge: float = Field(gt=0, allow_inf_nan=False, description="seconds in surge mode")
+
+
+class LengthLimit(Strict):
+    """Callers waiting in line, one value for normal mode and one for surge (R11)."""
+
+    normal: int = Field(ge=0, description="callers in normal mode")
+    surge: int = Field(ge=0, description="callers in surge mode")
+
+
+Wait = Annotated[WaitLimit, BeforeValidator(_limit_shorthand(0, True, False, "a wait in seconds"))]
+Length = Annotated[LengthLimit, BeforeValidator(_limit_shorthand(0, False, True, "a queue length"))]
+
+
+class TierSettings(Strict):
+    """A customer tier (R16): higher priority is served first; callers in ``groups`` get this tier."""
+
+    name: Name
+    priority: int = Field(ge=0, le=1000, description="higher is served first")
+    groups: list[Name] = Field(default_factory=list, description="caller groups (ivr.groups) that put a caller here")
+
+
+def _default_tiers() -> list[TierSettings]:
+    return [
+        TierSettings(name="special", priority=3),
+        TierSettings(name="senior", priority=2),
+        TierSettings(name="ordinary", priority=1),
+    ]
+
+
+class ServiceLevelSettings(Strict):
+    """The service-level objective: ``target`` of calls answered within ``seconds``."""
+
+    seconds: float = Field(20.0, gt=0, le=3600, description="T of 'X % answered within T seconds'")
+    target: float = Field(0.8, ge=0, le=1, description="the share aimed at, 0..1")
+
+
+class QueueSettings(Strict):
+    """One queue: who may take its calls, how they are chosen, and the limits (docs/queueing.md)."""
+
+    skills: dict[Name, SkillLevel] = Field(default_factory=dict, description="skill -> minimum agent level")
+    strategy: Strategy = Field("longest_idle", description="longest_idle | round_robin | fewest_calls | ring_all")
+    tiers: list[TierSettings] = Field(default_factory=_default_tiers, min_length=1, description="R16")
+    urgent_groups: list[Name] = Field(default_factory=list, description="caller groups never peak-shaved (R8)")
+    announce_every: Wait = Field(
+        WaitLimit(normal=30, surge=20), description="seconds between position/wait announcements"
+    )
+    max_wait: Wait = Field(WaitLimit(normal=60, surge=40), description="seconds in line before overflow (R11)")
+    max_length: Length = Field(
+        LengthLimit(normal=20, surge=10), description="callers in line beyond which the last overflow"
+    )
+    overflow: OverflowTarget = Field("message", description="where overflowing callers go in normal mode")
+    surge_overflow: OverflowTarget = Field("callback", description="where they go in surge mode (R10)")
+    callback_ewt: float | None = Field(
+        None, gt=0, le=86400, description="R2: a caller whose estimated wait is longer is offered a callback at once"
+    )
+    ring_timeout: float = Field(12.0, gt=0, le=300, description="seconds an agent's phone rings before the next try")
+    wrap_up: float = Field(10.0, ge=0, le=3600, description="seconds after a call before the agent is ready again")
+    service_level: ServiceLevelSettings = ServiceLevelSettings()
+    abandon_grace: float = Field(
+        5.0, ge=0, le=300, description="abandons quicker than this are not held against the service level"
+    )
+    initial_aht: float = Field(
+        180.0, gt=0, le=36000, description="handle time assumed before the first call ends, seconds"
+    )
+
+    @field_validator("tiers")
+    @classmethod
+    def _unique_tiers(cls, v: list[TierSettings]) -> list[TierSettings]:
+        seen: set[str] = set()
+        problems: list[Problem] = []
+        for i, tier in enumerate(v):
+            if tier.name in seen:
+                problems.append(((i, "name"), f"tier {tier.name!r} is listed twice", tier.name))
+            seen.add(tier.name)
+        if problems:
+            raise_problems("QueueSettings", problems)
+        return v
+
+
+def default_queues() -> dict[str, QueueSettings]:
+    return {"general": QueueSettings()}
+
+
+class SurgeWindow(Strict):
+    """A daily surge window in the server's local time, [start, end)."""
+
+    start: Minutes = Field(description='"HH:MM" (kept as minutes after midnight)')
+    end: Minutes = Field(description='"HH:MM", after start; "24:00" is midnight at the end of the day')
+    days: list[Day] | None = Field(None, min_length=1, description="mon..sun; default: every day")
+
+    _after_start = field_validator("end")(ends_after_start("window"))
+
+
+class SurgeSettings(Strict):
+    """The surge switch: when it turns on by itself, and what it does (docs/queueing.md)."""
+
+    auto: bool = Field(True, description="switch on and off by the thresholds below")
+    ewt_on: float | None = Field(120.0, ge=0, allow_inf_nan=False, description="on when a queue's EWT reaches this")
+    ewt_off: float | None = Field(
+        45.0, ge=0, allow_inf_nan=False, description="off only when every EWT is back to this"
+    )
+    queue_length_on: int | None = Field(None, ge=1, description="on when a queue has this many callers waiting")
+    queue_length_off: int | None = Field(None, ge=0, description="off only when every queue is back to this")
+    service_level_on: float | None = Field(None, ge=0, le=1, description="on when the recent service level falls below")
+    service_level_off: float | None = Field(None, ge=0, le=1, description="off only when it is back at or above")
+    service_level_window: float = Field(300.0, gt=0, le=86400, description="seconds of calls the service level covers")
+    min_dwell: float = Field(60.0, ge=0, le=86400, description="seconds the automatic switch stays put after a change")
+    schedule: list[SurgeWindow] = Field(default_factory=list, description="daily surge windows, server local time")
+    peak_shaving_ewt: float | None = Field(
+        300.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="R8: in surge, shave callers whose EWT is above this; null = never",
+    )
+    notice: bool = Field(False, description="R6: in surge, play a notice to every caller joining a queue")
+    pause_outbound: bool = Field(True, description="R15: in surge, pause outbound callbacks and marketing")
+
+    @field_validator("ewt_off", "queue_length_off")
+    @classmethod
+    def _off_not_above_on(cls, v: float | None, info: ValidationInfo) -> float | None:
+        on_name = info.field_name.removesuffix("_off") + "_on" if info.field_name else ""
+        on = info.data.get(on_name)
+        if v is not None and on is not None and v > on:
+            raise ValueError(f"{info.field_name} ({v}) must not exceed {on_name} ({on}): the switch would flap")
+        return v
+
+    @field_validator("service_level_off")
+    @classmethod
+    def _off_not_below_on(cls, v: float | None, info: ValidationInfo) -> float | None:
+        on = info.data.get("service_level_on")
+        if v is not None and on is not None and v < on:
+            raise ValueError(
+                f"service_level_off ({v}) must not be below service_level_on ({on}): the switch would flap"
+            )
+        return v
+
+
+class QueueSections(Protocol):
+    """What :func:`model_from_config` reads of the config (``ivr.settings.config.Config`` has it)."""
+
+    @property
+    def queues(self) -> Mapping[str, QueueSettings]: ...
+
+    @property
+    def agents(self) -> Mapping[str, AgentSettings]: ...
+
+    @property
+    def surge(self) -> SurgeSettings: ...
 
 
 # ------------------------------------------------------------ config -> model
@@ -79,7 +284,7 @@ def surge_spec(s: SurgeSettings) -> SurgeSpec:
     )
 
 
-def model_from_config(config: Config) -> Model:
+def model_from_config(config: QueueSections) -> Model:
     """Queues, agents (the ``agents:`` logins with their skills) and surge policy as a queueing model."""
     return Model(
         queues=tuple(queue_spec(name, q) for name, q in config.queues.items()),

@@ -12,6 +12,12 @@ needs), otherwise ``status`` is ``None`` and the message is to be dropped.
 Headers are kept as a list of ``(canonical name, raw value)`` pairs, in wire
 order, and parsed further only on demand: the hot path of a call touches
 Via, From, To, Call-ID and CSeq and nothing else.
+
+The module is long because it is the whole network-facing parser
+(header tables, header values, messages, TCP framing, responses). Kept in
+one file, the promise above (only :class:`SipParseError` leaves, whatever
+the bytes) can be checked by reading one file, and the fuzz tests in
+tests/test_message.py and tests/test_ua.py cover all of it.
 """
 
 from __future__ import annotations

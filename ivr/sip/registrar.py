@@ -218,7 +218,13 @@ def _bad(detail: str) -> _Refused:
 
 
 class Registrar:
-    def __init__(self, settings: RegistrarSettings, credentials: Mapping[str, Credential], secret: bytes) -> None:
+    def __init__(
+        self,
+        settings: RegistrarSettings,
+        credentials: Mapping[str, Credential],
+        secret: bytes,
+        on_change: Callable[[str, bool], None] | None = None,
+    ) -> None:
         if len(secret) < 16:
             raise ValueError("the nonce secret must be at least 16 bytes")
         self.settings = settings
@@ -235,7 +241,7 @@ class Registrar:
         # answers for unknown users cost the same work as for known ones
         self._dummy_ha1 = hmac.new(secret, b"no such user", hashlib.md5).hexdigest()
         # told (username, registered) when a user's first contact appears and when its last one goes
-        self.on_change: Callable[[str, bool], None] | None = None
+        self.on_change = on_change
 
     def password_ok(self, username: str, password: str) -> bool:
         """Whether ``password`` is ``username``'s SIP password (checked against the HA1, in constant time)."""

@@ -21,20 +21,22 @@ import logging
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Boolean, DateTime, String, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ivr.flow.config import BUILTIN_PROMPTS, IvrSettings
+from callback.base import utc, utcnow
+from ivr.settings.builtin_prompts import BUILTIN_PROMPTS
+from ivr.settings.flows import IvrSettings
 from ivr.storage.audit import audit
 from ivr.storage.records import RecordsBase
 
 log = logging.getLogger(__name__)
 
-NOTICE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # the config's names (ivr/flow/config.py)
+NOTICE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # the config's names (ivr/settings/values.py)
 _CACHE_LIMIT = 4096  # distinct group sets remembered; callers fall into few
 
 
@@ -80,14 +82,6 @@ class UnknownNotice(KeyError):
     pass
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _known(kind: str, value: str, known: Collection[str]) -> str | None:
     if value in known:
         return None
@@ -110,7 +104,7 @@ class NoticeBoard:
         *,
         prompts: Collection[str],
         groups: Collection[str],
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.engine = engine
         self.prompts = frozenset(prompts)
@@ -137,7 +131,7 @@ class NoticeBoard:
 
     @classmethod
     def from_settings(
-        cls, engine: AsyncEngine, settings: IvrSettings, clock: Callable[[], datetime] = _utcnow
+        cls, engine: AsyncEngine, settings: IvrSettings, clock: Callable[[], datetime] = utcnow
     ) -> NoticeBoard:
         """The board for the config's ``ivr:`` section (call :meth:`load` before use)."""
         return cls(
@@ -220,9 +214,9 @@ class NoticeBoard:
             rows = (await session.scalars(select(NoticeRow))).all()
         async with self._lock:
             for row in rows:
-                self._created[row.id] = _utc(row.created_at)
+                self._created[row.id] = utc(row.created_at)
                 self._notices[row.id] = Notice(
-                    row.id, row.group, row.prompt, row.active, "admin", _utc(row.updated_at), row.updated_by
+                    row.id, row.group, row.prompt, row.active, "admin", utc(row.updated_at), row.updated_by
                 )
                 problem = self.check(row.id, row.group, row.prompt)
                 if problem:

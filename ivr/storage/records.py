@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 
 from sqlalchemy import DateTime, Float, Integer, String, Text, func, insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from callback.base import create_engine as create_engine  # one engine factory for records and callbacks alike
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +86,6 @@ def summary_row(s: CallSummary) -> dict[str, object]:
         row[name] = _ts(value) if isinstance(value, float) else None
     row["answer_latency_s"] = (s.answer_at - s.invite_at) if s.answer_at is not None else None
     return row
-
-
-def create_engine(url: str) -> AsyncEngine:
-    kwargs = {}
-    if url.startswith("sqlite"):
-        # one writer; WAL lets readers (the API, reports) go on while it writes
-        kwargs["connect_args"] = {"timeout": 30}
-    return create_async_engine(url, **kwargs)
 
 
 async def init_schema(engine: AsyncEngine) -> None:

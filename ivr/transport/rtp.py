@@ -1,12 +1,12 @@
-"""The RTP shell: sockets and one shared 20 ms clock for every call's audio.
+"""The RTP shell: sockets and the loop timer of the one shared 20 ms clock for every call's audio.
 
-One non-blocking UDP socket per call (even ports from the configured
-range), watched with ``loop.add_reader``. All streams are paced from one
-tick scheduled at absolute times ``t0 + k * 20 ms``, so pacing does not
-drift, and one timer serves every call (DESIGN.md: one task per stream
-falls over near 1,000 streams; one shared tick holds 1,500-2,000). A late
-tick sends the frames it owes (two at most, so one stall does not make
-the next tick late too) and skips the rest as a gap in RTP time. Media timeouts are checked once a second.
+One non-blocking UDP socket per call (even ports from the configured range,
+handed out by ivr/media/ports.py), watched with ``loop.add_reader``. All
+streams are paced from one tick armed with ``loop.call_at`` at the times
+ivr/media/pacing.py computes (``t0 + k * 20 ms``: no drift, one timer for
+every call; one task per stream falls over near 1,000 streams, one shared
+tick holds 1,500-2,000). What a late tick owes, and when media timeouts
+are checked, is that module's arithmetic; this one only sends and reads.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ivr.media.g711 import FRAME_SECONDS, get_codec
+from ivr.media.g711 import get_codec
+from ivr.media.pacing import Pacer, silent_streams
+from ivr.media.ports import RtpPortAllocator
 from ivr.media.stream import MediaEvent, MediaStream
 
 log = logging.getLogger(__name__)
 
-MAX_CATCH_UP = 2  # frames a late tick may send per stream: more would make the next tick late too
 LATENESS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 
@@ -64,18 +65,15 @@ class MediaShell:
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.host = host
-        self.port_min = port_min + (port_min & 1)
-        self.port_max = port_max
+        self.ports = RtpPortAllocator(port_min, port_max)
         self.on_events = on_events
         self.on_timeout = on_timeout
         self.media_timeout = media_timeout
         self.rng = rng or random.Random()
         self.stats = MediaStats()
-        self._next_port = self.port_min
         self._streams: dict[MediaStream, socket.socket] = {}
         self._tick_handle: asyncio.TimerHandle | None = None
-        self._t0 = 0.0
-        self._k = 0
+        self.pacer = Pacer()
 
     @property
     def active(self) -> int:
@@ -100,9 +98,7 @@ class MediaShell:
         self._streams[stream] = sock
         self.loop.add_reader(sock.fileno(), self._readable, stream, sock)
         if self._tick_handle is None:
-            self._t0 = self.loop.time()
-            self._k = 0
-            self._schedule_tick()
+            self._tick_handle = self.loop.call_at(self.pacer.start(self.loop.time()), self._tick)
         return stream
 
     def close(self, stream: MediaStream) -> None:
@@ -130,12 +126,8 @@ class MediaShell:
         return pin, pout
 
     def _bind(self) -> tuple[socket.socket, int]:
-        span = (self.port_max - self.port_min) // 2 + 1
-        for _ in range(span):
-            port = self._next_port
-            self._next_port += 2
-            if self._next_port > self.port_max:
-                self._next_port = self.port_min
+        for _ in range(self.ports.span):  # one round of the range: a taken port is skipped
+            port = self.ports.next()
             sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_DGRAM)
             try:
                 sock.bind((self.host, port))
@@ -162,32 +154,20 @@ class MediaShell:
             self.on_events(stream, stream.drain_events())
 
     # -- the shared clock -------------------------------------------------------------
-    def _schedule_tick(self) -> None:
-        self._k += 1
-        self._tick_handle = self.loop.call_at(self._t0 + self._k * FRAME_SECONDS, self._tick)
-
     def _tick(self) -> None:
         now = self.loop.time()
-        due = self._t0 + self._k * FRAME_SECONDS
-        late = max(0.0, now - due)
+        tick = self.pacer.tick(now)
         stats = self.stats
         stats.ticks += 1
-        stats.observe_lateness(late)
-        # frames owed: this one plus any whole periods the tick slept through;
-        # the next tick is the first one still in the future
-        owed = 1 + int(late / FRAME_SECONDS)
-        self._k += owed - 1
-        skipped = max(0, owed - MAX_CATCH_UP)
-        if skipped:
-            # too late to make up: skip ahead rather than burst (a gap in RTP time)
-            stats.frames_skipped += skipped
-            owed = MAX_CATCH_UP
+        stats.observe_lateness(tick.late)
+        frames, skipped = tick.frames, tick.skipped
+        stats.frames_skipped += skipped
         fired: list[MediaStream] = []
         for stream, sock in self._streams.items():
             remote = stream.remote
             if skipped:
                 stream.skip(skipped)
-            for _ in range(owed):
+            for _ in range(frames):
                 try:
                     sock.sendto(stream.next_packet(), remote)
                 except OSError:
@@ -196,12 +176,11 @@ class MediaShell:
                 fired.append(stream)
         for stream in fired:
             self.on_events(stream, stream.drain_events())
-        if stats.ticks % 50 == 0 and self.media_timeout > 0:
-            limit = now - self.media_timeout
-            for stream in [s for s in self._streams if s.last_rx < limit]:
+        if tick.check_timeouts:
+            for stream in silent_streams(self._streams, now, self.media_timeout):
                 stats.media_timeouts += 1
                 self.on_timeout(stream)
         if self._streams:
-            self._schedule_tick()
+            self._tick_handle = self.loop.call_at(self.pacer.due, self._tick)
         else:
             self._tick_handle = None

@@ -1,9 +1,24 @@
 """Wires the server together in one visible place: ``create_app(config)``.
 
 The aiohttp application owns everything long-lived through one
-``cleanup_ctx``: the database engine and call-record writer task, and the
-SIP shell with its user agent and router. Leaving the context stops the
-SIP listeners, flushes the last records and closes the engine.
+``cleanup_ctx``. Each part is built complete by a build function, in
+dependency order: storage, text messages, the SIP user agent and the RTP
+shell, the live queues, the callback dialer, the IVR services, the router,
+then the SIP shell that hands the router its events. Every long-lived task is
+started there and cancelled and awaited on the way out, in reverse order:
+the SIP listeners stop first, the last call records are flushed, the
+database engine is closed last.
+
+Two knots are cut by a channel built before both ends:
+
+- The SIP shell hands the core's events to the router, yet the router's
+  media events, the live queues (their timers, the agents' buttons) and the
+  dialer act on the core outside the shell's own turn and need what they
+  queued sent. They are given ``wake`` (an ``asyncio.Event``'s ``set``); one
+  task flushes through the shell, once per loop turn however often woken.
+- The registrar reports agents' phones coming and going from inside the SIP
+  core, which is built before the live queues; it puts the changes on a
+  queue that one task hands to the live queues just after.
 """
 
 from __future__ import annotations
@@ -13,63 +28,52 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callback import db as callback_db
 from callback import rules as callback_rules
+from callback.base import Base as CallbacksBase
+from callback.base import create_engine
 from callback.outbox import Backoff, Outbox, OutboxDispatcher, OutboxMetrics, build_sender
 from callback.store import CallbackStore
 from ivr.calls.dialer import CallbackDesk
-from ivr.calls.ivrcall import IvrServices
+from ivr.calls.ivrcall import IvrServices, MediaEventSink
 from ivr.calls.queues import LiveQueues
 from ivr.calls.router import CallRouter, RouterSettings
-from ivr.flow.config import groups_of_function
 from ivr.flow.program import compile_ivr
 from ivr.media.prompts import PromptStore
+from ivr.settings.callbacks import CallbackSettings
 from ivr.settings.config import Config
+from ivr.settings.flows import groups_of_function
 from ivr.settings.prompts import load_prompts
 from ivr.settings.queues import in_schedule, model_from_config, tier_of
 from ivr.sip.registrar import Credential, Registrar, RegistrarSettings
 from ivr.sip.transaction import TimerValues
 from ivr.sip.ua import UaConfig, UserAgent
 from ivr.storage.notices import NoticeBoard
-from ivr.storage.records import CallRecorder, RecordsBase, create_engine, init_schema
+from ivr.storage.records import CallRecorder, RecordsBase, init_schema
 from ivr.storage.upgrade import add_missing_columns
 from ivr.transport.rtp import MediaShell
 from ivr.transport.sip import SipShell
-from ivr.web import admin, callbackapi, queueapi
-from ivr.web import health as http
+from ivr.web import admin, queueapi, routes, sessions
+from ivr.web.keys import CONFIG, PROMPTS, RUNTIME, Runtime
 from ivr.web.metrics import CallbackCollector, IvrCollector, QueueCollector, SipCollector
 from queueing.engine import Engine
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Runtime:
-    """The live parts, reachable from handlers and tests."""
-
-    config: Config
-    ua: UserAgent
-    router: CallRouter
-    shell: SipShell
-    recorder: CallRecorder
-    registry: CollectorRegistry
-    outbox: Outbox
-    notices: NoticeBoard
+SendText = Callable[[str, str, str], None]  # (to, body, reason): handed over at once, committed by a task
 
 
-CONFIG = web.AppKey("config", Config)
-PROMPTS = web.AppKey("prompts", PromptStore)
-RUNTIME = web.AppKey("runtime", Runtime)
-
-
+# -- settings to parts ---------------------------------------------------------------------------
 def ua_config(config: Config) -> UaConfig:
     sip = config.sip
     return UaConfig(
@@ -83,7 +87,7 @@ def ua_config(config: Config) -> UaConfig:
     )
 
 
-def registrar_for(config: Config) -> Registrar:
+def registrar_for(config: Config, on_change: Callable[[str, bool], None] | None = None) -> Registrar:
     """Agents' logins from the config; the nonce secret is new each start (old nonces come back stale)."""
     reg = config.registrar
     settings = RegistrarSettings(
@@ -94,55 +98,68 @@ def registrar_for(config: Config) -> Registrar:
         nonce_lifetime=reg.nonce_lifetime,
     )
     agents = {name: Credential(a.ha1, a.display_name) for name, a in config.agents.items()}
-    return Registrar(settings, agents, secrets.token_bytes(32))
+    return Registrar(settings, agents, secrets.token_bytes(32), on_change)
 
 
-async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
+def router_settings(config: Config) -> RouterSettings:
+    sip = config.sip
+    return RouterSettings(ring_limit=sip.ring_limit, answer_delay=sip.answer_delay, hold_time=sip.hold_time)
+
+
+def callback_store(engine: AsyncEngine, settings: CallbackSettings) -> CallbackStore:
+    """The callback list with the config's retries and claim lease (the server and ``frontdesk handover``)."""
+    return CallbackStore(
+        engine,
+        callback_rules.RetryPolicy(settings.retry.max_attempts, timedelta(seconds=settings.retry.delay)),
+        lease=timedelta(seconds=settings.lease_seconds),
+    )
+
+
+# -- build functions, in the order _runtime_ctx calls them -----------------------------------------
+async def open_storage(config: Config, stack: AsyncExitStack) -> AsyncEngine:
+    """The database with every table up to date; disposed on the way out."""
     engine = create_engine(config.storage.url)
+    stack.push_async_callback(engine.dispose)
     await init_schema(engine)
     await callback_db.init_schema(engine)
-    await add_missing_columns(engine, RecordsBase.metadata, callback_db.Base.metadata)
-    registry = CollectorRegistry()
-    notices = NoticeBoard.from_settings(engine, config.ivr)
-    await notices.load()
+    await add_missing_columns(engine, RecordsBase.metadata, CallbacksBase.metadata)
+    return engine
+
+
+def start_texts(
+    config: Config, engine: AsyncEngine, registry: CollectorRegistry, stack: AsyncExitStack
+) -> tuple[Outbox, SendText]:
+    """The text-message outbox and its sender task; calls hand texts over without waiting for the commit."""
     texts = config.texts
     outbox = Outbox(engine, OutboxMetrics(registry, reasons=("hotkey", "self_service", "callback")))
     sender = build_sender(texts.sender, texts.webhook_url, texts.timeout)
+    stack.push_async_callback(sender.close)
     retry = Backoff(texts.retry.base, texts.retry.factor, texts.retry.max_delay, texts.retry.max_attempts)
     dispatcher = OutboxDispatcher(outbox, sender, retry, poll_interval=texts.poll_interval)
-    recorder = CallRecorder(engine, config.storage.flush_interval)
-    writer = asyncio.create_task(recorder.run(), name="call-record-writer")
-
-    # text messages asked for by calls: handed over at once, committed by this task
+    start_task(stack, dispatcher.run(), "text-outbox")
     texts_in: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
-    intake = asyncio.create_task(_text_intake(texts_in, outbox), name="text-intake")
+    start_task(stack, _text_intake(texts_in, outbox), "text-intake")
+    return outbox, lambda to, body, reason: texts_in.put_nowait((to, body, reason))
 
-    loop = asyncio.get_running_loop()
-    ua = UserAgent(ua_config(config), rng=random.Random(), registrar=registrar_for(config))
-    sip = config.sip
-    prompts = app.get(PROMPTS)
-    if prompts is None:
-        prompts = await asyncio.to_thread(load_prompts, config)
-    media = MediaShell(
+
+def media_shell(config: Config, sink: MediaEventSink, stack: AsyncExitStack) -> MediaShell:
+    sip, media = config.sip, config.media
+    shell = MediaShell(
         sip.public_address or sip.listen,
-        config.media.rtp_port_min,
-        config.media.rtp_port_max,
-        lambda stream, events: router.on_media_events(stream, events),
-        lambda stream: router.on_media_timeout(stream),
-        config.media.timeout,
+        media.rtp_port_min,
+        media.rtp_port_max,
+        sink.on_events,
+        sink.on_timeout,
+        media.timeout,
     )
-    recordings = Path(config.media.recordings_dir)
-    recordings.mkdir(parents=True, exist_ok=True)
-    ivr = IvrServices(
-        program=compile_ivr(config.ivr),
-        prompts=prompts,
-        media=media,
-        groups_of=groups_of_function(config.ivr),
-        notices_for=notices.active_for,
-        send_text=lambda to, body, reason: texts_in.put_nowait((to, body, reason)),
-        recordings_dir=recordings,
-    )
+    stack.callback(shell.close_all)
+    return shell
+
+
+def live_queues(
+    config: Config, ua: UserAgent, media: MediaShell, wake: Callable[[], None], stack: AsyncExitStack
+) -> LiveQueues:
+    loop = asyncio.get_running_loop()
     queues = LiveQueues(
         Engine(model_from_config(config)),
         ua,
@@ -150,75 +167,151 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         loop.time,
         loop,
         lambda queue, groups: tier_of(config.queues[queue], groups),
+        wake=wake,
+        connected_line=config.sip.connected_line,
     )
-    queues.connected_line = sip.connected_line
-    ivr.queues = queues
-    ivr.surge = lambda: queues.engine.surge
+    stack.callback(queues.close)
+    return queues
 
-    # registrations change inside the SIP core's receive/timer: act on them just after
-    cbs = config.callbacks
-    store = CallbackStore(
-        engine,
-        callback_rules.RetryPolicy(cbs.retry.max_attempts, timedelta(seconds=cbs.retry.delay)),
-        lease=timedelta(seconds=cbs.lease_seconds),
-    )
-    desk = CallbackDesk(store, cbs, queues, ua, media, loop, ivr.send_text)
-    ivr.callbacks = desk
-    queues.on_connected = desk.reached_agent  # R10
-    app[callbackapi.CALLBACKS] = callbackapi.CallbackService(
-        store=store,
-        settings=cbs,
-        dialer=desk,
-        secret=secrets.token_bytes(32),
+
+def ivr_services(
+    config: Config,
+    prompts: PromptStore,
+    media: MediaShell,
+    notices: NoticeBoard,
+    send_text: SendText,
+    queues: LiveQueues,
+    desk: CallbackDesk,
+) -> IvrServices:
+    recordings = Path(config.media.recordings_dir)
+    recordings.mkdir(parents=True, exist_ok=True)
+    return IvrServices(
+        program=compile_ivr(config.ivr),
+        prompts=prompts,
+        media=media,
+        groups_of=groups_of_function(config.ivr),
+        notices_for=notices.active_for,
+        send_text=send_text,
         recordings_dir=recordings,
-        send_text=ivr.send_text,
-        registrar=ua.registrar,
+        surge=lambda: queues.engine.surge,
+        queues=queues,
+        callbacks=desk,
     )
 
-    def registration_changed(agent: str, up: bool) -> None:
-        loop.call_soon(queues.on_registration, agent, up)
 
-    ua.registrar.on_change = registration_changed
-    router = CallRouter(
-        ua,
-        RouterSettings(ring_limit=sip.ring_limit, answer_delay=sip.answer_delay, hold_time=sip.hold_time),
-        on_record=recorder.add,
-        wall_offset=time.time() - loop.time(),
-        ivr=ivr,
-        clock=loop.time,
-    )
+async def start_sip(config: Config, ua: UserAgent, router: CallRouter, stack: AsyncExitStack) -> SipShell:
+    """The SIP listeners, handing the core's events to ``router``; stopped first on the way out."""
+    sip = config.sip
     shell = SipShell(ua, router.handle)
-    router.pump = shell.pump
-    queues.pump = shell.pump
-    desk.pump = shell.pump
+    stack.push_async_callback(shell.stop)
     await shell.start(sip.listen, sip.port, list(sip.transports))
     if sip.port == 0:
         # an ephemeral port (tests): write the real one into Contact/Via
         ua.set_local_port(shell.udp_port or shell.tcp_port or 0)
+    return shell
+
+
+def register_collectors(
+    registry: CollectorRegistry,
+    ua: UserAgent,
+    recorder: CallRecorder,
+    ivr: IvrServices,
+    queues: LiveQueues,
+    desk: CallbackDesk,
+) -> None:
     registry.register(SipCollector(ua, lambda: recorder.backlog, lambda: recorder.write_errors))
-    registry.register(IvrCollector(ivr.metrics, media))
+    registry.register(IvrCollector(ivr.metrics, ivr.media))
     registry.register(QueueCollector(lambda: queues.engine, lambda: queues.outbound_paused, queues.counters))
     registry.register(CallbackCollector(desk.counters))
-    app[RUNTIME] = Runtime(config, ua, router, shell, recorder, registry, outbox, notices)
-    app[admin.ADMIN] = admin.AdminState(engine, notices)
-    app[queueapi.QUEUES] = queues
-    texter = asyncio.create_task(dispatcher.run(), name="text-outbox")
-    scheduler = asyncio.create_task(_surge_schedule(config, queues), name="surge-schedule")
-    dispatcher_task = asyncio.create_task(desk.run(), name="callback-dispatcher")
+
+
+def start_task(stack: AsyncExitStack, coro: Coroutine[Any, Any, None], name: str) -> None:
+    """Run ``coro`` as a task until the runtime context ends; then it is cancelled and awaited."""
+    stack.push_async_callback(_cancel, asyncio.create_task(coro, name=name))
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
     try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+
+# -- the runtime ---------------------------------------------------------------------------------
+async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    loop = asyncio.get_running_loop()
+    async with AsyncExitStack() as stack:
+        engine = await open_storage(config, stack)
+        notices = NoticeBoard.from_settings(engine, config.ivr)
+        await notices.load()
+        registry = CollectorRegistry()
+        outbox, send_text = start_texts(config, engine, registry, stack)
+        recorder = CallRecorder(engine, config.storage.flush_interval)
+        start_task(stack, recorder.run(), "call-record-writer")
+        prompts = app.get(PROMPTS)
+        if prompts is None:
+            prompts = await asyncio.to_thread(load_prompts, config)
+
+        wake = asyncio.Event()  # what the SIP core queued outside the shell's turn waits to be sent
+        registrations: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
+        ua = UserAgent(
+            ua_config(config),
+            rng=random.Random(),
+            registrar=registrar_for(config, lambda agent, up: registrations.put_nowait((agent, up))),
+        )
+        media = media_shell(config, MediaEventSink(loop.time, wake.set), stack)
+        queues = live_queues(config, ua, media, wake.set, stack)
+        start_task(stack, _registrations(registrations, queues), "registrations")
+        store = callback_store(engine, config.callbacks)
+        desk = CallbackDesk(store, config.callbacks, queues, ua, media, loop, send_text, wake.set)
+        stack.push_async_callback(desk.stop)
+        ivr = ivr_services(config, prompts, media, notices, send_text, queues, desk)
+        router = CallRouter(
+            ua, router_settings(config), on_record=recorder.add, wall_offset=time.time() - loop.time(), ivr=ivr
+        )
+        shell = await start_sip(config, ua, router, stack)
+        start_task(stack, _flush_when_woken(wake, shell), "sip-flush")
+        start_task(stack, desk.run(), "callback-dispatcher")
+        start_task(stack, _surge_schedule(config, queues), "surge-schedule")
+
+        register_collectors(registry, ua, recorder, ivr, queues, desk)
+        app[RUNTIME] = Runtime(config, ua, router, shell, recorder, registry, outbox, notices)
+        app[admin.ADMIN] = admin.AdminState(engine, notices)
+        app[queueapi.QUEUES] = queues
+        app[sessions.CALLBACKS] = sessions.CallbackService(
+            store=store,
+            settings=config.callbacks,
+            dialer=desk,
+            secret=secrets.token_bytes(32),
+            recordings_dir=ivr.recordings_dir,
+            send_text=send_text,
+            registrar=ua.registrar,
+        )
         yield
-    finally:
-        await shell.stop()
-        queues.close()
-        media.close_all()
-        for task in (writer, intake, texter, scheduler, dispatcher_task):
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-        await sender.close()
-        await engine.dispose()
+
+
+# -- long-lived tasks ------------------------------------------------------------------------------
+async def _flush_when_woken(wake: asyncio.Event, shell: SipShell) -> None:
+    """Send what the SIP core queued outside the shell's own turn, once per loop turn however often woken."""
+    while True:
+        await wake.wait()
+        wake.clear()
+        try:
+            shell.pump()
+        except Exception:  # one call's failure must not leave every later call unsent
+            log.exception("SIP flush failed")
+
+
+async def _registrations(changes: asyncio.Queue[tuple[str, bool]], queues: LiveQueues) -> None:
+    """Agents' phones registering and going (told inside the SIP core) become queue events just after."""
+    while True:
+        agent, up = await changes.get()
+        try:
+            queues.on_registration(agent, up)
+        except Exception:
+            log.exception("registration change of %s not applied", agent)
 
 
 async def _surge_schedule(config: Config, queues: LiveQueues, every: float = 15.0) -> None:
@@ -250,8 +343,5 @@ def create_app(config: Config, prompts: PromptStore | None = None) -> web.Applic
     if prompts is not None:
         app[PROMPTS] = prompts
     app.cleanup_ctx.append(_runtime_ctx)
-    http.setup_routes(app)
-    admin.setup_admin_routes(app, config.admin)
-    queueapi.setup_queue_routes(app, config.admin)
-    callbackapi.setup_callback_routes(app, config.callbacks)
+    routes.setup_routes(app, config)
     return app

@@ -1,15 +1,16 @@
-"""HTTP routes: health and metrics (agent and admin APIs join later)."""
+"""Health and metrics: ``GET /healthz`` for probes and load balancers, ``GET /metrics`` for Prometheus."""
 
 from __future__ import annotations
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ivr.web import app as app_mod
+from ivr.web.keys import RUNTIME
 
 
 async def healthz(request: web.Request) -> web.Response:
-    rt = request.app[app_mod.RUNTIME]
+    """The server is up: calls in progress, its SIP ports, call records not yet written."""
+    rt = request.app[RUNTIME]
     body = {
         "status": "ok",
         "calls_active": len(rt.ua.calls),
@@ -21,11 +22,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    rt = request.app[app_mod.RUNTIME]
+    """Every metric of the server in Prometheus' text format."""
+    rt = request.app[RUNTIME]
     data = generate_latest(rt.registry)
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
+__all__ = ["healthz", "metrics"]

@@ -3,14 +3,15 @@
 The core counts into plain integers (:class:`ivr.sip.ua.SipStats`) so the
 per-message path pays for a dict update, not for a metrics library; this
 collector turns them into metric families when Prometheus scrapes. The queue
-engine keeps its own counters (``queueing.engine.QueueStats``), read the
+engine keeps its own counters (``queueing.stats.QueueStats``), read the
 same way by :class:`QueueCollector`.
 All names share the ``frontdesk_`` prefix and use base units.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, get_args
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, SummaryMetricFamily
@@ -20,8 +21,21 @@ from ivr.calls.ivrcall import IvrMetrics
 from ivr.sip.registrar import RESULTS
 from ivr.sip.ua import Outcome, UserAgent
 from ivr.transport.rtp import LATENESS_BUCKETS, MediaShell
-from queueing.engine import AgentState, Engine
-from queueing.events import OverflowTarget, SurgeCause
+from queueing.agents import AgentState
+from queueing.engine import Engine
+from queueing.events import SurgeCause
+from queueing.model import OverflowTarget
+from queueing.stats import QueueStats, Snapshot
+
+
+def cumulative_buckets(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
+    """Prometheus buckets (``le`` label, cumulative count) from per-bucket counts; the last count is above them all."""
+    out: list[tuple[str, float]] = []
+    acc = 0
+    for bound, n in zip([*bounds, float("inf")], counts, strict=False):
+        acc += n
+        out.append(("+Inf" if bound == float("inf") else repr(bound), acc))
+    return out
 
 
 class SipCollector(Collector):
@@ -83,13 +97,8 @@ class SipCollector(Collector):
         c.add_metric([], st.stray_responses)
         yield c
         h = st.answer_latency
-        buckets = []
-        acc = 0
-        for bound, n in zip([*list(h.buckets), float("inf")], h.counts, strict=False):
-            acc += n
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), acc))
         hf = HistogramMetricFamily("frontdesk_sip_answer_latency_seconds", "INVITE received to 200 OK sent", unit="")
-        hf.add_metric([], buckets, h.total)
+        hf.add_metric([], cumulative_buckets(h.buckets, h.counts), h.total)
         yield hf
         g = GaugeMetricFamily("frontdesk_calls_active", "Calls in progress (ringing, answered or talking)")
         g.add_metric([], len(self.ua.calls))
@@ -174,18 +183,13 @@ class IvrCollector(Collector):
         g = GaugeMetricFamily("frontdesk_media_streams_active", "Calls with an open RTP stream")
         g.add_metric([], self.media.active)
         yield g
-        acc = 0
-        buckets = []
-        for bound, n in zip([*LATENESS_BUCKETS, float("inf")], st.lateness_counts, strict=True):
-            acc += n
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), acc))
         h = HistogramMetricFamily("frontdesk_rtp_pacing_lateness_seconds", "How late each shared 20 ms media tick ran")
-        h.add_metric([], buckets, st.lateness_sum)
+        h.add_metric([], cumulative_buckets(LATENESS_BUCKETS, st.lateness_counts), st.lateness_sum)
         yield h
 
 
 class AgentCallCounts(Protocol):
-    """What the live router counts about the calls it places to agents' phones (the engine does not see SIP)."""
+    """What the live server counts about the calls it places to agents' phones (the engine does not see SIP)."""
 
     @property
     def agent_calls(self) -> Mapping[str, int]: ...  # INVITEs to agents by result
@@ -194,12 +198,116 @@ class AgentCallCounts(Protocol):
     def unreachable(self) -> int: ...  # rings to agents with no registered phone
 
 
+@dataclass(frozen=True)
+class _Scrape:
+    """One scrape's view of the engine: every queue family reads the same snapshot."""
+
+    engine: Engine
+    snap: Snapshot
+    names: list[str]  # the queues, sorted
+
+    @property
+    def stats(self) -> Mapping[str, QueueStats]:
+        return self.engine.stats
+
+
+# (name, help, QueueStats attribute) of the per-queue counters
+_QUEUE_COUNTERS = (
+    ("frontdesk_queue_calls_offered", "Callers who joined the queue", "offered"),
+    ("frontdesk_queue_calls_answered", "Callers answered by an agent", "answered"),
+    ("frontdesk_queue_calls_abandoned", "Callers who hung up while waiting or ringing", "abandoned"),
+    ("frontdesk_queue_ring_no_answer", "Agent rings that went unanswered (ring timeout or refused)", "ring_no_answer"),
+    (
+        "frontdesk_queue_answered_within_threshold",
+        "Callers answered within the service-level threshold",
+        "answered_within_t",
+    ),
+    (
+        "frontdesk_queue_abandoned_short",
+        "Abandons within the grace period (left out of the service level)",
+        "abandoned_short",
+    ),
+)
+
+# (name, help, value of one queue) of the per-queue gauges
+_QUEUE_GAUGES: tuple[tuple[str, str, Callable[[_Scrape, str], float]], ...] = (
+    (
+        "frontdesk_queue_waiting_calls",
+        "Callers waiting in line now (not ringing)",
+        lambda s, q: s.snap.queues[q].waiting,
+    ),
+    (
+        "frontdesk_queue_ringing_calls",
+        "Callers whose agent phone is ringing now",
+        lambda s, q: s.snap.queues[q].ringing,
+    ),
+    (
+        "frontdesk_queue_longest_wait_seconds",
+        "Longest wait of the callers in line now",
+        lambda s, q: s.snap.queues[q].longest_waiting,
+    ),
+    (
+        "frontdesk_queue_ewt_seconds",
+        "Estimated wait for a caller joining now (+Inf when no agent serves the queue)",
+        lambda s, q: s.snap.queues[q].ewt,
+    ),
+    (
+        "frontdesk_queue_aht_seconds",
+        "Average handle time (talk + wrap-up), moving average",
+        lambda s, q: s.snap.queues[q].aht,
+    ),
+    (
+        "frontdesk_queue_service_level_ratio",
+        "Answered within the threshold / (answered + abandoned + overflowed - short abandons), since start",
+        lambda s, q: s.stats[q].service_level,
+    ),
+    (
+        "frontdesk_queue_service_level_threshold_seconds",
+        "T of the service level: answers within this count",
+        lambda s, q: s.engine.queues[q].service_level_t,
+    ),
+    (
+        "frontdesk_queue_service_level_target_ratio",
+        "The service level aimed at",
+        lambda s, q: s.engine.queues[q].service_level_target,
+    ),
+    ("frontdesk_queue_asa_seconds", "Average speed of answer since start", lambda s, q: s.stats[q].asa),
+    (
+        "frontdesk_queue_agents_serving",
+        "Agents logged in, not 'not ready', with the queue's skills",
+        lambda s, q: s.snap.queues[q].serving,
+    ),
+)
+
+# (name, help, QueueStats attributes of count and sum) of the per-queue summaries
+_QUEUE_SUMMARIES = (
+    (
+        "frontdesk_queue_answer_wait_seconds",
+        "Waits of answered callers, joining to answer",
+        "answered",
+        "answer_wait_total",
+    ),
+    (
+        "frontdesk_queue_ewt_error_seconds",
+        "Actual minus predicted wait of answered callers (positive: they waited longer than estimated)",
+        "ewt_samples",
+        "ewt_error_total",
+    ),
+    (
+        "frontdesk_queue_ewt_abs_error_seconds",
+        "Absolute error of the wait predicted on joining",
+        "ewt_samples",
+        "ewt_abs_error_total",
+    ),
+)
+
+
 class QueueCollector(Collector):
     """Queues, agents and the surge switch, read from the queueing engine at scrape time (docs/queueing.md).
 
     ``engine_getter`` is called on every scrape, so the router may swap engines
     (a reload) without re-registering. Counters run from the engine's start.
-    ``router_counts``, when given, adds the live router's counts of calls to agents.
+    ``router_counts``, when given, adds the live server's counts of calls to agents.
     """
 
     def __init__(
@@ -214,147 +322,91 @@ class QueueCollector(Collector):
 
     def collect(self) -> Iterator[object]:  # type: ignore[override]
         engine = self.engine_getter()
-        snap = engine.snapshot()
-        names = sorted(engine.queues)
-        stats = engine.stats
+        scrape = _Scrape(engine, engine.snapshot(), sorted(engine.queues))
+        yield from self._queue_counters(scrape)
+        yield self._overflowed(scrape)
+        yield from self._queue_gauges(scrape)
+        yield from self._queue_summaries(scrape)
+        yield self._agents(scrape)
+        yield from self._surge(scrape)
+        yield self._outbound_paused()
+        if self.router_counts is not None:
+            yield from self._agent_calls(self.router_counts)
 
-        for name, doc, attr in (
-            ("frontdesk_queue_calls_offered", "Callers who joined the queue", "offered"),
-            ("frontdesk_queue_calls_answered", "Callers answered by an agent", "answered"),
-            ("frontdesk_queue_calls_abandoned", "Callers who hung up while waiting or ringing", "abandoned"),
-            (
-                "frontdesk_queue_ring_no_answer",
-                "Agent rings that went unanswered (ring timeout or refused)",
-                "ring_no_answer",
-            ),
-            (
-                "frontdesk_queue_answered_within_threshold",
-                "Callers answered within the service-level threshold",
-                "answered_within_t",
-            ),
-            (
-                "frontdesk_queue_abandoned_short",
-                "Abandons within the grace period (left out of the service level)",
-                "abandoned_short",
-            ),
-        ):
+    @staticmethod
+    def _queue_counters(s: _Scrape) -> Iterator[CounterMetricFamily]:
+        for name, doc, attr in _QUEUE_COUNTERS:
             c = CounterMetricFamily(name, doc, labels=["queue"])
-            for q in names:
-                c.add_metric([q], getattr(stats[q], attr))
+            for q in s.names:
+                c.add_metric([q], getattr(s.stats[q], attr))
             yield c
+
+    @staticmethod
+    def _overflowed(s: _Scrape) -> CounterMetricFamily:
         c = CounterMetricFamily(
             "frontdesk_queue_calls_overflowed",
             "Callers taken out of the queue, by where they went",
             labels=["queue", "target"],
         )
-        for q in names:
+        for q in s.names:
             for target in get_args(OverflowTarget):
-                c.add_metric([q, target], stats[q].overflowed.get(target, 0))
-        yield c
+                c.add_metric([q, target], s.stats[q].overflowed.get(target, 0))
+        return c
 
-        queue_snaps = snap.queues
-        for name, doc, value in (
-            (
-                "frontdesk_queue_waiting_calls",
-                "Callers waiting in line now (not ringing)",
-                lambda q: queue_snaps[q].waiting,
-            ),
-            (
-                "frontdesk_queue_ringing_calls",
-                "Callers whose agent phone is ringing now",
-                lambda q: queue_snaps[q].ringing,
-            ),
-            (
-                "frontdesk_queue_longest_wait_seconds",
-                "Longest wait of the callers in line now",
-                lambda q: queue_snaps[q].longest_waiting,
-            ),
-            (
-                "frontdesk_queue_ewt_seconds",
-                "Estimated wait for a caller joining now (+Inf when no agent serves the queue)",
-                lambda q: queue_snaps[q].ewt,
-            ),
-            (
-                "frontdesk_queue_aht_seconds",
-                "Average handle time (talk + wrap-up), moving average",
-                lambda q: queue_snaps[q].aht,
-            ),
-            (
-                "frontdesk_queue_service_level_ratio",
-                "Answered within the threshold / (answered + abandoned + overflowed - short abandons), since start",
-                lambda q: stats[q].service_level,
-            ),
-            (
-                "frontdesk_queue_service_level_threshold_seconds",
-                "T of the service level: answers within this count",
-                lambda q: engine.queues[q].service_level_t,
-            ),
-            (
-                "frontdesk_queue_service_level_target_ratio",
-                "The service level aimed at",
-                lambda q: engine.queues[q].service_level_target,
-            ),
-            ("frontdesk_queue_asa_seconds", "Average speed of answer since start", lambda q: stats[q].asa),
-            (
-                "frontdesk_queue_agents_serving",
-                "Agents logged in, not 'not ready', with the queue's skills",
-                lambda q: queue_snaps[q].serving,
-            ),
-        ):
+    @staticmethod
+    def _queue_gauges(s: _Scrape) -> Iterator[GaugeMetricFamily]:
+        for name, doc, value in _QUEUE_GAUGES:
             g = GaugeMetricFamily(name, doc, labels=["queue"])
-            for q in names:
-                g.add_metric([q], value(q))
+            for q in s.names:
+                g.add_metric([q], value(s, q))
             yield g
 
-        s = SummaryMetricFamily(
-            "frontdesk_queue_answer_wait_seconds", "Waits of answered callers, joining to answer", labels=["queue"]
-        )
-        for q in names:
-            s.add_metric([q], count_value=stats[q].answered, sum_value=stats[q].answer_wait_total)
-        yield s
-        s = SummaryMetricFamily(
-            "frontdesk_queue_ewt_error_seconds",
-            "Actual minus predicted wait of answered callers (positive: they waited longer than estimated)",
-            labels=["queue"],
-        )
-        for q in names:
-            s.add_metric([q], count_value=stats[q].ewt_samples, sum_value=stats[q].ewt_error_total)
-        yield s
-        s = SummaryMetricFamily(
-            "frontdesk_queue_ewt_abs_error_seconds", "Absolute error of the wait predicted on joining", labels=["queue"]
-        )
-        for q in names:
-            s.add_metric([q], count_value=stats[q].ewt_samples, sum_value=stats[q].ewt_abs_error_total)
-        yield s
+    @staticmethod
+    def _queue_summaries(s: _Scrape) -> Iterator[SummaryMetricFamily]:
+        for name, doc, count, total in _QUEUE_SUMMARIES:
+            m = SummaryMetricFamily(name, doc, labels=["queue"])
+            for q in s.names:
+                stats = s.stats[q]
+                m.add_metric([q], count_value=getattr(stats, count), sum_value=getattr(stats, total))
+            yield m
 
+    @staticmethod
+    def _agents(s: _Scrape) -> GaugeMetricFamily:
         g = GaugeMetricFamily("frontdesk_agents", "Agents by state", labels=["state"])
         for state in AgentState:
-            g.add_metric([state.value], snap.agents_by_state.get(state.value, 0))
-        yield g
+            g.add_metric([state.value], s.snap.agents_by_state.get(state.value, 0))
+        return g
+
+    @staticmethod
+    def _surge(s: _Scrape) -> Iterator[object]:
         g = GaugeMetricFamily("frontdesk_surge_active", "1 while surge mode is on")
-        g.add_metric([], 1 if engine.surge else 0)
+        g.add_metric([], 1 if s.engine.surge else 0)
         yield g
         c = CounterMetricFamily(
             "frontdesk_surge_changes", "Surge switch changes, by what decided them", labels=["cause"]
         )
         for cause in get_args(SurgeCause):
-            c.add_metric([cause], engine.surge_changes.get(cause, 0))
+            c.add_metric([cause], s.engine.surge_changes.get(cause, 0))
         yield c
+
+    def _outbound_paused(self) -> GaugeMetricFamily:
         g = GaugeMetricFamily("frontdesk_outbound_paused", "1 while outbound calls are paused (R15)")
         g.add_metric([], 1 if self.outbound_paused() else 0)
-        yield g
-        if self.router_counts is not None:
-            c = CounterMetricFamily(
-                "frontdesk_queue_agent_calls", "Calls placed to agents' phones, by result", labels=["result"]
-            )
-            for result, n in sorted(self.router_counts.agent_calls.items()):
-                c.add_metric([result], n)
-            yield c
-            c = CounterMetricFamily(
-                "frontdesk_queue_agent_unreachable", "Rings asked for an agent whose phone is not registered"
-            )
-            c.add_metric([], self.router_counts.unreachable)
-            yield c
+        return g
+
+    @staticmethod
+    def _agent_calls(counts: AgentCallCounts) -> Iterator[CounterMetricFamily]:
+        c = CounterMetricFamily(
+            "frontdesk_queue_agent_calls", "Calls placed to agents' phones, by result", labels=["result"]
+        )
+        for result, n in sorted(counts.agent_calls.items()):
+            c.add_metric([result], n)
+        yield c
+        c = CounterMetricFamily(
+            "frontdesk_queue_agent_unreachable", "Rings asked for an agent whose phone is not registered"
+        )
+        c.add_metric([], counts.unreachable)
+        yield c
 
 
 class CallbackCollector(Collector):

@@ -17,32 +17,37 @@ Admins use the admin token (ivr/web/admin.py) and every change is audited::
     GET   /admin/agents                      every agent's state
     PUT   /admin/agents/{id}/state           {"state": "ready" | "not_ready" | "logged_out", "reason": "..."}
 
-Errors are JSON ``{"error": "..."}`` with a 4xx that says what to fix.
+Errors are the one error body of ``ivr/web/common.py``, with a 4xx that says what to fix. The values of the
+runtime settings are checked by ``ivr/settings/queues.py``, the same checks as the config file's; the body
+models here only fix the names. The routes are listed in ``ivr/web/routes.py``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import math
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
+from pydantic import ConfigDict, Field, WithJsonSchema
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from ivr.calls.queues import LiveQueues
-from ivr.settings.config import AdminSettings
-from ivr.settings.queues import queue_for_runtime_update, surge_for_runtime_update
+from ivr.settings.queues import (
+    QUEUE_RUNTIME_KEYS,
+    SURGE_RUNTIME_KEYS,
+    queue_for_runtime_update,
+    surge_for_runtime_update,
+)
 from ivr.storage.audit import audit
-from ivr.web.admin import ADMIN, AdminState, _error, _guard
-from queueing.engine import Agent, PolicyError
-from queueing.events import QueueReconfigured, SurgeReconfigured
+from ivr.web.admin import AdminState
+from ivr.web.common import AGENT_CHALLENGE, ApiError, RequestBody, basic_credentials, settings_error
+from queueing.agents import Agent
+from queueing.events import PolicyError, QueueReconfigured, SurgeReconfigured
 
 QUEUES = web.AppKey("queues", LiveQueues)
 
-_ACTIONS = {"login": "login", "ready": "ready", "not-ready": "not_ready", "logout": "logout"}
 _STATES = {"ready": "ready", "not_ready": "not_ready", "logged_out": "logout"}
 
 
@@ -108,76 +113,146 @@ def queues_json(queues: LiveQueues) -> dict[str, Any]:
 # -- agents ---------------------------------------------------------------------------------
 
 
-def _agent_auth(request: web.Request, queues: LiveQueues) -> str | web.Response:
-    """The agent's name from valid Basic credentials, or the error response."""
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    challenge = {"WWW-Authenticate": 'Basic realm="frontdesk agents", charset="UTF-8"'}
-    if scheme.lower() != "basic" or not given.strip():
-        return _error(401, "log in with your SIP name and password (HTTP Basic)", challenge)
-    try:
-        name, sep, password = base64.b64decode(given.strip(), validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return _error(401, "malformed Basic credentials", challenge)
-    if not sep or not queues.ua.registrar.password_ok(name, password):
-        return _error(401, "wrong agent name or password", challenge)
-    if name not in queues.engine.agents:
-        return _error(403, f"{name} has a SIP login but is not an agent of any queue")
-    return name
-
-
-def _queues(request: web.Request) -> LiveQueues | web.Response:
+def _queues(request: web.Request) -> LiveQueues:
     queues = request.app.get(QUEUES)
     if queues is None:
-        return _error(503, "the queues are not running (server starting or stopping)")
+        raise ApiError(503, "the queues are not running (server starting or stopping)")
     return queues
 
 
-def _agent(request: web.Request) -> tuple[LiveQueues, str] | web.Response:
-    """The queues and the authenticated agent's name, or the error response."""
+async def agent_context(request: web.Request) -> tuple[LiveQueues, str]:
+    """The queues and the agent whose SIP name and password came as HTTP Basic (else 401/403/503)."""
     queues = _queues(request)
-    if isinstance(queues, web.Response):
-        return queues
-    name = _agent_auth(request, queues)
-    if isinstance(name, web.Response):
-        return name
+    given = basic_credentials(request)
+    if given is None:
+        raise ApiError(401, "log in with your SIP name and password (HTTP Basic)", headers=AGENT_CHALLENGE)
+    name, password = given
+    if not queues.ua.registrar.password_ok(name, password):
+        raise ApiError(401, "wrong agent name or password", headers=AGENT_CHALLENGE)
+    if name not in queues.engine.agents:
+        raise ApiError(403, f"{name} has a SIP login but is not an agent of any queue")
     return queues, name
 
 
-async def agent_state(request: web.Request) -> web.StreamResponse:
-    found = _agent(request)
-    if isinstance(found, web.Response):
-        return found
-    queues, name = found
-    return web.json_response(agent_json(queues, queues.engine.agents[name]))
+class NotReadyBody(RequestBody):
+    """Why the agent steps away; no body means "busy"."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)  # as before: other keys are not an error
+    empty_is_object = True
+
+    reason: str = Field("", max_length=64, description='shown to supervisors; empty means "busy"')
 
 
-async def agent_action(request: web.Request) -> web.StreamResponse:
-    found = _agent(request)
-    if isinstance(found, web.Response):
-        return found
-    queues, name = found
-    action = _ACTIONS[request.match_info["action"]]
-    reason = None
-    if action == "not_ready":
-        reason = "busy"
-        if request.can_read_body:
-            try:
-                body = await request.json()
-            except ValueError:
-                return _error(400, 'the body must be JSON: {"reason": "lunch"}')
-            if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
-                return _error(400, 'the body must be JSON: {"reason": "lunch"}')
-            reason = body.get("reason") or "busy"
-            if len(reason) > 64:
-                return _error(400, "reason: 64 characters at most")
+def _agent_answer(queues: LiveQueues, name: str, action: str, reason: str | None) -> web.StreamResponse:
     try:
         queues.agent_event(name, action, reason)
     except PolicyError as exc:
-        return _error(409, str(exc))
+        raise ApiError(409, str(exc)) from None
     return web.json_response(agent_json(queues, queues.engine.agents[name]))
 
 
+async def agent_state(request: web.Request, queues: LiveQueues, name: str) -> web.StreamResponse:
+    """The agent's own state."""
+    return web.json_response(agent_json(queues, queues.engine.agents[name]))
+
+
+async def agent_login(request: web.Request, queues: LiveQueues, name: str) -> web.StreamResponse:
+    """Log in: the agent becomes ready."""
+    return _agent_answer(queues, name, "login", None)
+
+
+async def agent_ready(request: web.Request, queues: LiveQueues, name: str) -> web.StreamResponse:
+    """Ready for the next caller."""
+    return _agent_answer(queues, name, "ready", None)
+
+
+async def agent_not_ready(
+    request: web.Request, queues: LiveQueues, name: str, body: NotReadyBody
+) -> web.StreamResponse:
+    """Not ready, with a reason."""
+    return _agent_answer(queues, name, "not_ready", body.reason or "busy")
+
+
+async def agent_logout(request: web.Request, queues: LiveQueues, name: str) -> web.StreamResponse:
+    """Log out."""
+    return _agent_answer(queues, name, "logout", None)
+
+
 # -- admin ----------------------------------------------------------------------------------
+
+_NUMBER: dict[str, Any] = {"type": ["number", "null"]}
+_LIMIT: dict[str, Any] = {
+    "description": "seconds (or a count) for both modes, or each mode apart",
+    "oneOf": [
+        {"type": "number"},
+        {
+            "type": "object",
+            "properties": {"normal": {"type": "number"}, "surge": {"type": "number"}},
+            "additionalProperties": False,
+        },
+    ],
+}
+_TEXT: dict[str, Any] = {"type": "string"}
+_FLAG: dict[str, Any] = {"type": "boolean"}
+# checked by ivr/settings/queues.py (the config file's checks), documented here
+Setting = Annotated[Any, WithJsonSchema(_NUMBER)]
+LimitSetting = Annotated[Any, WithJsonSchema(_LIMIT)]
+TextSetting = Annotated[Any, WithJsonSchema(_TEXT)]
+FlagSetting = Annotated[Any, WithJsonSchema(_FLAG)]
+
+
+def _no_defaults(schema: dict[str, Any]) -> None:
+    """A setting left out keeps its value: it has no default to document."""
+    for prop in schema.get("properties", {}).values():
+        prop.pop("default", None)
+
+
+class QueuePatch(RequestBody):
+    """A queue's limits changed at runtime; a setting left out keeps its value."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_no_defaults)
+
+    max_wait: LimitSetting = None
+    max_length: LimitSetting = None
+    announce_every: LimitSetting = None
+    ring_timeout: Setting = None
+    wrap_up: Setting = None
+    overflow: TextSetting = None
+    surge_overflow: TextSetting = None
+    strategy: TextSetting = None
+    service_level_target: Setting = Field(None, description="a ratio from 0 to 1")
+    callback_ewt: Setting = Field(None, description="R2: seconds of estimated wait from which a callback is offered")
+
+
+class SurgePatch(RequestBody):
+    """The surge switch's thresholds at runtime; a threshold set to null is not used."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_no_defaults)
+
+    ewt_on: Setting = None
+    ewt_off: Setting = None
+    queue_length_on: Setting = None
+    queue_length_off: Setting = None
+    service_level_on: Setting = None
+    service_level_off: Setting = None
+    min_dwell: Setting = None
+    peak_shaving_ewt: Setting = None
+    auto: FlagSetting = None
+    notice: FlagSetting = None
+    pause_outbound: FlagSetting = None
+
+
+class SurgeSwitchBody(RequestBody):
+    """Surge on or off by hand, or null: back to the schedule and the thresholds."""
+
+    on: bool | None
+
+
+class AgentStateBody(RequestBody):
+    """A supervisor sets an agent's state (ready logs a logged-out agent in)."""
+
+    state: Literal["ready", "not_ready", "logged_out"]
+    reason: str | None = None
 
 
 async def _audited(engine: AsyncEngine, actor: str, action: str, target: str, detail: dict[str, Any]) -> None:
@@ -185,115 +260,74 @@ async def _audited(engine: AsyncEngine, actor: str, action: str, target: str, de
         audit(session, datetime.now(UTC), actor, action, target, detail)
 
 
-async def _json_object(request: web.Request, example: str) -> dict[str, Any] | web.Response:
-    try:
-        data = await request.json()
-    except (ValueError, UnicodeDecodeError) as exc:
-        return _error(400, f"the body is not valid JSON: {exc}")
-    if not isinstance(data, dict):
-        return _error(400, f"the body must be a JSON object: {example}")
-    return data
-
-
 async def admin_queues(request: web.Request, state: AdminState, actor: str) -> web.StreamResponse:
-    queues = _queues(request)
-    if isinstance(queues, web.Response):
-        return queues
-    return web.json_response(queues_json(queues))
+    """Every queue now: waiting, EWT, service level, its limits; and the surge switch."""
+    return web.json_response(queues_json(_queues(request)))
 
 
-async def put_surge(request: web.Request, state: AdminState, actor: str) -> web.StreamResponse:
+async def put_surge(request: web.Request, state: AdminState, actor: str, body: SurgeSwitchBody) -> web.StreamResponse:
+    """The surge switch by hand (audited; R15: surge pauses outbound callbacks)."""
     queues = _queues(request)
-    if isinstance(queues, web.Response):
-        return queues
-    data = await _json_object(request, '{"on": true}')
-    if isinstance(data, web.Response):
-        return data
-    if set(data) != {"on"} or data["on"] not in (True, False, None):
-        return _error(400, 'send {"on": true}, {"on": false} or {"on": null} (null: back to schedule and thresholds)')
-    await _audited(state.engine, actor, "surge_switch", "surge", {"on": data["on"]})
-    queues.surge_switch(data["on"], "manual")
+    await _audited(state.engine, actor, "surge_switch", "surge", {"on": body.on})
+    queues.surge_switch(body.on, "manual")
     return web.json_response(queues_json(queues)["surge"])
 
 
-async def patch_surge(request: web.Request, state: AdminState, actor: str) -> web.StreamResponse:
+async def patch_surge(request: web.Request, state: AdminState, actor: str, body: SurgePatch) -> web.StreamResponse:
+    """The surge thresholds (audited)."""
     queues = _queues(request)
-    if isinstance(queues, web.Response):
-        return queues
-    data = await _json_object(request, '{"ewt_on": 90}')
-    if isinstance(data, web.Response):
-        return data
+    changes = body.model_dump(exclude_unset=True)
     try:
-        spec = surge_for_runtime_update(queues.engine.model.surge, data)
+        spec = surge_for_runtime_update(queues.engine.model.surge, changes)
     except ValueError as exc:
-        return _error(400, str(exc))
-    await _audited(state.engine, actor, "surge_settings", "surge", data)
+        raise settings_error(exc, SURGE_RUNTIME_KEYS) from None
+    await _audited(state.engine, actor, "surge_settings", "surge", changes)
     queues.feed(SurgeReconfigured(spec=spec, now=queues.now()))
     return web.json_response(queues_json(queues)["surge"])
 
 
-async def patch_queue(request: web.Request, state: AdminState, actor: str) -> web.StreamResponse:
+async def patch_queue(request: web.Request, state: AdminState, actor: str, body: QueuePatch) -> web.StreamResponse:
+    """One queue's limits (audited)."""
     queues = _queues(request)
-    if isinstance(queues, web.Response):
-        return queues
     name = request.match_info["name"]
     spec = queues.engine.queues.get(name)
     if spec is None:
-        return _error(404, f"no queue {name!r}; queues: {', '.join(sorted(queues.engine.queues))}")
-    data = await _json_object(request, '{"max_wait": {"normal": 30, "surge": 20}}')
-    if isinstance(data, web.Response):
-        return data
+        known = ", ".join(sorted(queues.engine.queues))
+        raise ApiError(404, f"no queue {name!r}; queues: {known}", [("name", f"no such queue; queues: {known}")])
+    changes = body.model_dump(exclude_unset=True)
     try:
-        new = queue_for_runtime_update(spec, data)
+        new = queue_for_runtime_update(spec, changes)
     except ValueError as exc:
-        return _error(400, str(exc))
-    await _audited(state.engine, actor, "queue_settings", name, data)
+        raise settings_error(exc, QUEUE_RUNTIME_KEYS) from None
+    await _audited(state.engine, actor, "queue_settings", name, changes)
     queues.feed(QueueReconfigured(spec=new, now=queues.now()))
     return web.json_response(queues_json(queues)["queues"][name])
 
 
 async def admin_agents(request: web.Request, state: AdminState, actor: str) -> web.StreamResponse:
+    """Every agent's state."""
     queues = _queues(request)
-    if isinstance(queues, web.Response):
-        return queues
     return web.json_response({"agents": [agent_json(queues, a) for a in queues.engine.agents.values()]})
 
 
-async def put_agent_state(request: web.Request, state: AdminState, actor: str) -> web.StreamResponse:
+async def put_agent_state(
+    request: web.Request, state: AdminState, actor: str, body: AgentStateBody
+) -> web.StreamResponse:
+    """A supervisor sets an agent's state (audited)."""
     queues = _queues(request)
-    if isinstance(queues, web.Response):
-        return queues
     agent_id = request.match_info["id"]
     if agent_id not in queues.engine.agents:
-        return _error(404, f"no agent {agent_id!r}")
-    data = await _json_object(request, '{"state": "not_ready", "reason": "meeting"}')
-    if isinstance(data, web.Response):
-        return data
-    target, reason = data.get("state"), data.get("reason")
-    if target not in _STATES or set(data) - {"state", "reason"} or (reason is not None and not isinstance(reason, str)):
-        return _error(400, 'send {"state": "ready" | "not_ready" | "logged_out", "reason": "..."}')
+        raise ApiError(404, f"no agent {agent_id!r}", [("id", "no such agent")])
     agent = queues.engine.agents[agent_id]
-    action = _STATES[target]
+    action = _STATES[body.state]
     if action == "ready" and agent.state.value == "logged_out":
         action = "login"  # logging in makes the agent ready
-    await _audited(state.engine, actor, "agent_state", agent_id, data)
+    await _audited(state.engine, actor, "agent_state", agent_id, body.model_dump(exclude_unset=True))
     try:
-        queues.agent_event(agent_id, action, reason)
+        queues.agent_event(agent_id, action, body.reason)
     except PolicyError as exc:
-        return _error(409, str(exc))
+        raise ApiError(409, str(exc)) from None
     return web.json_response(agent_json(queues, agent))
 
 
-def setup_queue_routes(app: web.Application, settings: AdminSettings) -> None:
-    token = settings.token.get_secret_value().strip() if settings.token is not None else None
-    app.router.add_get("/agent/state", agent_state)
-    app.router.add_post(r"/agent/{action:login|ready|not-ready|logout}", agent_action)
-    app.router.add_get("/admin/queues", _guard(admin_queues, token))
-    app.router.add_patch("/admin/queues/{name}", _guard(patch_queue, token))
-    app.router.add_put("/admin/surge", _guard(put_surge, token))
-    app.router.add_patch("/admin/surge", _guard(patch_surge, token))
-    app.router.add_get("/admin/agents", _guard(admin_agents, token))
-    app.router.add_put("/admin/agents/{id}/state", _guard(put_agent_state, token))
-
-
-__all__ = ["ADMIN", "QUEUES", "agent_json", "queues_json", "setup_queue_routes"]
+__all__ = ["QUEUES", "agent_context", "agent_json", "queues_json"]

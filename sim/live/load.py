@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-1. **The calls** are drawn from the scenario with its seed (:func:`draw_calls`):
+1. **The calls** are drawn from the scenario with its seed (``sim.live.loadcalls.draw_calls``):
    the arrival instants of its piecewise-Poisson sources, each caller's queue
    (or diversion key), talk time and patience. ``--duration`` keeps the first
    seconds of the day; ``--max-calls`` refuses a run bigger than that.
@@ -36,426 +36,63 @@ What a load run cannot play is refused before any call is made: caller groups,
 redials, callback bookings, surge-only diversion, targeted notices, reserve
 echelons and surge switch events (the callers and agents here do not act on
 the server's state). Traffic goes to loopback addresses only.
+
+This module is the run and its command line; the calls, the refusals and the
+predictions are in ``sim/live/loadcalls.py``, the agents' phones in
+``sim/live/loadagents.py``. The module is long because the run is one
+sequence (ports, callers, agents, the follow-up of the roster, the scrape and
+the comparison) that reads best in one place, with its manual above.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import ipaddress
 import json
 import math
-import random
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sim.engine import Simulation, derive
-from sim.live.phones import (
-    above_ephemeral_ports,
-    ack_with_the_dialogs_to_tag,
-    free_udp_port,
-    free_udp_ports,
-    halt_threads,
-    import_pyvoip,
-    stop_phone,
+from sim.live.loadagents import PYVOIP_ANSWER_DELAY, Agents, AgentStats
+from sim.live.loadcalls import (
+    COMPARED,
+    LoadCall,
+    LoadError,
+    draw_calls,
+    loopback_target,
+    measured,
+    predict_same_calls,
+    predict_scenario,
+    replay_problems,
+    scrape,
 )
-from sim.live.promtext import parse_metrics, sample
-from sim.plan import Diversion, LoadPlan, Plan, RateStep, Sampler, ScriptedCall
-from sim.stats import Estimate, replicate, run_totals
+from sim.live.phones import (
+    PortBlocks,
+    PortRange,
+    import_pyvoip,
+    outside_ephemeral_ports,
+)
+from sim.plan import LoadPlan, Plan
+from sim.stats import Estimate
 
 CALLER_SCENARIO = "load_caller.xml"
 CALLER_AUDIO = "caller_audio.ulaw"
 LAUNCH_RATE = 500  # calls SIPp starts per second; each then waits for its own instant
-# SIPp gives call n the RTP port base + (4 (n - 1)) mod 10000: 9990..19989, below the server's default RTP
-# range (20000-30000), the kernel's ephemeral ports and the agents' phones
+# SIPp binds its media port (and +2) and names base + (4 (n - 1)) mod 10000 in call n's SDP: by default
+# 9990..19989, below the server's default RTP range (20000-30000), the kernel's ephemeral ports and the
+# agents' phones (--sipp-media-port moves it)
 CALLER_MEDIA_PORTS = 9990
+PHONE_BLOCK = 21  # a phone's ports: its SIP port, then the 20 RTP ports it picks a call's port from
 NEVER_MS = 10**11  # the patience of a caller who never hangs up: three years
-PYVOIP_ANSWER_DELAY = 1.0  # pyVoIP hands a ring to its phone's code 1 s after the INVITE
-
-# the KPIs, from the server's counters (summed over the queues)
-SERVER_COUNTERS = {
-    "offered": "frontdesk_queue_calls_offered_total",
-    "answered": "frontdesk_queue_calls_answered_total",
-    "answered_within_t": "frontdesk_queue_answered_within_threshold_total",
-    "abandoned": "frontdesk_queue_calls_abandoned_total",
-    "abandoned_short": "frontdesk_queue_abandoned_short_total",
-    "overflowed": "frontdesk_queue_calls_overflowed_total",
-    "ring_no_answer": "frontdesk_queue_ring_no_answer_total",
-    "answer_wait_total": "frontdesk_queue_answer_wait_seconds_sum",
-}
-COMPARED = ("calls", "diverted", "offered", "answered", "abandoned", "overflowed", "service_level", "asa_s",
-            "abandon_rate")  # fmt: skip
-
-
-class LoadError(Exception):
-    """Why a load run cannot start (or could not finish), worded for its operator."""
-
-
-@dataclass(frozen=True, slots=True)
-class LoadCall:
-    """One caller of the run."""
-
-    number: str
-    at: float  # seconds after the start: joins the queue (or presses the diversion key)
-    queue: str
-    key: str | None  # pressed ``key_delay`` after the answer; None: the number leads straight to the queue
-    handle: float  # talk time once an agent answers
-    patience: float  # seconds on hold before hanging up; inf: never
-    diverted: str | None = None  # "hotkey" | "self_service": takes that key and leaves
-
-    def dial_at(self, key_delay: float) -> float:
-        return self.at - (key_delay if self.key is not None else 0.0)
-
-
-# ----------------------------------------------------------------- what can be played
-
-
-def replay_problems(plan: Plan) -> list[str]:
-    """What in the scenario a load run cannot play (an empty list: it can)."""
-    ld = plan.load
-    if ld is None:
-        return ["the scenario has no `load` section (what callers dial, which agents play the teams)"]
-    out = []
-    if plan.group_shares or any(s.group is not None for s in plan.sources):
-        out.append("caller groups (callers.groups, fault surges): the load callers are in no group")
-    if any(s.notice_resolves for s in plan.sources):
-        out.append("surges.notice_resolves: the load callers do not hang up after a notice")
-    if plan.redial.probability > 0:
-        out.append("callers.redial: the load callers do not call again")
-    if plan.callbacks is not None and plan.callbacks.take_up > 0:
-        out.append("callbacks.take_up above 0: the load callers book no callback (set it to 0)")
-    div = plan.diversion
-    if div.hotkey or div.self_service:
-        if div.when != "always":
-            out.append("callers.diversion.when: surge: the load callers do not know the surge state")
-        if div.hotkey and ld.hotkey_key is None:
-            out.append("callers.diversion.hotkey needs load.hotkey_key")
-        if div.self_service and ld.self_service_key is None:
-            out.append("callers.diversion.self_service needs load.self_service_key")
-    if plan.reserves:
-        out.append("agents.reserves: reserve echelons are not called in by a load run")
-    if plan.surge_commands:
-        out.append("surge_switch events and surge schedule windows: a load run does not switch surge")
-    return out
-
-
-def loopback_target(target: str) -> tuple[str, int]:
-    """``HOST:PORT`` of a loopback address, or LoadError."""
-    host, sep, port = target.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise LoadError(f"--target {target!r}: give HOST:PORT")
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-        host = "127.0.0.1" if loopback else host
-    if not loopback:
-        raise LoadError(f"--target {target!r}: a load run sends traffic to loopback addresses only")
-    return host, int(port)
-
-
-# ----------------------------------------------------------------- the calls
-
-
-def window(plan: Plan, duration: float) -> Plan:
-    """The plan with arrivals only in [0, ``duration``) and every block counted (nothing is warm-up)."""
-    sources = tuple(
-        dataclasses.replace(
-            s, steps=tuple(RateStep(r.start, min(r.end, duration), r.rate) for r in s.steps if r.start < duration)
-        )
-        for s in plan.sources
-    )
-    return plan.with_changes(sources=sources, warmup_blocks=0)
-
-
-def draw_calls(plan: Plan, seed: int, duration: float) -> list[LoadCall]:
-    """The callers of one run: the scenario's arrivals in [0, ``duration``), their choices and times."""
-    ld = plan.load or LoadPlan()
-    root = random.Random(seed)
-    r_arrive, r_caller, r_choice = (random.Random(root.getrandbits(64)) for _ in range(3))
-    arrivals: list[tuple[float, str | None]] = []
-    for source in plan.sources:
-        for step in source.steps:
-            end = min(step.end, duration)
-            t = step.start
-            while step.rate > 0:
-                t += r_arrive.expovariate(step.rate)
-                if t >= end:
-                    break
-                arrivals.append((t, source.queue))
-    arrivals.sort(key=lambda a: a[0])
-    handle: dict[str, Sampler] = {q: d.sampler() for q, d in plan.handle_time.items()}
-    patience = plan.patience.sampler()
-    queues = [q for q, _ in plan.queue_mix]
-    weights = [share for _, share in plan.queue_mix]
-    div = plan.diversion
-    calls = []
-    for i, (t, fixed) in enumerate(arrivals):
-        queue = fixed or (queues[0] if len(queues) == 1 else r_caller.choices(queues, weights)[0])
-        u = r_choice.random()
-        diverted = "hotkey" if u < div.hotkey else "self_service" if u < div.hotkey + div.self_service else None
-        talk, wait = handle[queue](r_caller), patience(r_caller)
-        if diverted is not None:
-            key = ld.hotkey_key if diverted == "hotkey" else ld.self_service_key
-        else:
-            key = ld.keys.get(queue)
-        calls.append(LoadCall(str(ld.first_number + i), t, queue, key, talk, wait, diverted))
-    return calls
-
-
-# ----------------------------------------------------------------- predictions
-
-
-def predict_same_calls(plan: Plan, calls: list[LoadCall], duration: float, seed: int) -> dict[str, float]:
-    """The simulator on exactly these callers: the prediction for this run."""
-    sim_plan = window(plan, duration).with_changes(diversion=Diversion(), callbacks=None)
-    script = [ScriptedCall(c.at, c.queue, c.handle, c.patience) for c in calls if c.diverted is None]
-    totals = run_totals(Simulation(sim_plan, seed, script=script).run(), sim_plan)
-    totals["calls"] = float(len(calls))
-    totals["diverted"] = float(sum(1 for c in calls if c.diverted is not None))
-    return totals
-
-
-def predict_scenario(
-    plan: Plan, duration: float, replications: int, progress: Callable[[int, int], None] | None = None
-) -> dict[str, Estimate]:
-    """The scenario's replications over the same window: the prediction for any run of it."""
-    sim_plan = window(plan, duration)
-    if sim_plan.callbacks is not None:
-        sim_plan = sim_plan.with_changes(callbacks=None)
-    summary = replicate(sim_plan, replications, progress=progress)
-    return summary.totals
-
-
-# ----------------------------------------------------------------- the server's counters
-
-
-def scrape(url: str) -> dict[str, float]:
-    """The KPI counters of ``url`` summed over the queues, and each queue's service-level threshold."""
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            samples = parse_metrics(r.read().decode())
-    except OSError as exc:
-        raise LoadError(f"cannot read the server's metrics at {url}: {exc}") from None
-    out = {key: sample(samples, name) for key, name in SERVER_COUNTERS.items()}
-    for (name, labels), value in samples.items():
-        if name == "frontdesk_queue_service_level_threshold_seconds":
-            out[f"threshold.{dict(labels).get('queue', '')}"] = value
-    return out
-
-
-def measured(before: Mapping[str, float], after: Mapping[str, float], calls: list[LoadCall]) -> dict[str, float]:
-    row = {k: after[k] - before.get(k, 0.0) for k in SERVER_COUNTERS}
-    derive(row)
-    row["calls"] = float(len(calls))
-    row["diverted"] = float(sum(1 for c in calls if c.diverted is not None))
-    return row
-
-
-# ----------------------------------------------------------------- the agents
-
-
-@dataclass
-class AgentPhone:
-    name: str
-    team: str
-    phone: Any = None
-    busy: bool = False
-    leaving: bool = False
-
-
-@dataclass
-class AgentStats:
-    """What the agents' phones did (a ring the server cancelled is still answered: pyVoIP ignores CANCEL)."""
-
-    rings: int = 0
-    answered: int = 0
-    talked: int = 0  # the agent hung up after the talk time
-    ended_by_server: int = 0  # the server hung up first: the caller had left, or a late answer was dropped
-    left_ringing: int = 0  # answer_probability: rings left to the ring timeout
-    unknown_callers: int = 0  # an INVITE from a number not in the run: talk time = the scenario's mean
-    errors: list[str] = field(default_factory=list)
-
-
-class Agents:
-    """The agents' pyVoIP phones: registered per the roster, answering and hanging up as the scenario says."""
-
-    def __init__(
-        self,
-        plan: Plan,
-        calls: list[LoadCall],
-        host: str,
-        port: int,
-        password: Callable[[str], str],
-        seed: int,
-    ) -> None:
-        self.voip = import_pyvoip()
-        ld = plan.load
-        assert ld is not None
-        self.plan = plan
-        self.host, self.port = host, port
-        self.password = password
-        self.talk = {c.number: c.handle for c in calls}
-        self.ring_delay = plan.ring_delay.sampler()
-        self.answer_probability = plan.answer_probability
-        self.rng = random.Random(seed ^ 0x5A5A)
-        self.lock = threading.Lock()
-        self.stats = AgentStats()
-        self.invited: dict[str, float] = {}  # Call-ID -> when the INVITE came
-        self.rtp_ports = above_ephemeral_ports()  # clear of SIPp's media ports and of sockets bound to port 0
-        self.phones = {
-            name: AgentPhone(name, team.name)
-            for team in plan.teams
-            for name in ld.agents[team.name][: max(team.on_phones)]
-        }
-        self.on: dict[str, list[str]] = {team.name: [] for team in plan.teams}
-
-    # -- the roster
-
-    def staff(self, block: int) -> None:
-        """Bring every team to its block's number of phones registered (leavers finish their call first)."""
-        ld = self.plan.load
-        assert ld is not None
-        for team in self.plan.teams:
-            wanted = team.on_phones[block]
-            on = self.on[team.name]
-            names = [n for n in ld.agents[team.name] if n in self.phones]
-            for name in names:
-                if len(on) >= wanted:
-                    break
-                agent = self.phones[name]
-                if name in on:
-                    continue
-                agent.leaving = False
-                if agent.phone is None:
-                    self._register(agent)
-                on.append(name)
-            while len(on) > wanted:
-                agent = self.phones[on.pop()]
-                with self.lock:
-                    agent.leaving = True
-                    busy = agent.busy
-                if not busy:
-                    self._unregister(agent)
-
-    def _register(self, agent: AgentPhone) -> None:
-        low = free_udp_ports(20, start=self.rtp_ports[0], stop=self.rtp_ports[1])
-        phone = self.voip.VoIPPhone(
-            self.host,
-            self.port,
-            agent.name,
-            self.password(agent.name),
-            myIP="127.0.0.1",
-            sipPort=free_udp_port(),
-            rtpPortLow=low,
-            rtpPortHigh=low + 19,
-            callCallback=lambda call, a=agent: self._on_call(a, call),
-        )
-        phone.sip.register_timeout = 5
-        ack_with_the_dialogs_to_tag(phone)
-        original = phone.sip.callCallback
-
-        def note_invite(message: Any) -> None:
-            if getattr(message, "method", None) == "INVITE":
-                with self.lock:
-                    self.invited.setdefault(message.headers["Call-ID"], time.monotonic())
-            original(message)
-
-        phone.sip.callCallback = note_invite
-        agent.phone = phone
-        try:
-            phone.start()
-        except Exception as exc:
-            stop_phone(phone)
-            agent.phone = None
-            raise LoadError(f"agent {agent.name}'s phone did not register with {self.host}:{self.port}: {exc}") from exc
-        if phone.get_status() != self.voip.PhoneStatus.REGISTERED:
-            stop_phone(phone)
-            agent.phone = None
-            raise LoadError(f"agent {agent.name}'s phone was refused (check --password and the server's agents)")
-
-    def _unregister(self, agent: AgentPhone) -> None:
-        phone, agent.phone = agent.phone, None
-        if phone is not None:
-            stop_phone(phone)
-
-    def close(self, wait: float = 15.0) -> None:
-        """Unregister every phone, all at once; a phone stuck with its server is halted after ``wait`` s."""
-        stopping = []
-        for agent in self.phones.values():
-            phone, agent.phone = agent.phone, None
-            if phone is not None:
-                thread = threading.Thread(target=stop_phone, args=(phone,), name=f"stop-{agent.name}", daemon=True)
-                thread.start()
-                stopping.append((thread, phone))
-        deadline = time.monotonic() + wait
-        for thread, phone in stopping:
-            thread.join(max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
-                halt_threads(phone)
-
-    # -- a ring (in a pyVoIP thread)
-
-    def _on_call(self, agent: AgentPhone, call: Any) -> None:
-        voip = self.voip
-        with self.lock:
-            self.stats.rings += 1
-            invited = self.invited.pop(call.call_id, time.monotonic() - PYVOIP_ANSWER_DELAY)
-            delay = self.ring_delay(self.rng)
-            answers = self.answer_probability >= 1.0 or self.rng.random() < self.answer_probability
-        if not answers:
-            with self.lock:
-                self.stats.left_ringing += 1
-            return  # it rings until the server's ring timeout
-        time.sleep(max(0.0, invited + delay - time.monotonic()))
-        number = call.request.headers["From"]["number"]
-        talk = self.talk.get(number)
-        try:
-            with self.lock:
-                agent.busy = True
-            try:
-                call.answer()
-            except voip.InvalidStateError:
-                with self.lock:
-                    self.stats.ended_by_server += 1
-                return
-            answered = time.monotonic()
-            with self.lock:
-                self.stats.answered += 1
-                if talk is None:
-                    self.stats.unknown_callers += 1
-            end = answered + (talk if talk is not None else self.plan.mean_handle())
-            while call.state == voip.CallState.ANSWERED and time.monotonic() < end:
-                time.sleep(0.01)
-            if call.state == voip.CallState.ANSWERED:
-                call.hangup()
-                with self.lock:
-                    self.stats.talked += 1
-            else:
-                with self.lock:
-                    self.stats.ended_by_server += 1
-        except Exception as exc:  # noqa: BLE001 (a pyVoIP thread must not die silently: the run reports it)
-            with self.lock:
-                self.stats.errors.append(f"{agent.name}: {type(exc).__name__}: {exc}")
-        finally:
-            with self.lock:
-                agent.busy = False
-                leave = agent.leaving
-            if leave:
-                self._unregister(agent)
-
 
 # ----------------------------------------------------------------- the callers
 
@@ -476,7 +113,23 @@ def write_callers(calls: list[LoadCall], ld: LoadPlan, t0: float, workdir: Path)
     return path
 
 
-def sipp_command(sipp: str, host: str, port: int, ld: LoadPlan, n: int, timeout: float, workdir: Path) -> list[str]:
+def sipp_media_span(base: int, calls: int) -> PortRange:
+    """The ports SIPp binds (``base``, ``base + 2``) or names in its calls' SDP (``base + 4 (n - 1) mod 10000``)."""
+    return PortRange(base, base + 4 * min(calls, 2500) + 3)
+
+
+def sipp_command(
+    sipp: str,
+    host: str,
+    port: int,
+    ld: LoadPlan,
+    n: int,
+    timeout: float,
+    workdir: Path,
+    *,
+    sip_port: int,
+    media_port: int = CALLER_MEDIA_PORTS,
+) -> list[str]:
     """SIPp with the caller scenario, its statistics, last screen and errors kept in ``workdir``."""
     scenario = resources.files("sim") / "scenarios" / CALLER_SCENARIO
     return [
@@ -486,8 +139,8 @@ def sipp_command(sipp: str, host: str, port: int, ld: LoadPlan, n: int, timeout:
         "-s", ld.number,
         "-t", "u1",
         "-i", "127.0.0.1",
-        "-p", str(free_udp_port()),
-        "-mp", str(CALLER_MEDIA_PORTS),
+        "-p", str(sip_port),
+        "-mp", str(media_port),
         "-m", str(n),
         "-l", str(n),
         "-r", str(LAUNCH_RATE),
@@ -561,8 +214,15 @@ def run_load(
     sipp: str | None = None,
     workdir: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    phone_ports: PortRange | None = None,
+    sipp_media_port: int = CALLER_MEDIA_PORTS,
 ) -> LoadResult:
-    """Play ``plan`` to the server at ``target`` and set the measured KPIs beside the simulator's."""
+    """Play ``plan`` to the server at ``target`` and set the measured KPIs beside the simulator's.
+
+    ``phone_ports`` is where the agents' phones and SIPp's SIP port take their
+    ports (default: above the kernel's ephemeral range); SIPp's media ports
+    start at ``sipp_media_port``. The two must not overlap.
+    """
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
     problems = replay_problems(plan)
@@ -584,6 +244,7 @@ def run_load(
         raise LoadError(f"no call arrives in the first {duration:.0f} s of the scenario")
     if len(calls) > max_calls:
         raise LoadError(f"{len(calls)} calls in {duration:.0f} s: above --max-calls {max_calls}")
+    ports = _port_blocks(phone_ports, sipp_media_port, len(calls))
     warnings = _warnings(plan)
     say(f"{len(calls)} calls in {duration:.0f} s; predicting")
     same = predict_same_calls(plan, calls, duration, seed)
@@ -595,7 +256,7 @@ def run_load(
     assert work is not None
     work.mkdir(parents=True, exist_ok=True)
     try:
-        with _agents(plan, calls, host, port, password, seed) as agents:
+        with _agents(plan, calls, host, port, password, seed, ports) as agents:
             agents.staff(0)
             say(f"{sum(len(v) for v in agents.on.values())} agents registered; calling")
             lead = 2.0 + max(i / LAUNCH_RATE - c.dial_at(ld.key_delay) for i, c in enumerate(calls))
@@ -603,7 +264,10 @@ def run_load(
             write_callers(calls, ld, t0, work)
             last = max(c.dial_at(ld.key_delay) for c in calls)
             bound = (t0 - time.time()) + last + drain
-            cmd = sipp_command(sipp, host, port, ld, len(calls), bound, work)
+            sipp_port = ports.take()[0]
+            cmd = sipp_command(
+                sipp, host, port, ld, len(calls), bound, work, sip_port=sipp_port, media_port=sipp_media_port
+            )
             mono0 = time.monotonic() + (t0 - time.time())
             with (work / "sipp.out").open("wb") as out:
                 proc = subprocess.Popen(cmd, cwd=work, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
@@ -631,6 +295,23 @@ def run_load(
         live, same, scenario, replications, duration, seed, agent_stats, stats, warnings,
         time.perf_counter() - started,
     )  # fmt: skip
+
+
+def _port_blocks(phone_ports: PortRange | None, sipp_media_port: int, calls: int) -> PortBlocks:
+    """The phones' blocks, checked clear of SIPp's media ports."""
+    try:
+        media = sipp_media_span(sipp_media_port, calls)
+    except ValueError as exc:
+        raise LoadError(f"--sipp-media-port {sipp_media_port}: {exc}") from None
+    ports = phone_ports or outside_ephemeral_ports()
+    if ports is None:
+        raise LoadError("the kernel's ephemeral port range leaves no room for the phones: give --phone-ports")
+    if ports.overlaps(media):
+        raise LoadError(f"--phone-ports {ports} overlaps SIPp's media ports {media} (--sipp-media-port)")
+    try:
+        return PortBlocks(ports, PHONE_BLOCK)
+    except ValueError as exc:
+        raise LoadError(f"--phone-ports: {exc}") from None
 
 
 def _follow(
@@ -784,12 +465,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="write the comparison as JSON")
     p.add_argument("--workdir", metavar="DIR", help="keep SIPp's call list, statistics and screen here")
     p.add_argument(
+        "--phone-ports",
+        type=_port_range,
+        metavar="LOW-HIGH",
+        help=f"ports for the agents' phones ({PHONE_BLOCK} each: SIP, then RTP) and SIPp's SIP port "
+        "(default: above the kernel's ephemeral range)",
+    )
+    p.add_argument(
+        "--sipp-media-port",
+        type=int,
+        default=CALLER_MEDIA_PORTS,
+        metavar="BASE",
+        help=f"SIPp's media port; call n's SDP names BASE + 4(n-1) (default {CALLER_MEDIA_PORTS})",
+    )
+    p.add_argument(
         "--tolerance",
         type=float,
         metavar="POINTS",
         help="exit 1 unless the live service level and abandonment are within POINTS of the same-calls prediction",
     )
     return p
+
+
+def _port_range(text: str) -> PortRange:
+    try:
+        return PortRange.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -816,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
             drain=args.drain,
             workdir=Path(args.workdir) if args.workdir else None,
             progress=lambda msg: print(f"load: {msg}", file=sys.stderr, flush=True),
+            phone_ports=args.phone_ports,
+            sipp_media_port=args.sipp_media_port,
         )
     except (LoadError, ImportError) as exc:
         print(f"load: {exc}", file=sys.stderr)

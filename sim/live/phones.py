@@ -9,14 +9,21 @@ needs live here:
   :func:`ack_with_the_dialogs_to_tag` makes it copy the 200's tag;
 - its threads are not daemons: :func:`stop_phone` stops every one of them,
   whatever state the phone is in.
+
+Its ports: a phone binds its SIP port at registration and an RTP port only
+when a call comes, so each phone gets a block of its own from
+:class:`PortBlocks`, carved from a range outside the kernel's ephemeral ports
+(:func:`outside_ephemeral_ports`), where no socket bound to port 0 lands.
 """
 
 from __future__ import annotations
 
-import random
 import re
 import socket
+import threading
 import warnings
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,43 +72,111 @@ def halt_threads(phone: Any) -> None:
     phone.NSD = False
 
 
-def free_udp_port(host: str = "127.0.0.1") -> int:
-    """A UDP port free on ``host`` now (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+EPHEMERAL_FALLBACK = (32768, 60999)  # Linux's default, when /proc cannot be read
+SERVER_RTP_DEFAULT = (20000, 30000)  # the server's default media range (ivr/settings/server.py)
 
 
-def above_ephemeral_ports() -> tuple[int, int]:
-    """Ports above the kernel's ephemeral range, where no socket bound to port 0 can land meanwhile.
+@dataclass(frozen=True)
+class PortRange:
+    """Ports ``low`` to ``high``, both included."""
 
-    An RTP range checked free now stays free: pyVoIP binds its ports only when
-    a call comes, and a port the kernel handed out in between would make that
-    bind fail. Falls back to 40000-60000 when the range leaves no room above.
-    """
+    low: int
+    high: int
+
+    def __post_init__(self) -> None:
+        if not 1024 <= self.low <= self.high <= 65535:
+            raise ValueError(f"not a port range within 1024-65535: {self.low}-{self.high}")
+
+    @classmethod
+    def parse(cls, text: str) -> PortRange:
+        """``LOW-HIGH``, as the command line takes it."""
+        low, sep, high = text.partition("-")
+        if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+            raise ValueError(f"give LOW-HIGH, not {text!r}")
+        return cls(int(low), int(high))
+
+    def __len__(self) -> int:
+        return self.high - self.low + 1
+
+    def overlaps(self, other: PortRange) -> bool:
+        return self.low <= other.high and other.low <= self.high
+
+    def __str__(self) -> str:
+        return f"{self.low}-{self.high}"
+
+
+def ephemeral_ports() -> PortRange:
+    """The kernel's ephemeral range: where a socket bound to port 0 (or a TCP connect) may land at any time."""
     try:
-        _low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     except (OSError, ValueError):
-        high = 60999
-    if high + 1 + 2000 <= 65535:
-        return high + 1, 65535
-    return 40000, 60000
+        low, high = EPHEMERAL_FALLBACK
+    return PortRange(max(low, 1024), high)
 
 
-def free_udp_ports(n: int, host: str = "127.0.0.1", start: int = 40000, stop: int = 60000) -> int:
-    """The first of ``n`` consecutive UDP ports free on ``host`` (pyVoIP takes an RTP port range)."""
-    for _ in range(200):
-        base = random.randrange(start, stop - n)
-        socks: list[socket.socket] = []
-        try:
-            for port in range(base, base + n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
+def outside_ephemeral_ports(size: int = 2000) -> PortRange | None:
+    """``size`` ports or more where no socket bound to port 0 can land, clear of the server's default RTP range.
+
+    Above the ephemeral range first, else between the server's default RTP
+    range and the ephemeral range; None when neither has room.
+    """
+    eph = ephemeral_ports()
+    if eph.high + size <= 65535:
+        return PortRange(eph.high + 1, 65535)
+    if eph.low - 1 - SERVER_RTP_DEFAULT[1] >= size:
+        return PortRange(SERVER_RTP_DEFAULT[1] + 1, eph.low - 1)
+    return None
+
+
+def bindable(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``port`` can be bound on ``host`` now, for UDP and for TCP."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(family, kind) as s:
+            try:
                 s.bind((host, port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no {n} consecutive UDP ports free on {host}")
+            except OSError:
+                return False
+    return True
+
+
+class PortBlocks:
+    """Disjoint blocks of ``size`` consecutive ports carved from one range: one per phone (its SIP port, then RTP).
+
+    Theory of operation: block k is ports ``low + k * size`` onwards, so two
+    blocks never share a port, whatever was bound or freed in between. A
+    phone binds its RTP ports only when a call comes, long after the check
+    that they are free; ports picked at random and checked free (the old way)
+    let two phones get overlapping ranges, and the second to answer on a
+    shared port failed with EADDRINUSE. A block is handed out only when every
+    port in it binds now; a block given back is handed out again only after
+    every block never used (its phone's sockets have long been closed then).
+    Thread-safe: phones are stopped from pyVoIP's threads.
+    """
+
+    def __init__(self, ports: PortRange, size: int, host: str = "127.0.0.1") -> None:
+        if size < 1 or len(ports) < size:
+            raise ValueError(f"{ports} holds no block of {size} ports")
+        self.ports, self.size, self.host = ports, size, host
+        self._fresh = iter(range(ports.low, ports.high - size + 2, size))
+        self._returned: deque[int] = deque()
+        self._lock = threading.Lock()
+
+    def take(self) -> range:
+        """A block whose every port binds now; RuntimeError when the range has none left."""
+        with self._lock:
+            for start in self._fresh:  # a block busy now (another program's socket) is skipped for good
+                block = range(start, start + self.size)
+                if all(bindable(port, self.host) for port in block):
+                    return block
+            for _ in range(len(self._returned)):
+                start = self._returned.popleft()
+                block = range(start, start + self.size)
+                if all(bindable(port, self.host) for port in block):
+                    return block
+                self._returned.append(block.start)
+        raise RuntimeError(f"no block of {self.size} free ports left in {self.ports}")
+
+    def give_back(self, block: range) -> None:
+        with self._lock:
+            self._returned.append(block.start)

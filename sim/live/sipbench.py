@@ -17,412 +17,42 @@ Every call is the stock ``-sn uac`` scenario with ``-d 0`` (INVITE, 180,
 SIPp achieved (successful calls / elapsed), not the one asked for. The
 target is restarted after a dirty run so that one overload does not leak
 into the next step. Every process started here is stopped on the way out.
+
+The targets are in ``sim/live/targets.py``, one SIPp run and the reading of
+its files in ``sim/live/sipprun.py``; the plumbing shared with the other
+benchmarks in ``sim/benchkit.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import glob
-import json
 import math
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-HOST = "127.0.0.1"
+from sim.benchkit import (
+    BenchRun,
+    cli_args,
+    executable,
+    log,
+    ratio,
+    refuse,
+    shown,
+    sigterm_unwinds,
+    table,
+    verdict,
+    work_directory,
+)
+from sim.live.sipprun import MIN_RATE_SHARE, Run, run_uac
+from sim.live.targets import Frontdesk, SippUas, Target, event_loop_name, sipp_version
 
 RATIO_GOAL = 0.3  # frontdesk max clean rate / SIPp UAS max clean rate
 P99_GOAL_MS = 20.0  # frontdesk p99 INVITE -> 200 OK at 80% of its max clean rate
 LATENCY_LOAD = 0.8
-MIN_RATE_SHARE = 0.9  # a run that offered less than this share of the asked rate is not clean
-
-# SIPp exit codes (sipp -h)
-SIPP_EXIT = {
-    0: "all calls successful",
-    1: "some calls failed",
-    97: "exit on internal command",
-    99: "normal exit without calls processed",
-    255: "fatal error",
-    254: "fatal error binding a socket",
-}
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- ports and processes
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind((HOST, 0))
-            port = int(t.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind((HOST, port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
-
-
-def udp_port_taken(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-        try:
-            u.bind((HOST, port))
-        except OSError:
-            return True
-    return False
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> None:
-    """Terminate, then kill: the process is gone when this returns."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-
-
-class Target(Protocol):
-    name: str
-    port: int
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def alive(self) -> bool: ...
-
-    @property
-    def pid(self) -> int | None: ...
-
-
-class SippUas:
-    """SIPp's built-in UAS (``-sn uas``): the reference answering machine."""
-
-    name = "sipp-uas"
-
-    def __init__(self, sipp: str, workdir: Path) -> None:
-        self.sipp = sipp
-        self.workdir = workdir / "sipp-uas"
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def start(self) -> None:
-        for _attempt in range(3):
-            self.port = free_port()
-            err = (self.workdir / "stderr.log").open("ab")
-            self.proc = subprocess.Popen(
-                [self.sipp, "-sn", "uas", "-i", HOST, "-p", str(self.port), "-nostdin"],
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-            err.close()
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                if udp_port_taken(self.port):
-                    time.sleep(0.2)  # bound; give it a moment to enter its loop
-                    return
-                time.sleep(0.05)
-            stop_process(self.proc)  # lost a race for the port, or did not come up
-        raise RuntimeError(f"SIPp UAS did not start; see {self.workdir / 'stderr.log'}")
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-        self.proc = None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-
-def merge_config(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``extra`` laid over it, section by section (nested mappings merged)."""
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge_config(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def raise_nofile(wanted: int) -> Callable[[], None]:
-    """A ``preexec_fn`` that lifts the child's soft open-files limit to ``wanted`` (capped at the hard limit)."""
-
-    def preexec() -> None:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-        if soft != resource.RLIM_INFINITY and soft < target:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-    return preexec
-
-
-class Frontdesk:
-    """``frontdesk serve`` in a subprocess with a throw-away config and database.
-
-    ``config`` is laid over the benchmark's own settings (ports, database,
-    log level); ``nofile`` lifts the server's open-files soft limit.
-    """
-
-    name = "frontdesk"
-
-    def __init__(
-        self,
-        workdir: Path,
-        hold_time: float = 3600.0,
-        *,
-        config: Mapping[str, Any] | None = None,
-        nofile: int | None = None,
-    ) -> None:
-        self.workdir = workdir / "frontdesk"
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.hold_time = hold_time
-        self.extra_config = dict(config or {})
-        self.nofile = nofile
-        self.port = 0
-        self.http_port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "server.log"
-
-    def http_get(self, path: str, timeout: float = 2.0) -> bytes:
-        with urllib.request.urlopen(f"http://{HOST}:{self.http_port}{path}", timeout=timeout) as r:
-            return bytes(r.read())
-
-    def healthz(self) -> dict[str, Any]:
-        return dict(json.loads(self.http_get("/healthz")))
-
-    def start(self) -> None:
-        self.starts += 1
-        self.port, self.http_port = free_port(), free_port()
-        db = self.workdir / f"bench-{self.starts}.db"
-        config = {
-            "sip": {"listen": HOST, "port": self.port, "hold_time": self.hold_time},
-            "http": {"listen": HOST, "port": self.http_port},
-            "storage": {"url": f"sqlite+aiosqlite:///{db}"},
-            "log_level": "warning",
-        }
-        config = merge_config(config, self.extra_config)
-        cfg = self.workdir / "frontdesk.json"  # JSON is YAML
-        cfg.write_text(json.dumps(config))
-        out = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ivr.cli", "serve", "--config", str(cfg)],
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            preexec_fn=raise_nofile(self.nofile) if self.nofile else None,
-        )
-        out.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"frontdesk exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                self.healthz()
-                return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"frontdesk did not come up in 30 s; see {self.log_path}")
-
-    def stop(self) -> None:
-        stop_process(self.proc, grace=10)
-        self.proc = None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-
-# --------------------------------------------------------------------------- one SIPp UAC run
-
-
-@dataclass
-class Run:
-    requested: int
-    calls: int
-    rc: int | None
-    successful: int = 0
-    failed: int = 0
-    retransmissions: int = 0
-    created: int = 0
-    elapsed_s: float = 0.0
-    achieved: float = 0.0
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    rtt_samples: int = 0
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def clean(self) -> bool:
-        return not self.problems
-
-    def sort_key(self) -> tuple[bool, int, float]:
-        return (not self.clean, self.failed + self.retransmissions + (self.calls - self.successful), -self.achieved)
-
-    def brief(self) -> str:
-        text = f"{self.achieved:.0f}/s"
-        if self.p99_ms is not None:
-            text += f" p50={self.p50_ms:.0f} p99={self.p99_ms:.0f}ms"
-        return text + (" ok" if self.clean else f" DIRTY({'; '.join(self.problems)})")
-
-
-def parse_stat_file(path: Path) -> dict[str, str]:
-    """Header and last line of SIPp's ``-trace_stat`` CSV, as a dict."""
-    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    if len(lines) < 2:
-        raise ValueError(f"{path}: no statistics line")
-    header = lines[0].rstrip(";").split(";")
-    last = lines[-1].rstrip(";").split(";")
-    return dict(zip(header, last, strict=False))
-
-
-def _epoch(value: str) -> float:
-    # "2026-11-22\t07:59:08.474190\t1795334348.474190": the last field is epoch seconds
-    return float(value.split("\t")[-1])
-
-
-def parse_rtt_file(path: Path, rtd: str = "1") -> list[float]:
-    """Response times (ms) of one RTD from SIPp's ``-trace_rtt`` CSV."""
-    values: list[float] = []
-    for line in path.read_text(errors="replace").splitlines()[1:]:
-        parts = line.strip().split(";")
-        if len(parts) >= 3 and parts[2] == rtd:
-            with contextlib.suppress(ValueError):
-                values.append(float(parts[1]))
-    return values
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100)."""
-    if not values:
-        raise ValueError("no values")
-    ordered = sorted(values)
-    k = max(0, math.ceil(p / 100 * len(ordered)) - 1)
-    return ordered[min(k, len(ordered) - 1)]
-
-
-def run_uac(
-    sipp: str,
-    target: Target,
-    rate: int,
-    seconds: float,
-    workdir: Path,
-    *,
-    rtt: bool = False,
-    grace: float = 5.0,
-) -> Run:
-    """One SIPp UAC run at ``rate`` calls/s for ``seconds`` against ``target``."""
-    calls = max(1, round(rate * seconds))
-    run = Run(requested=rate, calls=calls, rc=None)
-    timeout = math.ceil(seconds + grace)
-    for _attempt in range(3):
-        rundir = Path(tempfile.mkdtemp(prefix=f"uac-{target.name}-{rate}-", dir=workdir))
-        stat = rundir / "stat.csv"
-        cmd = [
-            sipp,
-            f"{HOST}:{target.port}",
-            "-sn", "uac",
-            "-i", HOST,
-            "-p", str(free_port()),
-            "-nostdin",
-            "-r", str(rate),
-            "-m", str(calls),
-            "-l", str(calls),  # no concurrency cap: keep the load open-loop
-            "-d", "0",
-            "-timeout", f"{timeout}s",
-            "-timeout_error",
-            "-trace_stat", "-stf", str(stat), "-fd", "1",
-        ]  # fmt: skip
-        if rtt:
-            cmd += ["-trace_rtt", "-rtt_freq", "1"]
-        with (rundir / "stderr.log").open("wb") as err:
-            proc = subprocess.Popen(cmd, cwd=rundir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-            try:
-                run.rc = proc.wait(timeout + 15)
-            except subprocess.TimeoutExpired:
-                run.problems.append("sipp hung past its own -timeout")
-            finally:
-                stop_process(proc, grace=2)
-        if run.rc == 254:  # lost the local port to someone else: try another
-            continue
-        break
-    if run.rc is not None and run.rc != 0:
-        run.problems.append(f"sipp exit {run.rc} ({SIPP_EXIT.get(run.rc, 'unknown')})")
-    try:
-        st = parse_stat_file(stat)
-    except (OSError, ValueError) as exc:
-        run.problems.append(f"no statistics: {exc}")
-        return run
-    run.successful = int(st.get("SuccessfulCall(C)", 0))
-    run.failed = int(st.get("FailedCall(C)", 0))
-    run.retransmissions = int(st.get("Retransmissions(C)", 0))
-    run.created = int(st.get("OutgoingCall(C)", 0))
-    try:
-        run.elapsed_s = _epoch(st["CurrentTime"]) - _epoch(st["StartTime"])
-    except (KeyError, ValueError):
-        run.elapsed_s = 0.0
-    if run.elapsed_s > 0:
-        run.achieved = run.successful / run.elapsed_s
-    if run.failed:
-        run.problems.append(f"{run.failed} failed")
-    if run.retransmissions:
-        run.problems.append(f"{run.retransmissions} retransmissions")
-    if run.successful < calls:
-        run.problems.append(f"{calls - run.successful} of {calls} calls not completed")
-    elif run.achieved < MIN_RATE_SHARE * rate:
-        run.problems.append(f"offered only {run.achieved:.0f} of {rate}/s")
-    if rtt:
-        files = glob.glob(str(rundir / "*_rtt.csv"))
-        samples = parse_rtt_file(Path(files[0])) if files else []
-        run.rtt_samples = len(samples)
-        if samples:
-            run.p50_ms = percentile(samples, 50)
-            run.p99_ms = percentile(samples, 99)
-        else:
-            run.problems.append("no response times traced")
-    if not target.alive():
-        run.problems.append("target died")
-    return run
 
 
 # --------------------------------------------------------------------------- steps and search
@@ -586,49 +216,28 @@ def measure(opts: SipBenchOptions, target: Target, workdir: Path) -> TargetResul
 # --------------------------------------------------------------------------- report
 
 
-def _fmt(v: float | None, spec: str = ".0f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """A plain-text table: first column left-aligned, the rest right-aligned, rules above and below the rows."""
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-    line = "  ".join("-" * w for w in widths)
-    out = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths, strict=True)))]
-    out.append(line)
-    for row in rows:
-        out.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
-    out.append(line)
-    return out
-
-
 def render(results: dict[str, TargetResult], summary: dict[str, Any]) -> str:
     head = ("target", "max clean/s", "(asked)", "first dirty", "80% load/s", "p50 ms", "p99 ms")
     rows = [
         (
             r.name,
-            _fmt(r.max_clean_rate),
+            shown(r.max_clean_rate, ".0f"),
             str(r.max_clean_requested),
             str(r.first_dirty_requested or "-"),
-            _fmt(r.latency_achieved),
-            _fmt(r.p50_ms),
-            _fmt(r.p99_ms),
+            shown(r.latency_achieved, ".0f"),
+            shown(r.p50_ms, ".0f"),
+            shown(r.p99_ms, ".0f"),
         )
         for r in results.values()
     ]
     out = table(head, rows)
-
-    def yes(ok: bool | None) -> str:
-        return "n/a" if ok is None else ("MET" if ok else "NOT MET")
-
-    ratio = summary["ratio"]
     out.append(
-        f"ratio frontdesk / sipp-uas max clean rate: {_fmt(ratio, '.2f')}  "
-        f"(goal >= {RATIO_GOAL:g}: {yes(summary['ratio_met'])})"
+        f"ratio frontdesk / sipp-uas max clean rate: {shown(summary['ratio'], '.2f')}  "
+        f"(goal >= {RATIO_GOAL:g}: {verdict(summary['ratio_met'])})"
     )
     out.append(
-        f"frontdesk p99 INVITE->200 at {LATENCY_LOAD:.0%} load: {_fmt(summary['frontdesk_p99_ms'])} ms  "
-        f"(goal <= {P99_GOAL_MS:g} ms: {yes(summary['p99_met'])})"
+        f"frontdesk p99 INVITE->200 at {LATENCY_LOAD:.0%} load: {shown(summary['frontdesk_p99_ms'], '.0f')} ms  "
+        f"(goal <= {P99_GOAL_MS:g} ms: {verdict(summary['p99_met'])})"
     )
     notes = [f"{r.name}: {r.limit}" for r in results.values() if r.first_dirty_requested is None]
     notes += [f"{r.name}: the 80% run was not clean" for r in results.values() if r.latency_clean is False]
@@ -637,43 +246,6 @@ def render(results: dict[str, TargetResult], summary: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- entry point
-
-
-@contextlib.contextmanager
-def sigterm_unwinds() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit so that every ``finally`` runs and children are stopped."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def sipp_version(sipp: str) -> str:
-    out = subprocess.run([sipp, "-v"], capture_output=True, text=True, timeout=10)
-    return next((ln.strip() for ln in (out.stdout + out.stderr).splitlines() if "SIPp v" in ln), "unknown")
-
-
-def event_loop_name() -> str:
-    """The event loop ``frontdesk serve`` runs on here: uvloop when installed."""
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return "asyncio"
-    return "uvloop"
-
-
-def write_json(path: str | Path, report: Mapping[str, Any]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(report, indent=2) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -698,11 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--"]:
-        # `frontdesk bench-sip -- --quick`: ivr/cli.py hands over its REMAINDER with the "--" in it
-        argv = argv[1:]
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(cli_args(argv))
     quick = args.quick
     opts = SipBenchOptions(
         sipp=args.sipp,
@@ -716,41 +284,30 @@ def main(argv: list[str] | None = None) -> int:
         settle=0.2 if quick else 0.5,
     )
     if opts.factor <= 1 or opts.start_rate < 1 or opts.max_rate < opts.start_rate or opts.repeat < 1:
-        print("bench-sip: need --factor > 1, 1 <= --start-rate <= --max-rate, --repeat >= 1", file=sys.stderr)
-        return 2
-    if not (os.path.isfile(opts.sipp) and os.access(opts.sipp, os.X_OK)):
-        print(f"bench-sip: SIPp not found at {opts.sipp} (Debian package sip-tester)", file=sys.stderr)
-        return 2
+        return refuse("bench-sip", "need --factor > 1, 1 <= --start-rate <= --max-rate, --repeat >= 1")
+    if not executable(opts.sipp):
+        return refuse("bench-sip", f"SIPp not found at {opts.sipp} (Debian package sip-tester)")
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     if not names or any(n not in ("sipp-uas", "frontdesk") for n in names):
-        print("bench-sip: --targets takes sipp-uas and/or frontdesk", file=sys.stderr)
-        return 2
+        return refuse("bench-sip", "--targets takes sipp-uas and/or frontdesk")
 
-    began = time.time()
-    load_before = os.getloadavg()
-    workdir = Path(tempfile.mkdtemp(prefix="sipbench-"))
+    run = BenchRun("frontdesk bench-sip")
     results: dict[str, TargetResult] = {}
-    try:
-        with sigterm_unwinds():
-            for name in names:
-                target: Target = SippUas(opts.sipp, workdir) if name == "sipp-uas" else Frontdesk(workdir)
-                try:
-                    results[name] = measure(opts, target, workdir)
-                finally:
-                    target.stop()
-    finally:
-        if args.keep:
-            log(f"work directory kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    with work_directory("sipbench-", args.keep) as workdir, sigterm_unwinds():
+        for name in names:
+            target: Target = SippUas(opts.sipp, workdir) if name == "sipp-uas" else Frontdesk(workdir)
+            try:
+                results[name] = measure(opts, target, workdir)
+            finally:
+                target.stop()
 
     ref, fd = results.get("sipp-uas"), results.get("frontdesk")
-    ratio = fd.max_clean_rate / ref.max_clean_rate if fd and ref and ref.max_clean_rate > 0 else None
+    rate_ratio = ratio(fd.max_clean_rate if fd else None, ref.max_clean_rate if ref else None)
     p99 = fd.p99_ms if fd else None
     summary: dict[str, Any] = {
-        "ratio": None if ratio is None else round(ratio, 3),
+        "ratio": None if rate_ratio is None else round(rate_ratio, 3),
         "ratio_goal": RATIO_GOAL,
-        "ratio_met": None if ratio is None else ratio >= RATIO_GOAL,
+        "ratio_met": None if rate_ratio is None else rate_ratio >= RATIO_GOAL,
         "frontdesk_p99_ms": p99,
         "p99_goal_ms": P99_GOAL_MS,
         "p99_met": None if p99 is None else p99 <= P99_GOAL_MS,
@@ -758,31 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     summary["met"] = bool(summary["ratio_met"]) and bool(summary["p99_met"])
     print()
     print(render(results, summary))
-    report = {
-        "benchmark": "frontdesk bench-sip",
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(began)),
-        "duration_s": round(time.time() - began, 1),
-        "options": asdict(opts) | {"quick": quick, "latency_load": LATENCY_LOAD, "min_rate_share": MIN_RATE_SHARE},
-        "scenario": "sipp -sn uac -d 0 over UDP on 127.0.0.1; rtd = INVITE -> 200 OK, whole ms",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "loadavg_before": [round(x, 2) for x in load_before],
-            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-            "python": sys.version.split()[0],
-            "frontdesk_event_loop": event_loop_name(),
-            "sipp": sipp_version(opts.sipp),
-        },
-        "targets": {name: asdict(r) for name, r in results.items()},
+    report = run.report(
+        options=asdict(opts) | {"quick": quick, "latency_load": LATENCY_LOAD, "min_rate_share": MIN_RATE_SHARE},
+        scenario="sipp -sn uac -d 0 over UDP on 127.0.0.1; rtd = INVITE -> 200 OK, whole ms",
+        machine=run.machine(frontdesk_event_loop=event_loop_name(), sipp=sipp_version(opts.sipp)),
+        targets={name: asdict(r) for name, r in results.items()},
         **summary,
-    }
-    if args.json:
-        write_json(args.json, report)
-        print(f"results written to {args.json}")
-    print(f"total time {report['duration_s']:.0f} s; load average before/after "
-          f"{load_before[0]:.2f}/{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")  # fmt: skip
-    if args.check and not summary["met"]:
-        return 1
-    return 0
+    )
+    return run.finish(report, json_path=args.json, check=args.check, met=summary["met"])
 
 
 if __name__ == "__main__":

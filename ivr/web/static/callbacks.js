@@ -40,6 +40,16 @@ function complain(text) {
   $("problem").textContent = text;
 }
 
+// every refusal is {"error": "...", "detail": [{"field", "message"}]}: the short message, then each field
+// the short message does not already name
+function problemText(data, fallback) {
+  if (!data || typeof data.error !== "string") return fallback;
+  const more = (Array.isArray(data.detail) ? data.detail : [])
+    .filter((d) => d && typeof d.message === "string" && !data.error.includes(d.message))
+    .map((d) => d.field + ": " + d.message);
+  return more.length ? data.error + " (" + more.join("; ") + ")" : data.error;
+}
+
 function when(iso) {
   if (!iso) return "-";
   return new Date(iso).toLocaleString();
@@ -137,7 +147,7 @@ async function refresh() {
   if (state.me === null) return;
   const result = await api("GET", "/callbacks");
   if (!result.ok) {
-    if (result.status !== 401) complain(result.data.error || "the list could not be loaded");
+    if (result.status !== 401) complain(problemText(result.data, "the list could not be loaded"));
     return;
   }
   renderList(result.data.callbacks);
@@ -195,7 +205,7 @@ async function act(path, body, done) {
   try {
     const result = await api("POST", path, body);
     if (!result.ok) {
-      complain(result.data.error || "that did not work (" + result.status + ")");
+      complain(problemText(result.data, "that did not work (" + result.status + ")"));
       return null;
     }
     say(done);
@@ -242,7 +252,7 @@ function wire() {
     const result = await api("POST", "/callbacks/login", body);
     $("login-password").value = "";
     if (!result.ok) {
-      complain(result.data.error || "log-in failed");
+      complain(problemText(result.data, "log-in failed"));
       return;
     }
     say("Logged in as " + result.data.agent + ".");

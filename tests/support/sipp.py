@@ -1,8 +1,11 @@
-"""Helpers for the SIPp integration tests: run SIPp, read its results, read call records,
-and talk raw SIP over UDP for the cases SIPp is clumsy at.
+"""Helpers for the SIPp integration tests: run SIPp, read its results, and talk raw SIP over UDP
+for the cases SIPp is clumsy at.
 
 SIPp runs bounded (``-m`` calls, ``-timeout`` with ``-timeout_error``), headless
-(``-nostdin``), bound to 127.0.0.1 on a free port, with its statistics
+(``-nostdin``), bound to 127.0.0.1 on ports from tests/support/ports.py: its
+SIP port, and its media ports (``-mp``: SIPp binds that port and the one two
+above, and names ``-mp + 4 (n - 1)`` in call n's SDP, where its pcaps play
+from), a private block per run so that concurrent runs stay apart. Its statistics
 (``-trace_stat``), screen (``-trace_screen``) and unexpected messages
 (``-trace_err``) written into a per-run directory. SIPp exits 0 only when every
 call succeeded; :meth:`SippRun.report` gathers what is needed to see why not.
@@ -12,14 +15,17 @@ from __future__ import annotations
 
 import csv
 import socket
-import sqlite3
 import subprocess
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import SIPP_DIR, free_port
+from support.ports import free_port, port_range, release
+from support.server import Server
+
+SIPP_DIR = Path(__file__).resolve().parents[1] / "sipp"
 
 
 @dataclass
@@ -75,6 +81,7 @@ def run_sipp(
     """Run SIPp as a UAC against ``target`` until ``calls`` calls are done or ``timeout`` s pass.
 
     ``scenario`` is a file name under tests/sipp/, ``sn`` an embedded scenario name.
+    Unless ``extra`` names ``-mp``, SIPp gets a media block of its own for ``calls`` calls.
     """
     assert (scenario is None) != (sn is None), "give exactly one of scenario / sn"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -85,11 +92,15 @@ def run_sipp(
         cmd += ["-sf", str(path)]
     else:
         cmd += ["-sn", str(sn)]
+    sip_port = free_port()
+    media = None if "-mp" in (extra or []) else port_range(4 * calls + 4)
+    if media is not None:
+        cmd += ["-mp", str(media.start)]
     cmd += [
         "-t", transport,
         "-i", "127.0.0.1",
         "-bind_local",
-        "-p", str(free_port()),
+        "-p", str(sip_port),
         "-m", str(calls),
         "-r", str(rate),
         "-timeout", f"{timeout}s",
@@ -109,6 +120,10 @@ def run_sipp(
     except subprocess.TimeoutExpired as exc:  # subprocess.run has killed it
         out = (exc.stdout or b"").decode(errors="replace")
         return SippRun(-9, _read_stats(workdir / "stats.csv"), workdir, cmd, f"SIPp did not exit in time\n{out}")
+    finally:
+        release(sip_port)
+        if media is not None:
+            release(media)
     output = proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
     return SippRun(proc.returncode, _read_stats(workdir / "stats.csv"), workdir, cmd, output)
 
@@ -124,39 +139,54 @@ def _read_stats(path: Path) -> dict[str, str]:
     return dict(zip(rows[0], rows[-1], strict=False))
 
 
-# -- call records -------------------------------------------------------------------
+# -- the callers of the demo flow and of the queues ------------------------------------------
 
 
-def read_records(db_path: Path) -> list[dict[str, object]]:
-    con = sqlite3.connect(db_path, timeout=5)
-    try:
-        con.row_factory = sqlite3.Row
-        try:
-            rows = con.execute("SELECT * FROM call_records ORDER BY id").fetchall()
-        except sqlite3.OperationalError:  # table not created yet
-            return []
-        return [dict(r) for r in rows]
-    finally:
-        con.close()
+def dial(sipp: str, server: Server, workdir: Path, scenario: str, callers: list[str], timeout: float) -> SippRun:
+    """One SIPp run of ``scenario``: one call per caller number, all at once."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    csv = workdir / "callers.csv"
+    csv.write_text("SEQUENTIAL\n" + "".join(f"{c};\n" for c in callers))
+    return run_sipp(
+        sipp,
+        server.sip_target,
+        workdir,
+        scenario=scenario,
+        calls=len(callers),
+        rate=20,
+        timeout=timeout,
+        extra=["-inf", str(csv)],
+    )
 
 
-def wait_for_records(
-    db_path: Path, expected: int, timeout: float = 2.5, settle: float = 0.3
-) -> list[dict[str, object]]:
-    """Poll the call_records table until it holds ``expected`` rows (or ``timeout`` passes).
+def run_callers(
+    sipp: str,
+    server: Server,
+    workdir: Path,
+    rows: Sequence[tuple[str, int, int | None]],
+    *,
+    scenario: str = "queue_caller.xml",
+    rate: float = 10,
+    timeout: float = 40,
+) -> SippRun:
+    """One SIPp run of queue callers, one call per row (number, RTP port, ms to stay after pressing 1), in order.
 
-    Waits ``settle`` more seconds once the count is reached so that extra,
-    unexpected rows written by the same flush cycle show up too.
+    The RTP port is a socket of the test's own (tests/support/callers.py), named in the caller's SDP.
     """
-    deadline = time.monotonic() + timeout
-    rows = read_records(db_path)
-    while len(rows) < expected and time.monotonic() < deadline:
-        time.sleep(0.05)
-        rows = read_records(db_path)
-    if len(rows) >= expected:
-        time.sleep(settle)
-        rows = read_records(db_path)
-    return rows
+    workdir.mkdir(parents=True, exist_ok=True)
+    csv = workdir / "callers.csv"
+    csv.write_text("SEQUENTIAL\n" + "".join(f"{n};{port};{'' if ms is None else ms};\n" for n, port, ms in rows))
+    return run_sipp(
+        sipp,
+        server.sip_target,
+        workdir,
+        scenario=scenario,
+        calls=len(rows),
+        rate=rate,
+        timeout=timeout,
+        # -l: SIPp would otherwise hold back new calls once 3 x rate x 2.8 s are open
+        extra=["-inf", str(csv), "-l", str(len(rows) + 1)],
+    )
 
 
 # -- raw SIP over UDP ---------------------------------------------------------------
@@ -212,7 +242,7 @@ class UdpSipClient:
 
     def __post_init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(("127.0.0.1", free_port()))
 
     @property
     def local_port(self) -> int:

@@ -2,12 +2,14 @@
 
 :class:`PgCluster` runs ``initdb`` and ``pg_ctl`` from
 ``/usr/lib/postgresql/15/bin`` in a temporary directory, listening on
-127.0.0.1 on a free port with ``fsync=off`` (speed; the data is thrown away).
+127.0.0.1 on a port from tests/support/ports.py with ``fsync=off`` (speed; the data is thrown away).
 As root, the server runs as the ``postgres`` system user (``runuser``), since
 PostgreSQL refuses to run as root. Each test gets a database of its own.
 
 When PostgreSQL is missing the tests that need it *fail* (not skip): a
 database backend the suite claims to cover must not go quietly untested.
+The fixtures ``pg_cluster`` (one per session) and ``pg_url`` (a fresh
+database per test) are in tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -16,26 +18,17 @@ import itertools
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from support.ports import free_port, release
 
 PG_BIN = Path(os.environ.get("FRONTDESK_PG_BIN", "/usr/lib/postgresql/15/bin"))
 MISSING = (
     f"PostgreSQL 15 is not installed ({PG_BIN}/initdb not found): "
     "`make test` installs it (Debian package postgresql), or run `apt-get install -y postgresql`"
 )
-
-
-def _free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PgCluster:
@@ -81,7 +74,7 @@ class PgCluster:
             "--no-sync",
         )
         for _ in range(5):
-            self.port = _free_tcp_port()
+            self.port = free_port()
             options = (
                 f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} "
                 "-c fsync=off -c full_page_writes=off -c max_connections=200"
@@ -105,7 +98,6 @@ class PgCluster:
                 return
             if "Address already in use" not in self.log.read_text(errors="replace"):
                 break
-            time.sleep(0.1)
         log = self.log.read_text(errors="replace") if self.log.exists() else ""
         raise RuntimeError(f"PostgreSQL did not start:\n{proc.stdout}{proc.stderr}\n{log[-2000:]}")
 
@@ -141,30 +133,6 @@ class PgCluster:
         if self.started:
             self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop", check=False)
             self.started = False
+        if self.port:
+            release(self.port)
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[PgCluster]:
-    cluster = PgCluster()
-    missing = None
-    try:
-        cluster.start()
-    except FileNotFoundError as exc:
-        missing = str(exc)
-    except BaseException:
-        cluster.stop()
-        raise
-    if missing is not None:
-        cluster.stop()
-        pytest.fail(missing, pytrace=False)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture
-def pg_url(pg_cluster: PgCluster) -> str:
-    """The URL of a fresh, empty PostgreSQL database for this test."""
-    return pg_cluster.create_database()

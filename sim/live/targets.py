@@ -1,0 +1,243 @@
+"""The processes the SIP and media benchmarks drive: SIPp's own UAS and ``frontdesk serve``, on 127.0.0.1.
+
+Each target starts on free ports with a throw-away work directory (and, for
+frontdesk, a throw-away config and database) and is stopped for good by
+``stop()``: the benchmarks restart a target after an overload so that one
+dirty run does not leak into the next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+ROOT = Path(__file__).resolve().parents[2]
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind((HOST, 0))
+            port = int(t.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind((HOST, port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def udp_port_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        try:
+            u.bind((HOST, port))
+        except OSError:
+            return True
+    return False
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> None:
+    """Terminate, then kill: the process is gone when this returns."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+class Target(Protocol):
+    name: str
+    port: int
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def alive(self) -> bool: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+
+class SippUas:
+    """SIPp's built-in UAS (``-sn uas``): the reference answering machine."""
+
+    name = "sipp-uas"
+
+    def __init__(self, sipp: str, workdir: Path) -> None:
+        self.sipp = sipp
+        self.workdir = workdir / "sipp-uas"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> None:
+        for _attempt in range(3):
+            self.port = free_port()
+            err = (self.workdir / "stderr.log").open("ab")
+            self.proc = subprocess.Popen(
+                [self.sipp, "-sn", "uas", "-i", HOST, "-p", str(self.port), "-nostdin"],
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+            err.close()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if udp_port_taken(self.port):
+                    time.sleep(0.2)  # bound; give it a moment to enter its loop
+                    return
+                time.sleep(0.05)
+            stop_process(self.proc)  # lost a race for the port, or did not come up
+        raise RuntimeError(f"SIPp UAS did not start; see {self.workdir / 'stderr.log'}")
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def merge_config(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` laid over it, section by section (nested mappings merged)."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def raise_nofile(wanted: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that lifts the child's soft open-files limit to ``wanted`` (capped at the hard limit)."""
+
+    def preexec() -> None:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+    return preexec
+
+
+class Frontdesk:
+    """``frontdesk serve`` in a subprocess with a throw-away config and database.
+
+    ``config`` is laid over the benchmark's own settings (ports, database,
+    log level); ``nofile`` lifts the server's open-files soft limit.
+    """
+
+    name = "frontdesk"
+
+    def __init__(
+        self,
+        workdir: Path,
+        hold_time: float = 3600.0,
+        *,
+        config: Mapping[str, Any] | None = None,
+        nofile: int | None = None,
+    ) -> None:
+        self.workdir = workdir / "frontdesk"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.hold_time = hold_time
+        self.extra_config = dict(config or {})
+        self.nofile = nofile
+        self.port = 0
+        self.http_port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "server.log"
+
+    def http_get(self, path: str, timeout: float = 2.0) -> bytes:
+        with urllib.request.urlopen(f"http://{HOST}:{self.http_port}{path}", timeout=timeout) as r:
+            return bytes(r.read())
+
+    def healthz(self) -> dict[str, Any]:
+        return dict(json.loads(self.http_get("/healthz")))
+
+    def start(self) -> None:
+        self.starts += 1
+        self.port, self.http_port = free_port(), free_port()
+        db = self.workdir / f"bench-{self.starts}.db"
+        config = {
+            "sip": {"listen": HOST, "port": self.port, "hold_time": self.hold_time},
+            "http": {"listen": HOST, "port": self.http_port},
+            "storage": {"url": f"sqlite+aiosqlite:///{db}"},
+            "log_level": "warning",
+        }
+        config = merge_config(config, self.extra_config)
+        cfg = self.workdir / "frontdesk.json"  # JSON is YAML
+        cfg.write_text(json.dumps(config))
+        out = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ivr.cli", "serve", "--config", str(cfg)],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=raise_nofile(self.nofile) if self.nofile else None,
+        )
+        out.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"frontdesk exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                self.healthz()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"frontdesk did not come up in 30 s; see {self.log_path}")
+
+    def stop(self) -> None:
+        stop_process(self.proc, grace=10)
+        self.proc = None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def sipp_version(sipp: str) -> str:
+    out = subprocess.run([sipp, "-v"], capture_output=True, text=True, timeout=10)
+    return next((ln.strip() for ln in (out.stdout + out.stderr).splitlines() if "SIPp v" in ln), "unknown")
+
+
+def event_loop_name() -> str:
+    """The event loop ``frontdesk serve`` runs on here: uvloop when installed."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"

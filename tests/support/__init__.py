@@ -1,0 +1,1 @@
+"""Shared helpers for the test suite: servers, ports, waiting, SIPp, PostgreSQL and metrics."""
