@@ -1,1 +1,1 @@
-"""Callback lists: booking, dispatch and the agent API."""
+"""Callback lists: models, the durable store and its rules, the texts outbox, the shift handover report."""

@@ -1,1 +1,1 @@
-"""SIP and media, IVR flows, the call router and the server entry point."""
+"""The server: sans-IO SIP, media and IVR flows, the transport, live calls, settings, storage, HTTP and the command."""

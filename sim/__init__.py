@@ -1,1 +1,1 @@
-"""Simulator, capacity planning and load tools."""
+"""Simulator, capacity planning and the tools that drive a running server (``sim/live/``)."""

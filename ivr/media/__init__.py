@@ -1,1 +1,1 @@
-"""Media: RTP packets, G.711 codecs, RFC 4733 keys (pure), and the RTP endpoint."""
+"""Media, sans-IO: RTP packets, G.711, RFC 4733 keys, one call's stream, pacing arithmetic, RTP ports, prompts."""

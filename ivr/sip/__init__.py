@@ -1,1 +1,1 @@
-"""SIP: sans-IO message, transaction, dialog and SDP code, plus the asyncio shell."""
+"""SIP, sans-IO: messages, transactions, inbound and outbound dialogs, SDP, the registrar; ``ua.py`` is the facade."""

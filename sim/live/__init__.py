@@ -1,0 +1,1 @@
+"""Tools that drive a running server over the network: the load run and the SIP and media benchmarks."""
