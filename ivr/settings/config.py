@@ -20,6 +20,7 @@ from ivr.settings.base import Loc, Problem, Strict, explain, raise_problems, rea
 from ivr.settings.callbacks import CallbackSettings
 from ivr.settings.flows import IvrSettings
 from ivr.settings.queues import AgentSettings, QueueSettings, SurgeSettings, default_queues
+from ivr.settings.security import SecuritySettings
 from ivr.settings.server import (
     AdminSettings,
     HttpSettings,
@@ -52,6 +53,7 @@ class Config(Strict):
     )
     surge: SurgeSettings = SurgeSettings()
     callbacks: CallbackSettings = CallbackSettings()
+    security: SecuritySettings = SecuritySettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
