@@ -41,6 +41,7 @@ from sqlalchemy import DateTime, Index, Integer, String, Text, func, select, upd
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
+from callback import logmask
 from callback.base import Base, utcnow
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class LogSender:
         self.log = logger or log
 
     async def send(self, to: str, body: str, *, reason: str, message_id: int) -> None:
-        self.log.info("text #%d to %s (%s): %s", message_id, to, reason, body)
+        self.log.info("text #%d to %s (%s): %s", message_id, logmask.number(to), reason, logmask.text(body))
 
     async def close(self) -> None:
         pass

@@ -61,10 +61,15 @@ def _database_url(config: Config, what: str) -> str:
 def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from callback import logmask as log_privacy
+    from ivr.transport.tcp import raise_file_limit
     from ivr.web.app import create_app
 
     config = _config(args)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_privacy.install(config.security.log_numbers)  # customers' numbers and texts masked unless set clear
+    # every TCP connection and every call's RTP socket is a descriptor: take all the system allows
+    raise_file_limit(config.security.tcp.max_connections)
     prompts = _prompts(args, config)
     # Thousands of live calls and transactions are long-lived objects: move
     # start-up objects out of the collector's view and collect young objects
@@ -219,16 +224,20 @@ def _sim(args: argparse.Namespace) -> int:
 
 BENCHMARKS = {
     "bench-sip": "benchmark SIP answering against SIPp's own UAS (sim/live/sipbench.py)",
+    "bench-flood": "legitimate calls through a SIP INVITE flood from another address (sim/live/floodbench.py)",
     "bench-media": "benchmark RTP pacing with many concurrent IVR calls (sim/live/mediabench.py)",
     "bench-bookings": "benchmark durable callback bookings per second, SQLite and PostgreSQL (callback/bench.py)",
     "bench-sim": "benchmark the traffic simulator in simulated calls per second, against Ciw (sim/simbench.py)",
+    "bench-fuzz": "feed 10^6 mutated SIP datagrams through the user agent: no escape, no state left (ivr/fuzz/run.py)",
     "load": "play a scenario to a running server over SIP and compare with the simulator (sim/live/load.py)",
 }
 BENCHMARK_MODULES = {
     "bench-sip": "sim.live.sipbench",
+    "bench-flood": "sim.live.floodbench",
     "bench-media": "sim.live.mediabench",
     "bench-bookings": "callback.bench",
     "bench-sim": "sim.simbench",
+    "bench-fuzz": "ivr.fuzz.run",
     "load": "sim.live.load",
 }
 

@@ -301,10 +301,13 @@ async def test_publish_validation_errors(
 
 
 async def test_bad_json_and_unknown_notice(client: Client) -> None:
-    resp = await client.put("/admin/notices/n1", data=b"{group: vip", headers=AUTH)
+    as_json = {**AUTH, "Content-Type": "application/json"}
+    resp = await client.put("/admin/notices/n1", data=b"{group: vip", headers=as_json)
     assert resp.status == 400 and (await resp.json())["error"].startswith("not valid JSON")
-    resp = await client.put("/admin/notices/n1", data=b"\xff\xfe", headers=AUTH)
+    resp = await client.put("/admin/notices/n1", data=b"\xff\xfe", headers=as_json)
     assert resp.status == 400 and (await resp.json())["detail"][0]["field"] == "body"
+    resp = await client.put("/admin/notices/n1", data=b"{}", headers=AUTH)  # not said to be JSON
+    assert resp.status == 415 and (await resp.json())["detail"][0]["field"] == "Content-Type"
     resp = await client.delete("/admin/notices/nope", headers=AUTH)
     assert resp.status == 404
     assert (await resp.json()) == {

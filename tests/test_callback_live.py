@@ -60,6 +60,7 @@ def config(trunk_port: int, **callbacks: object) -> dict[str, object]:
         "promise_margin": 60,
         **callbacks,
     }
+    cfg["security"] = {"trusted_networks": ["127.0.0.1/32"]}  # SIPp is the trunk: its callers' numbers are believed
     return cfg
 
 

@@ -129,6 +129,7 @@ async def desk(tmp_path: Path, aiohttp_client: ClientFactory) -> AsyncIterator[D
         send_text=lambda to, body, reason: texts.append((to, body, reason)),
         clock=clock,
         registrar=registrar(),
+        ticks=lambda: clock().timestamp(),  # the login throttle steps with the test's clock
     )
     app = web.Application()
     add_routes(app, CALLBACK_ROUTES)
@@ -196,12 +197,30 @@ async def test_sessions_expire_and_supervisors_get_their_role(desk: Desk) -> Non
 async def test_wrong_passwords_lock_the_name_out_for_a_minute(desk: Desk) -> None:
     for _ in range(5):
         assert (await desk.get("/callbacks/me", basic("8001", "guess")))[0] == 401
-    status, body = await desk.get("/callbacks/me", A1)  # even the right password, for now
-    assert status == 429 and "wait a minute" in body["error"]
+    r = await desk.client.get("/callbacks/me", headers=A1)  # even the right password, for now
+    assert r.status == 429 and "try again in 60 s" in (await r.json())["error"] and r.headers["Retry-After"] == "60"
     assert (await desk.post("/callbacks/login", {"agent": "8001", "password": PASSWORDS["8001"]}))[0] == 429
     assert (await desk.get("/callbacks/me", A2))[0] == 200  # others are not affected
+    # a name that does not exist is counted and answered alike: a 429 does not tell who is an agent
+    nobody = {"Authorization": "Basic " + base64.b64encode(b"8009:guess").decode()}
+    assert [(await desk.get("/callbacks/me", nobody))[0] for _ in range(6)] == [401] * 5 + [429]
+    assert (await desk.post("/callbacks/login", {"agent": "8009", "password": "x"}))[0] == 429
+    # the real agent from another address is not locked out by the guesser at 127.0.0.1
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession(connector=connector) as elsewhere:
+        async with elsewhere.get(desk.client.make_url("/callbacks/me"), headers=A1) as r:
+            assert r.status == 200 and (await r.json())["agent"] == "8001"
     desk.clock.advance(61)
+    # the guesser's next block lasts twice as long (growing back-off); the right password then starts afresh
+    for _ in range(5):
+        assert (await desk.get("/callbacks/me", basic("8001", "guess")))[0] == 401
+    r = await desk.client.get("/callbacks/me", headers=A1)
+    assert r.status == 429 and r.headers["Retry-After"] == "120"
+    desk.clock.advance(121)
     assert (await desk.get("/callbacks/me", A1))[0] == 200
+    assert desk.service.registrar is not None
+    throttle = desk.service.registrar.throttle
+    assert throttle.throttled["basic"] >= 3 and throttle.throttled["login"] == 2 and throttle.failures["basic"] == 15
 
 
 def test_session_tokens_are_signed_and_revocable() -> None:

@@ -72,6 +72,8 @@ def ivr_server(server_factory: ServerFactory, prompt_cache: Path, tmp_path: Path
             # the IVR ends calls; the hold timer of the bare SIP core must not
             "sip": {"hold_time": 60},
             "admin": {"token": ADMIN_TOKEN},
+            # SIPp is the trunk here: its callers' numbers are believed, so they get their texts
+            "security": {"trusted_networks": ["127.0.0.1/32"]},
         }
     )
 

@@ -8,6 +8,7 @@ tests of the shell (ivr/transport/rtp.py) check what arrives, never how fast.
 from __future__ import annotations
 
 import itertools
+import random
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from support.media import (
     stream,
     tone,
 )
+from support.ports import port_range
 from support.waiting import wait_until_async
 
 from ivr.media import g711
@@ -32,6 +34,7 @@ from ivr.media.pacing import MAX_CATCH_UP, Pacer, silent_streams
 from ivr.media.ports import RtpPortAllocator
 from ivr.media.rtp import RtpPacket
 from ivr.media.stream import KeyPressed, PlaybackFinished, RecordingStopped
+from ivr.transport.rtp import MediaShell
 
 
 async def until(what: str, check: Callable[[], object], timeout: float = 5.0) -> None:
@@ -159,29 +162,53 @@ def test_recording_stops_on_hash_and_at_max_length() -> None:
 # -- RTP ports ---------------------------------------------------------------------------------
 
 
-def test_rtp_ports_go_round_the_even_ports_whose_rtcp_port_fits() -> None:
-    ports = RtpPortAllocator(20001, 20008)  # odd bounds: 20002, 20004, 20006 (RTCP 20007); not 20008
+def test_rtp_ports_are_random_even_ports_whose_rtcp_port_fits() -> None:
+    ports = RtpPortAllocator(20001, 20008, random.Random(7))  # odd bounds: 20002, 20004, 20006 (RTCP 20007)
     assert ports.span == 3
-    assert [ports.next() for _ in range(7)] == [20002, 20004, 20006, 20002, 20004, 20006, 20002]
-    assert [RtpPortAllocator(20000, 30000).next() for _ in range(1)] == [20000]
+    drawn = [ports.next() for _ in range(60)]
+    assert set(drawn) == {20002, 20004, 20006}  # never 20008: its RTCP port 20009 is outside the range
+    # every candidate list ends with each port once, so a nearly full range still finds its free port
+    tried = list(ports.candidates())
+    assert sorted(tried[-3:]) == [20002, 20004, 20006] and len(tried) == 3 + 3
+    assert RtpPortAllocator(20000, 20001).next() == 20000
     with pytest.raises(ValueError, match="no even RTP port"):
         RtpPortAllocator(20000, 20000)
 
 
-async def test_the_shell_binds_the_next_port_when_one_is_taken() -> None:
+def test_rtp_ports_are_not_sequential_and_a_seed_repeats_them() -> None:
+    """Whoever made the last call cannot tell the next caller's port (issue: RTP hijack)."""
+    a = RtpPortAllocator(20000, 29999, random.Random(13))
+    ports = [a.next() for _ in range(200)]
+    steps = [b - p for p, b in itertools.pairwise(ports)]
+    assert sum(1 for d in steps if d == 2) < 5  # in sequence: every step would be +2
+    assert len(set(ports)) > 180  # spread over the range's 5,000 even ports
+    assert all(p % 2 == 0 and 20000 <= p <= 29998 for p in ports)
+    b = RtpPortAllocator(20000, 29999, random.Random(13))
+    assert [b.next() for _ in range(200)] == ports  # the injected random source makes tests deterministic
+
+
+async def test_the_shell_binds_another_port_when_one_is_taken() -> None:
     rec = Recorder()
-    shell = await make_shell(rec)
-    first = shell.ports.first
-    squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    ports = port_range(8)
+    shell = MediaShell("127.0.0.1", ports.start, ports[-1], rec.on_events, rec.on_timeout, 0.0)
+    evens = list(range(shell.ports.first, shell.ports.last + 1, 2))
+    free = evens[-1]
+    squatters = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in evens[:-1]]
     try:
-        squatter.bind(("127.0.0.1", first + 2))
+        for sq, port in zip(squatters, evens, strict=False):
+            sq.bind(("127.0.0.1", port))
+        for _ in range(3):  # whatever the random draws, the one free port is found
+            a = shell.open(("127.0.0.1", 9), "PCMU", 0, None)
+            assert a.local_port == free
+            shell.close(a)
         a = shell.open(("127.0.0.1", 9), "PCMU", 0, None)
-        b = shell.open(("127.0.0.1", 9), "PCMU", 0, None)
-        assert (a.local_port, b.local_port) == (first, first + 4)  # first + 2 is taken: skipped
-        assert shell.stats.port_exhausted == 0
+        with pytest.raises(OSError, match="no free RTP port"):
+            shell.open(("127.0.0.1", 9), "PCMU", 0, None)
+        assert shell.stats.port_exhausted == 1
     finally:
         shell.close_all()
-        squatter.close()
+        for sq in squatters:
+            sq.close()
 
 
 # -- the shell on loopback: what arrives -----------------------------------------------------------

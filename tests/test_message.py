@@ -25,8 +25,11 @@ from ivr.sip.message import (
     StreamFramer,
     build_response,
     canonical_name,
+    parse_decimal,
     parse_message,
     split_list,
+    uri_host_port,
+    usable_target,
 )
 
 
@@ -490,6 +493,89 @@ def test_unicode_digits_raise_only_sip_parse_error(label: str, old: str, new: st
 def test_unicode_digits_in_status_code_raise_only_sip_parse_error() -> None:
     exc = parse_error(sip("SIP/2.0 \u00b200 OK\nContent-Length: 0\n\n"))
     assert exc.status is None
+
+
+LONG = "9" * 4301  # one digit past int()'s limit: int(LONG) raises ValueError
+
+
+@pytest.mark.parametrize(
+    ("label", "old", "new"),
+    [
+        ("Content-Length", "Content-Length: 0", f"Content-Length: {LONG}"),
+        ("CSeq number", "CSeq: 7 OPTIONS", f"CSeq: {LONG} OPTIONS"),
+        ("Via port", "192.0.2.1:5060", f"192.0.2.1:{LONG}"),
+        ("Via port of zeros", "192.0.2.1:5060", "192.0.2.1:" + "0" * 5000),
+        ("Via port above 65535", "192.0.2.1:5060", "192.0.2.1:65536"),
+    ],
+)
+def test_numbers_too_long_for_int_raise_only_sip_parse_error_with_400(label: str, old: str, new: str) -> None:
+    exc = parse_error(sip(OPTIONS.replace(old, new)))
+    assert exc.status == 400, label
+    assert len(exc.reason) < 100, label  # the reason quotes a short prefix, not 4,301 digits
+
+
+def test_leading_zeros_are_read_without_converting_the_whole_run() -> None:
+    req = parse_request(sip(OPTIONS.replace("192.0.2.1:5060", "192.0.2.1:" + "0" * 5000 + "5060")))
+    assert req.top_via.port == 5060
+    req = parse_request(sip(OPTIONS.replace("CSeq: 7", "CSeq: " + "0" * 5000 + "7")))
+    assert req.cseq == (7, "OPTIONS")
+
+
+@pytest.mark.parametrize(
+    ("text", "maximum", "clamp", "expected"),
+    [
+        ("0", 10, False, 0),
+        ("10", 10, False, 10),
+        ("11", 10, False, None),
+        ("11", 10, True, 10),
+        (LONG, 2**32 - 1, False, None),
+        (LONG, 2**32 - 1, True, 2**32 - 1),
+        ("0" * 5000 + "42", 100, False, 42),
+        ("", 10, False, None),
+        ("-1", 10, False, None),
+        ("+1", 10, False, None),
+        (" 1", 10, False, None),
+        ("\u00b2", 10, False, None),
+        ("\u0663", 10, False, None),  # int() would take an Arabic-Indic three; the wire is ASCII
+    ],
+)
+def test_parse_decimal(text: str, maximum: int, clamp: bool, expected: int | None) -> None:
+    assert parse_decimal(text, maximum, clamp=clamp) == expected
+
+
+def test_uri_host_port_with_a_port_too_long_for_int() -> None:
+    assert uri_host_port(f"sip:bob@example.com:{LONG}") == ("example.com", None)
+    assert uri_host_port("sip:bob@example.com:70000") == ("example.com", None)
+    assert uri_host_port("sip:bob@[2001:db8::1]:5062;transport=tcp") == ("[2001:db8::1]", 5062)
+
+
+def test_a_quoted_comma_in_the_top_via_is_stamped_without_endless_recursion() -> None:
+    # found by the coverage-guided run (ivr/fuzz/guided.py): split_list keeps a quoted comma, so the one
+    # "part" still held a comma and _stamp_via called itself on it until RecursionError
+    req = parse_request(sip(OPTIONS.replace(";branch=z9hG4bKopt1", ';x="a,b";branch=z9hG4bKopt1')))
+    resp = build_response(req, 200, received="198.51.100.7", rport=5062)
+    via = resp.get("via") or ""
+    assert via.startswith('SIP/2.0/UDP 192.0.2.1:5060;x="a,b";branch=z9hG4bKopt1')
+    assert via.endswith(";received=198.51.100.7")
+
+
+@pytest.mark.parametrize(
+    ("uri", "usable"),
+    [
+        ("sip:5551234@192.0.2.1:5070", True),
+        ("sips:bob@example.com;transport=tcp", True),
+        ("tel:+15551234", True),
+        ("sip:a b@example.com", False),  # a space would split our start line
+        ("sip:bob@example.com\r\nX-Injected: 1", False),
+        ("sip:bob@example.com\x00", False),
+        ("sip:b\udcffb@example.com", False),  # a non-UTF-8 byte, surrogate-escaped
+        ("sip:bob@example.com>", False),
+        ("bob@example.com", False),
+        ("", False),
+    ],
+)
+def test_usable_target(uri: str, usable: bool) -> None:
+    assert usable_target(uri) is usable
 
 
 # ---------------------------------------------------------------------------

@@ -389,7 +389,9 @@ async def test_log_sender_logs_the_message(caplog: pytest.LogCaptureFixture) -> 
     sender = build_sender("log")
     assert isinstance(sender, LogSender)
     await sender.send("+15550100", "Press 2 for the outage update.", reason="hotkey", message_id=3)
-    assert "text #3 to +15550100 (hotkey): Press 2 for the outage update." in caplog.text
+    # masked by default (callback/logmask.py): the last 3 digits, the text's length
+    assert "text #3 to ******100 (hotkey): <text, 30 characters>" in caplog.text
+    assert "15550100" not in caplog.text and "outage" not in caplog.text
 
 
 def test_build_sender() -> None:

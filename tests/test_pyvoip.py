@@ -134,6 +134,7 @@ def test_pyvoip_phone_registers_calls_in_and_hears_the_welcome(
             "media": {"prompt_cache": str(cache), "recordings_dir": str(tmp_path / "recordings")},
             "agents": {USER: {"ha1": md5(f"{USER}:{REALM}:{PASSWORD}"), "display_name": "Agent Seven"}},
             "ivr": ivr,
+            "security": {"trusted_networks": ["127.0.0.1/32"]},  # the caller's number is believed: it gets its text
         }
     )
     rtp_port = free_port()

@@ -22,8 +22,10 @@ from ivr import cli
 from ivr.settings.config import ConfigError, parse_config
 from ivr.sip.message import Request, Response, parse_message
 from ivr.sip.registrar import Binding, Credential, Registrar, RegistrarSettings, Reply, parse_credentials
+from ivr.sip.throttle import AuthThrottle, ThrottleSettings
 from ivr.sip.ua import UaConfig, UserAgent
 from ivr.web.app import registrar_for
+from ivr.web.mapmetrics import sip_tables
 from ivr.web.metrics import SipCollector
 
 REALM = "frontdesk"
@@ -39,8 +41,9 @@ PASSWORDS = {"alice": "wonderland", "1001": "s3cret, with comma"}
 AGENTS = {name: Credential(md5(f"{name}:{REALM}:{pw}")) for name, pw in PASSWORDS.items()}
 
 
-def registrar(**settings: object) -> Registrar:
-    return Registrar(RegistrarSettings(realm=REALM, **settings), AGENTS, SECRET)  # type: ignore[arg-type]
+def registrar(throttle_settings: ThrottleSettings | None = None, **settings: object) -> Registrar:
+    throttle = AuthThrottle(throttle_settings or ThrottleSettings())
+    return Registrar(RegistrarSettings(realm=REALM, **settings), AGENTS, SECRET, throttle=throttle)  # type: ignore[arg-type]
 
 
 def request(
@@ -214,6 +217,79 @@ def test_wrong_password_and_unknown_user_get_the_same_403() -> None:
     assert (unknown.status, unknown.reason, unknown.headers) == (denied.status, denied.reason, denied.headers)
     assert reg.active == 0
     assert reg.requests == {"ok": 0, "challenged": 2, "rejected": 2}
+
+
+ATTACKER = ("udp", "127.0.0.1", 40000)
+ELSEWHERE = ("udp", "127.0.0.2", 5062)
+
+
+def guess(reg: Registrar, user: str, password: str, now: float, peer: tuple[str, str, int] = ATTACKER) -> Reply:
+    """One svcrack round: REGISTER, then the challenge answered with ``password``."""
+    phone = Phone(user=user, password=password, peer=peer, call_id=f"guess-{password}@{peer[1]}")
+    return phone.register(reg, now)
+
+
+def test_password_guessing_is_blocked_per_name_and_source_with_growing_back_off() -> None:
+    reg = registrar()
+    assert [guess(reg, "alice", f"guess{i}", 0.0).status for i in range(5)] == [403] * 5
+    # blocked: even the right password gets the very answer of a wrong one, so a lucky guess is lost
+    blocked = guess(reg, "alice", "wonderland", 1.0)
+    assert (blocked.status, blocked.reason) == (403, "Forbidden (wrong username or password)")
+    assert reg.active == 0
+    # the real agent at another address registers all the same
+    assert guess(reg, "alice", "wonderland", 2.0, ELSEWHERE).status == 200
+    # after the first block (60 s) the guesser gets 5 more tries, then a block twice as long
+    assert [guess(reg, "alice", f"again{i}", 61.0).status for i in range(5)] == [403] * 5
+    assert guess(reg, "alice", "wonderland", 61.0 + 119.0).status == 403
+    assert guess(reg, "alice", "wonderland", 61.0 + 121.0).status == 200
+    assert reg.throttle.failures["register"] == 10 and reg.throttle.throttled["register"] == 2
+    registry = CollectorRegistry()
+    registry.register(SipCollector(UserAgent(UaConfig(), registrar=reg)))
+    assert registry.get_sample_value("frontdesk_auth_throttled_total", {"door": "register"}) == 2
+    assert registry.get_sample_value("frontdesk_auth_failures_total", {"door": "register"}) == 10
+    assert registry.get_sample_value("frontdesk_auth_throttled_total", {"door": "login"}) == 0
+    (table,) = [read() for read in sip_tables(UserAgent(UaConfig(), registrar=reg)) if read().name == "auth_throttle"]
+    assert (table.entries, table.limit) == (2, 100_000)  # the source and the name; the pair went with the password
+
+
+def test_unknown_names_are_challenged_and_throttled_like_known_ones() -> None:
+    known, unknown = registrar(), registrar()
+    seen_known = [guess(known, "alice", f"pw{i}", 0.0) for i in range(7)]
+    seen_unknown = [guess(unknown, "mallory", f"pw{i}", 0.0) for i in range(7)]
+    assert [(r.status, r.reason) for r in seen_known] == [(r.status, r.reason) for r in seen_unknown]
+    assert known.throttle.throttled == unknown.throttle.throttled == {"register": 2, "basic": 0, "login": 0}
+    # the challenge itself does not look at the name
+    assert known.register(request("nobody"), ATTACKER, 1.0).status == 401
+
+
+def test_many_names_from_one_source_block_the_source() -> None:
+    reg = registrar()
+    for i in range(20):  # svwar-found names, 4 guesses each: under the per-name limit every time
+        assert guess(reg, f"user{i // 4}", f"pw{i}", 0.0).status == 403
+    assert reg.throttle.wait("alice", "127.0.0.1", 0.0) == 60.0  # every name from that address now
+    assert guess(reg, "alice", "wonderland", 1.0).status == 403
+    assert guess(reg, "alice", "wonderland", 1.0, ELSEWHERE).status == 200
+
+
+def test_a_name_guessed_from_many_sources_gives_each_new_source_one_try() -> None:
+    reg = registrar(throttle_settings=ThrottleSettings(name_under_attack=10))
+    for i in range(10):  # a botnet: 10 addresses, one guess each
+        assert guess(reg, "alice", f"pw{i}", 0.0, ("udp", f"10.0.0.{i}", 5060)).status == 403
+    # the name is under attack: a further address is blocked at its first wrong password, not its fifth
+    bot = ("udp", "10.0.1.1", 5060)
+    assert guess(reg, "alice", "pw-x", 0.0, bot).status == 403
+    assert guess(reg, "alice", "wonderland", 0.0, bot).status == 403
+    # an address that has not failed is never refused: the real agent still registers
+    assert guess(reg, "alice", "wonderland", 0.0, ELSEWHERE).status == 200
+
+
+def test_trusted_sources_are_never_throttled() -> None:
+    throttle = AuthThrottle(ThrottleSettings(), trusted=lambda address: address == "192.0.2.10")
+    reg = Registrar(RegistrarSettings(realm=REALM), AGENTS, SECRET, throttle=throttle)
+    trunk = ("udp", "192.0.2.10", 5060)
+    assert [guess(reg, "alice", f"pw{i}", 0.0, trunk).status for i in range(30)] == [403] * 30
+    assert guess(reg, "alice", "wonderland", 0.0, trunk).status == 200
+    assert len(throttle) == 0 and throttle.failures["register"] == 30
 
 
 def test_a_password_with_a_comma_works() -> None:
@@ -584,6 +660,22 @@ def test_config_sets_realm_expiry_and_agents() -> None:
     reg = registrar_for(config)
     assert reg.settings == RegistrarSettings("example.org", 30, 900, 300, 60.0)
     assert reg.credentials == {"1001": Credential(md5("1001:example.org:pw"), "Alice")}
+
+
+def test_config_sets_the_login_throttle_and_trusts_its_networks() -> None:
+    config = parse_config(
+        "security:\n  trusted_networks: [192.0.2.0/24]\n"
+        "  auth: {per_name: 2, per_source: 9, block: 30, max_block: 90, max_entries: 500}\n",
+        "cfg.yaml",
+    )
+    throttle = registrar_for(config).throttle
+    assert throttle.settings == ThrottleSettings(per_source=9, per_name=2, block=30.0, max_block=90.0, max_entries=500)
+    for source in ("192.0.2.7", "198.51.100.7"):
+        for _ in range(2):
+            throttle.failed("register", "1001", source, 0.0)
+    assert throttle.wait("1001", "192.0.2.7", 0.0) == 0.0 and throttle.wait("1001", "198.51.100.7", 0.0) == 30.0
+    with pytest.raises(ConfigError, match=r"cfg.yaml:2: security.auth: .*block must not exceed max_block"):
+        parse_config("security:\n  auth: {block: 100, max_block: 50}\n", "cfg.yaml")
 
 
 @pytest.mark.parametrize(

@@ -83,7 +83,7 @@ class FakeStream:
 
 
 class FakeMedia:
-    def open(self, *args: Any) -> FakeStream:
+    def open(self, *args: Any, **kwargs: Any) -> FakeStream:
         return FakeStream()
 
     def close(self, stream: Any) -> None:

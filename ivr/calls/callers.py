@@ -44,3 +44,6 @@ class BookingCaller(Protocol):
 
     def feed(self, event: FlowEvent, now: float) -> None:
         """Hand the booking's result (``CallbackDone``) to the caller's flow."""
+
+    def unverified(self, number: str) -> bool:
+        """Whether ``number`` is the caller's own, claimed by an untrusted peer (ivr/calls/trust.py)."""

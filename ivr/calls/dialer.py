@@ -12,7 +12,9 @@ module connects it to calls:
   entered the queue (or called, when they book without queueing). The
   promise comes from the queue's forecast: the wait of a caller behind
   everyone in line and every due callback (the EWT formula, docs/queueing.md)
-  plus a margin, not before the chosen slot starts.
+  plus a margin, not before the chosen slot starts. A booking for the number
+  an untrusted peer claimed (``ivr/calls/trust.py``) is ``created_by:
+  ivr_unverified``: it is called back, but no text about it goes out.
 - **Reached an agent** (R10). A caller who reaches an agent has their
   active callback for that queue closed, and a text message says so.
 - **Dialer** (click-to-call and the dispatcher). The agent's phone rings
@@ -41,6 +43,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from callback import logmask
 from callback.base import utcnow
 from callback.rules import STATES, WAITING_STATES
 from callback.store import AlreadyBooked, Callback, CallbackStore, Conflict, NotFound
@@ -48,6 +51,7 @@ from ivr.calls.callers import BookingCaller
 from ivr.calls.legs import OutboundLeg, dial
 from ivr.calls.promises import NEVER, Forecast
 from ivr.calls.queues import LiveQueues
+from ivr.calls.trust import UNVERIFIED_BOOKER, TrustCounters
 from ivr.flow import actions as fa
 from ivr.sip.message import uri_host_port
 from ivr.sip.ua import OutAnswered, OutEnded, OutFailed, OutRinging
@@ -124,6 +128,7 @@ class CallbackDesk:
         send_text: Callable[[str, str, str], None],
         wake: Callable[[], None],
         clock: Callable[[], datetime] = utcnow,
+        trust: TrustCounters | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -135,6 +140,7 @@ class CallbackDesk:
         self.wake = wake  # asks for what the SIP core queued to be sent
         self.clock = clock
         self.counters = DeskCounters()
+        self.trust = trust or TrustCounters()  # texts withheld from numbers an untrusted caller claimed
         self.jobs: dict[str, Job] = {}  # agent -> job
         self.forecast = Forecast(queues, settings)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -182,6 +188,8 @@ class CallbackDesk:
                     window_end=end,
                     message_path=ivr.recording,
                     call_id=ivr.call.call_id,
+                    # a number an untrusted peer claimed still gets its callback, but no text about it
+                    created_by=UNVERIFIED_BOOKER if ivr.unverified(number) else "ivr",
                 )
                 self.counters.bookings += 1
                 result = "booked"
@@ -189,7 +197,7 @@ class CallbackDesk:
         except AlreadyBooked:
             result = "exists"
         except (Conflict, NotFound, ValueError) as exc:
-            log.warning("callback request of %s not done: %s", number, exc)
+            log.warning("callback request of %s not done: %s", logmask.number(number), exc)
             self.counters.booking_errors += 1
             result = "failed"
         except Exception:  # the database is down: the caller is told, nothing is promised
@@ -207,7 +215,7 @@ class CallbackDesk:
         try:
             closed = await self.store.close_for_number(number, queue, now=self.clock(), reason="reached_agent")
         except Exception:
-            log.exception("could not close the callbacks of %s", number)
+            log.exception("could not close the callbacks of %s", logmask.number(number))
             return
         if closed:
             self.counters.closed_reached_agent += len(closed)
@@ -333,6 +341,13 @@ class CallbackDesk:
         self._finish(job)
         self.wake()
 
+    def _unverified(self, cb: Callback) -> bool:
+        """A callback booked for a number an untrusted caller claimed: no text goes to it (counted)."""
+        if cb.created_by != UNVERIFIED_BOOKER:
+            return False
+        self.trust.refused_untrusted("text")
+        return True
+
     def _count(self, result: str) -> None:
         self.counters.dials[result] = self.counters.dials.get(result, 0) + 1
 
@@ -372,6 +387,8 @@ class CallbackDesk:
         await store.release_lapsed(now)  # claims nobody acted on go back to the list
         for cb in await store.expire(now, timedelta(seconds=self.settings.max_age)):
             self.counters.expired += 1
+            if self._unverified(cb):
+                continue
             self.send_text(
                 cb.number,
                 "Frontdesk: we are sorry, we could not call you back in time. Self-service is open 24 hours: "
@@ -455,6 +472,8 @@ class CallbackDesk:
         for cb in await self.store.at_risk(now, forecast_start):
             await self.store.mark_warned(cb.id)
             self.counters.promises_warned += 1
+            if self._unverified(cb):
+                continue
             self.send_text(
                 cb.number,
                 "Frontdesk: we are very busy and may call you back later than we said. "

@@ -8,7 +8,10 @@ outbox, transfers and hang-ups through the user agent. Media and SIP events
 come back as interpreter events. What the caller did (path, keys, notices,
 hotkey, self-service, screening, complaint, message) is kept for the call
 record (R4). A caller who reaches an agent has their callback for that queue
-closed (R10).
+closed (R10). The caller's number is believed only from a trusted peer
+(``ivr/calls/trust.py``): an untrusted caller is served under the number
+they claim, but no text goes to it and no callback of it is closed or
+cancelled.
 
 The RTP shell's events reach the call through :class:`MediaEventSink`, built
 before the shell: they go to the stream's owner, and what the SIP core queued
@@ -26,13 +29,15 @@ from pathlib import Path
 
 from callback.base import utcnow
 from ivr.calls.dialer import CallbackDesk
+from ivr.calls.legs import OutboundLeg
 from ivr.calls.queues import LiveQueues
+from ivr.calls.trust import CallerIdentity, TrustCounters
 from ivr.flow import actions as fa
 from ivr.flow.interpreter import start, step
 from ivr.flow.program import Program
 from ivr.media.prompts import PromptStore, write_wav
 from ivr.media.stream import KeyPressed, MediaEvent, MediaStream, PlaybackFinished, RecordingStopped
-from ivr.sip.ua import InboundCall, Outcome, UserAgent
+from ivr.sip.ua import InboundCall, OutCall, Outcome, UserAgent
 from ivr.transport.rtp import MediaShell
 
 log = logging.getLogger(__name__)
@@ -71,6 +76,9 @@ class IvrServices:
     metrics: IvrMetrics = field(default_factory=IvrMetrics)
     queues: LiveQueues | None = None  # live queues; without them a queue node only plays its prompt
     callbacks: CallbackDesk | None = None  # live callback lists; without them a callback node only plays its prompt
+    # whose number a call is (ivr/calls/trust.py identify); without it every caller's From is believed
+    identify: Callable[[InboundCall], CallerIdentity] | None = None
+    trust: TrustCounters = field(default_factory=TrustCounters)
 
 
 class IvrCall:
@@ -94,15 +102,17 @@ class IvrCall:
         self.queue: str | None = None  # the queue the caller joined last
         self.agent_hung_up = False  # the agent ended the talk (the call record says so)
         self.queue_entered_at: datetime | None = None  # the caller's place in line, kept by a callback (R10)
+        identify = services.identify
+        self.identity = identify(call) if identify is not None else CallerIdentity(call.caller, trusted=True)
         stream.owner = self
 
     # -- events in ---------------------------------------------------------------
     def start(self, now: float) -> None:
         svc = self.services
-        groups = self.groups = svc.groups_of(self.call.caller)
+        groups = self.groups = svc.groups_of(self.identity.number)
         local = time.localtime()
         info = fa.CallInfo(
-            caller=self.call.caller,
+            caller=self.identity.number,
             called=self.call.called,
             groups=groups,
             notices=svc.notices_for(groups),
@@ -157,7 +167,10 @@ class IvrCall:
         self.feed(fa.QueueLeft("connected"), now)
         callbacks = self.services.callbacks
         if callbacks is not None and self.queue is not None:
-            callbacks.reached_agent(self.call.caller, self.queue)  # R10
+            if self.identity.trusted:
+                callbacks.reached_agent(self.identity.number, self.queue)  # R10
+            else:  # a spoofed From must not close the real number's callback
+                self.services.trust.refused_untrusted("close_callback")
 
     def leave_queue(self, target: str, now: float) -> None:
         """The queue overflowed this caller: the flow goes on at the target's node."""
@@ -245,7 +258,11 @@ class IvrCall:
                 stream.start_recording(act.max_seconds, act.silence_seconds, act.stop_key)
             elif isinstance(act, fa.SendText):
                 svc.metrics.texts_requested[act.reason] = svc.metrics.texts_requested.get(act.reason, 0) + 1
-                svc.send_text(act.to, act.body, act.reason)
+                if self.unverified(act.to):
+                    svc.trust.refused_untrusted("text")
+                    self.outcomes.append(f"text_skipped:{act.reason}")
+                else:
+                    svc.send_text(act.to, act.body, act.reason)
             elif isinstance(act, fa.Transfer):
                 svc.metrics.transfers += 1
                 ua.refer(call, act.uri, now)
@@ -258,7 +275,15 @@ class IvrCall:
                 self.queued = True
                 self.enqueue_to = act.queue
             elif isinstance(act, fa.CallbackRequest) and svc.callbacks is not None:
-                svc.callbacks.request(self, act)  # answers with CallbackDone once committed
+                if act.cancel and self.unverified(act.number):
+                    svc.trust.refused_untrusted("cancel_callback")  # told "none booked", as for a stranger
+                    self.feed(fa.CallbackDone("none", None), now)
+                else:
+                    svc.callbacks.request(self, act)  # answers with CallbackDone once committed
+
+    def unverified(self, number: str) -> bool:
+        """Whether ``number`` is the caller's own, claimed by an untrusted peer (not believed)."""
+        return not self.identity.trusted and number == self.identity.number
 
     def _note(self, note: fa.Note) -> None:
         m = self.services.metrics
@@ -291,6 +316,10 @@ class IvrCall:
     def media_timed_out(self, now: float) -> None:
         self.ua.hangup(self.call, now, Outcome.MEDIA_TIMEOUT)
 
+    def media_failed(self, now: float) -> None:
+        """The RTP shell closed this call's stream after an exception in it: end the call cleanly."""
+        self.ua.hangup(self.call, now, Outcome.FAILED)
+
 
 class MediaEventSink:
     """Takes the RTP shell's events to the IVR call that owns the stream; built before the shell.
@@ -300,9 +329,12 @@ class MediaEventSink:
     by ``wake`` after them.
     """
 
-    def __init__(self, clock: Callable[[], float], wake: Callable[[], None]) -> None:
+    def __init__(
+        self, clock: Callable[[], float], wake: Callable[[], None], drop: Callable[[OutCall, float], None] | None = None
+    ) -> None:
         self.clock = clock
         self.wake = wake
+        self.drop = drop  # ends a call we placed (UserAgent.drop): a leg whose stream failed
 
     def on_events(self, stream: MediaStream, events: list[MediaEvent]) -> None:
         call = stream.owner
@@ -314,4 +346,14 @@ class MediaEventSink:
         call = stream.owner
         if isinstance(call, IvrCall):
             call.media_timed_out(self.clock())
+            self.wake()
+
+    def on_failure(self, stream: MediaStream) -> None:
+        """A stream the shell closed after an exception: its call ends, an IVR call's or a leg we placed."""
+        call = stream.owner
+        if isinstance(call, IvrCall):
+            call.media_failed(self.clock())
+            self.wake()
+        elif isinstance(call, OutboundLeg) and self.drop is not None:
+            self.drop(call.out, self.clock())  # the dialog's end reaches the live queues or the dialer as usual
             self.wake()

@@ -52,7 +52,9 @@ def dial(
     from_display: str | None = None,
 ) -> tuple[MediaStream, OutCall]:
     """Open a stream and send the INVITE offering it to ``target`` via ``peer``; OSError when no RTP port is free."""
-    stream = media.open((peer[1], DISCARD_PORT), *OFFER)
+    # the phone's SIP host is its signalling source: strict latching (ivr/media/latch.py) learns only from it
+    # or the host its SDP answer names, and sends to another host only once the phone's RTP came from there
+    stream = media.open((peer[1], DISCARD_PORT), *OFFER, signalling_host=peer[1])
     out = ua.place_call(target, peer, stream.local_port, now, from_user=from_user, from_display=from_display)
     return stream, out
 

@@ -124,10 +124,12 @@ class CallRouter:
         try:
             if neg is not None:
                 remote = (neg.remote_address, neg.remote_port)
-                stream = self.ivr.media.open(remote, neg.codec, neg.payload_type, neg.dtmf_payload_type)
+                stream = self.ivr.media.open(
+                    remote, neg.codec, neg.payload_type, neg.dtmf_payload_type, signalling_host=call.peer[1]
+                )
             else:
                 # no offer in the INVITE: we offer, the answer comes in the ACK
-                stream = self.ivr.media.open((call.peer[1], 9), "PCMU", 0, 101)
+                stream = self.ivr.media.open((call.peer[1], 9), "PCMU", 0, 101, signalling_host=call.peer[1])
         except OSError:
             log.warning("no RTP port free: refusing call %s", call.call_id)
             self.ua.reject(call, 503, now)

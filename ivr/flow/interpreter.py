@@ -434,8 +434,13 @@ class _Call:
         else:
             value = node.arg
         if node.as_number:
-            digits = "".join(c for c in value if c.isdigit())
-            return number_prompts(int(digits)) if digits else ()
+            # ASCII digits only (int() refuses e.g. superscripts), and no int() of a long run from the
+            # wire (over 4,300 digits it raises): from a million on a number is said digit by digit anyway
+            raw = "".join(c for c in value if "0" <= c <= "9")
+            if not raw:
+                return ()
+            digits = raw.lstrip("0") or "0"
+            return digit_prompts(digits) if len(digits) > 6 else number_prompts(int(digits))
         return digit_prompts(value)
 
     def marks(self, marks: Marks) -> None:

@@ -85,8 +85,9 @@ def parse_dtmf_info(content_type: str, body: bytes) -> str | None:
         return None
     if ctype == "application/dtmf":
         key = text.strip().upper()
-        # ASCII digits only (str.isdigit alone takes superscripts, which int() refuses)
-        if key.isascii() and key.isdigit() and int(key) < len(EVENT_KEYS):
+        # ASCII digits only (str.isdigit alone takes superscripts, which int() refuses), and at most two
+        # of them before int(): a long run from the wire would raise (int_max_str_digits) or cost time
+        if len(key) <= 2 and key.isascii() and key.isdigit() and int(key) < len(EVENT_KEYS):
             return EVENT_KEYS[int(key)]
         return key if len(key) == 1 and key in EVENT_KEYS else None
     return None

@@ -6,9 +6,12 @@ The engine (ivr/transport/rtp.py) owns sockets and the clock; it calls
 answers with bytes to send and :data:`MediaEvent` values: a prompt list
 finished, a key was pressed, a recording stopped.
 
-Symmetric RTP (RFC 4961): we send to the address the SDP named until the
-first packet arrives from the caller, then to wherever the caller's packets
-come from, which is what works through NAT.
+Symmetric RTP (RFC 4961) with strict latching (ivr/media/latch.py): we send
+to the address the SDP named until the first packet arrives from the caller,
+then only to where the caller's packets come from, which is what works
+through NAT; from then on packets from any other source or SSRC are dropped
+and counted. An SDP naming a host other than the untrusted signalling
+source gets nothing until the caller's RTP has arrived.
 
 Bridging (:meth:`MediaStream.bridge`) relays the voice of one leg to another
 through the server: each leg keeps its own SSRC, sequence, timestamps and
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 
 from ivr.media.dtmf import DtmfError, DtmfReceiver
 from ivr.media.g711 import FRAME_SAMPLES, SAMPLE_RATE, Codec
+from ivr.media.latch import SourceLatch
 from ivr.media.rtp import RtpError, RtpPacket, is_rtcp
 
 _RTP_HEADER = struct.Struct("!BBHII")
@@ -112,10 +116,16 @@ class MediaStream:
         seq: int,
         timestamp: int,
         now: float,
+        *,
+        signalling_host: str | None = None,
+        trusted: bool = False,
     ) -> None:
         self.local_port = local_port
         self.remote = remote
-        self.latched = False
+        self.latch = SourceLatch(signalling_host, trusted)
+        self.latch.expect((remote[0],))
+        self._held = not self.latch.may_send_to(remote[0])  # nothing goes out until the caller's RTP came
+        self.dropped: dict[str, int] = {}  # packets not from the latched source, by reason (ivr/media/latch.py)
         self.codec = codec
         self.payload_type = payload_type
         self.dtmf_payload_type = dtmf_payload_type
@@ -144,11 +154,23 @@ class MediaStream:
         self.relayed_in = 0  # voice packets received on this leg and handed to the other
         self.relay_dropped = 0  # frames this leg's relay buffer dropped (over relay_cap)
 
+    @property
+    def latched(self) -> bool:
+        """Whether the caller's RTP source has been learned (and is the only one taken from now on)."""
+        return self.latch.latched
+
+    @property
+    def send_to(self) -> Address | None:
+        """Where this tick's packet goes; None while sending waits for the caller's RTP."""
+        return None if self._held else self.remote
+
     def use_answer(self, address: Address, codec: Codec, payload_type: int, dtmf_payload_type: int | None) -> None:
         """The far end's SDP named where and how to send: follow it (unless its RTP already arrived)."""
         if self.latched:
             return
         self.remote = address
+        self.latch.expect((address[0],))
+        self._held = not self.latch.may_send_to(address[0])
         if payload_type != self.payload_type:
             self.codec = codec
             self.payload_type = payload_type
@@ -223,11 +245,15 @@ class MediaStream:
         except RtpError:
             self.bad_packets += 1
             return
+        drop = self.latch.admit(addr, pkt.ssrc, now, pkt.payload_type == self.dtmf_payload_type)
+        if drop is not None:
+            self.dropped[drop] = self.dropped.get(drop, 0) + 1
+            return
         self.packets_in += 1
         self.last_rx = now
-        if not self.latched or addr != self.remote:
-            self.remote = addr  # symmetric RTP: answer where the caller sends from
-            self.latched = True
+        if addr != self.remote or self._held:
+            self.remote = addr  # symmetric RTP: answer where the caller sends from, and only there
+            self._held = False
         pt = pkt.payload_type
         if pt == self.dtmf_payload_type:
             try:

@@ -11,16 +11,34 @@ from __future__ import annotations
 
 import ipaddress
 from functools import cached_property
+from typing import Literal
 
 from pydantic import Field, IPvAnyNetwork
 
+from ivr.settings.auth import AuthSettings
 from ivr.settings.base import Strict
+from ivr.settings.callerid import CallerIdSettings
+from ivr.settings.flood import FloodSettings
+from ivr.settings.limits import LimitSettings
+from ivr.settings.tcp import TcpSettings
 
 
 class SecuritySettings(Strict):
     trusted_networks: list[IPvAnyNetwork] = Field(
         default_factory=list,
         description="networks of trusted peers (trunks, the load balancer), e.g. 192.0.2.0/24 or 198.51.100.7/32",
+    )
+    tcp: TcpSettings = Field(default_factory=TcpSettings, description="limits of SIP over TCP")
+    flood: FloodSettings = Field(
+        default_factory=FloodSettings, description="per-source SIP rate limits and overload admission (UDP)"
+    )
+    caller_id: CallerIdSettings = Field(
+        default_factory=CallerIdSettings, description="whose caller number is believed; texts per number"
+    )
+    limits: LimitSettings = Field(default_factory=LimitSettings, description="caps of the tables keyed by remote input")
+    auth: AuthSettings = Field(default_factory=AuthSettings, description="throttling of wrong passwords at every door")
+    log_numbers: Literal["masked", "clear"] = Field(
+        "masked", description="customers' numbers and text bodies in the log: masked (last 3 digits) or clear"
     )
 
     @cached_property

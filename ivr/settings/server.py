@@ -26,6 +26,13 @@ def _check_host(value: str) -> str:
     return value
 
 
+def _header_value(value: str) -> str:
+    """A header value we send as given: printable ASCII, no line breaks (no header can be smuggled in)."""
+    if not 1 <= len(value) <= 100 or not value.isascii() or not value.isprintable():
+        raise ValueError("use 1-100 printable ASCII characters")
+    return value
+
+
 class SipTimers(Strict):
     t1: float = Field(0.5, gt=0, le=10, description="RTT estimate (RFC 3261 T1), seconds")
     t2: float = Field(4.0, gt=0, le=60, description="maximum retransmit interval (T2), seconds")
@@ -62,11 +69,14 @@ class SipSettings(Strict):
         description="when a queue's agent answers, tell the caller's phone who answered (UPDATE with "
         "P-Asserted-Identity) if its INVITE allowed UPDATE",
     )
-    user_agent: str = "frontdesk"
+    user_agent: str = Field(
+        "frontdesk", description="Server/User-Agent header of our SIP messages; names no version to scanners"
+    )
     realm: str = Field("frontdesk", description="digest realm agents log in to; part of every agent's ha1")
     timers: SipTimers = SipTimers()
 
     _listen = field_validator("listen", "public_address")(lambda v: v if v is None else _check_host(v))
+    _header = field_validator("user_agent")(lambda v: _header_value(v))
 
     @field_validator("realm")
     @classmethod
@@ -106,8 +116,12 @@ class MediaSettings(Strict):
 class HttpSettings(Strict):
     listen: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    server_header: str = Field(
+        "frontdesk", description="Server header of every HTTP answer (instead of aiohttp's, which names versions)"
+    )
 
     _listen = field_validator("listen")(_check_host)
+    _header = field_validator("server_header")(lambda v: _header_value(v))
 
 
 class StorageSettings(Strict):

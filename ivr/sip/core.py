@@ -30,6 +30,7 @@ class UaConfig:
     user_agent: str = "frontdesk"
     timers: TimerValues = field(default_factory=TimerValues)
     max_calls: int = 20000  # beyond this, new INVITEs get 503
+    max_transactions: int = 200_000  # server transactions held at once; beyond, new requests are dropped
     rtp_port_min: int = 20000
     rtp_port_max: int = 30000
 
@@ -117,5 +118,6 @@ def contact_uri(value: str) -> str:
     value = value.strip()
     lt = value.find("<")
     if lt >= 0:
-        return value[lt + 1 : value.find(">", lt)]
+        gt = value.find(">", lt)
+        return value[lt + 1 : gt] if gt > lt else ""  # unterminated: no URI (find's -1 would cut one off)
     return value.split(";", 1)[0]

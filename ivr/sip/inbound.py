@@ -24,7 +24,7 @@ from __future__ import annotations
 from ivr.sip.core import ALLOW_HEADER, UaCore, contact_uri, reason
 from ivr.sip.dialogs import InboundCall, InboundState, Outcome
 from ivr.sip.events import CallConfirmed, CallTerminated, CallTimer, IncomingCall, ReferAnswered
-from ivr.sip.message import Request, is_digits, split_list, uri_user
+from ivr.sip.message import Request, parse_decimal, split_list, uri_user, usable_target
 from ivr.sip.sdp import SdpError, build_sdp, negotiate, parse_sdp
 from ivr.sip.transaction import (
     ClientNonInviteTransaction,
@@ -94,10 +94,10 @@ class InboundDialogs:
         """Why a new INVITE cannot become a call, as (status, reason, extra headers); None when it can."""
         mf = req.get("max-forwards")
         if mf is not None:
-            mf = mf.strip()
-            if not is_digits(mf):
+            hops = parse_decimal(mf.strip(), 2**31 - 1)
+            if hops is None:
                 return 400, "Bad Request (malformed Max-Forwards)", ()
-            if int(mf) == 0:
+            if hops == 0:
                 return 483, None, ()
         if req.uri.split(":", 1)[0].lower() not in ("sip", "sips", "tel"):
             return 416, None, ()
@@ -106,6 +106,9 @@ class InboundDialogs:
             return 420, None, (("Unsupported", ", ".join(unsupported)),)
         if not call.call_id:
             return 400, "Bad Request (empty Call-ID)", ()
+        if not usable_target(call.remote_target):
+            # our BYE and REFER go there: a URI with spaces or control characters cannot be a Request-URI
+            return 400, "Bad Request (malformed Contact)", ()
         existing = self.calls.get(call.call_id)
         if existing is not None and not existing.ended:
             # same Call-ID and no To tag but another branch: merged request (8.2.2.2)
@@ -361,7 +364,7 @@ class InboundDialogs:
             "",
             "",
         ]
-        data = "\r\n".join(lines).encode()
+        data = "\r\n".join(lines).encode("utf-8", "surrogateescape")  # the caller's From/To bytes as they came
         tx = ClientNonInviteTransaction((branch, method), call.peer, call.peer[0] != "udp", core.tv, data)
         core.table.add_client(tx)
         core.send(tx.start(now), call.peer)

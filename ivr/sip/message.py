@@ -17,7 +17,8 @@ The module is long because it is the whole network-facing parser
 (header tables, header values, messages, TCP framing, responses). Kept in
 one file, the promise above (only :class:`SipParseError` leaves, whatever
 the bytes) can be checked by reading one file, and the fuzz tests in
-tests/test_message.py and tests/test_ua.py cover all of it.
+tests/test_message.py, tests/test_ua.py and tests/test_fuzz.py (with the
+benchmark of ivr/fuzz/run.py, ``frontdesk bench-fuzz``) cover all of it.
 """
 
 from __future__ import annotations
@@ -123,6 +124,25 @@ REASON_PHRASES = {
 def is_digits(text: str) -> bool:
     """ASCII digits only: str.isdigit() also accepts e.g. superscripts, which int() refuses."""
     return text.isascii() and text.isdigit()
+
+
+def parse_decimal(text: str, maximum: int, *, clamp: bool = False) -> int | None:
+    """The value of a run of ASCII digits from the wire, or None when it is not one or is above ``maximum``.
+
+    The length is checked before ``int()``: more than 4,300 digits make ``int()`` raise ValueError (Python's
+    int_max_str_digits), and converting a long run costs quadratic time. Leading zeros are allowed.
+    With ``clamp``, a value above ``maximum`` (however many digits) gives ``maximum`` instead of None
+    (RFC 3261 20.19: a too-large Expires counts as the largest).
+    """
+    if not is_digits(text):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(maximum)):
+        return maximum if clamp else None
+    value = int(digits)
+    if value > maximum:
+        return maximum if clamp else None
+    return value
 
 
 class SipParseError(Exception):
@@ -254,9 +274,9 @@ def parse_via(value: str) -> Via:
         host, _, port_text = sent_by.partition(":")
     port: int | None = None
     if port_text:
-        if not is_digits(port_text) or not 0 < int(port_text) < 65536:
-            raise SipParseError(f"malformed Via port {port_text!r}", 400)
-        port = int(port_text)
+        port = parse_decimal(port_text, 65535)
+        if not port:  # None (not digits, too long, too large) or 0
+            raise SipParseError(f"malformed Via port {port_text[:20]!r}", 400)
     return Via(transport.upper(), host, port, parse_params(ptext))
 
 
@@ -301,6 +321,18 @@ def uri_user(uri: str) -> str:
     return rest.split("@", 1)[0].split(";", 1)[0]
 
 
+_TARGET_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s<>\"\x00-\x1f\x7f]+$")
+
+
+def usable_target(uri: str) -> bool:
+    """Whether a URI from the wire (a Contact, a From) can be the Request-URI of a request we send.
+
+    A scheme, then ASCII without whitespace, control characters, quotes or angle brackets: anything else
+    would break (or inject into) the start line of our BYE, REFER or UPDATE.
+    """
+    return uri.isascii() and _TARGET_RE.match(uri) is not None
+
+
 def uri_host_port(uri: str) -> tuple[str, int | None]:
     _, _, rest = uri.partition(":")
     rest = rest.split("@", 1)[-1]
@@ -311,7 +343,7 @@ def uri_host_port(uri: str) -> tuple[str, int | None]:
         port = rest[end + 2 :] if end >= 0 and rest[end + 1 : end + 2] == ":" else ""
     else:
         host, _, port = rest.partition(":")
-    return host, int(port) if is_digits(port) else None
+    return host, parse_decimal(port, 65535)
 
 
 @dataclass(slots=True)
@@ -390,13 +422,14 @@ class Message:
             raise SipParseError("missing CSeq", 400)
         num, _, method = raw.strip().partition(" ")
         method = method.strip()
-        # the number is below 2**31 (RFC 3261 8.1.1.5); isascii() keeps out
-        # Unicode digits that int() would reject
-        if not is_digits(num) or len(num) > 10 or int(num) >= 2**31:
-            raise SipParseError(f"malformed CSeq {raw!r}", 400)
+        # the number is below 2**31 (RFC 3261 8.1.1.5); parse_decimal keeps out
+        # Unicode digits and runs too long for int()
+        number = parse_decimal(num, 2**31 - 1)
+        if number is None:
+            raise SipParseError(f"malformed CSeq {raw[:40]!r}", 400)
         if not method or not METHOD_RE.match(method):
-            raise SipParseError(f"malformed CSeq {raw!r}", 400)
-        value = (int(num), method)  # methods are case-sensitive (RFC 3261 7.1)
+            raise SipParseError(f"malformed CSeq {raw[:40]!r}", 400)
+        value = (number, method)  # methods are case-sensitive (RFC 3261 7.1)
         self._parsed["cseq"] = value
         return value
 
@@ -527,9 +560,9 @@ def parse_message(data: bytes) -> Request | Response:
     clen = msg.get("content-length")
     if clen is not None:
         clen = clen.strip()
-        if not is_digits(clen) or len(clen) > 6:
-            raise SipParseError(f"malformed Content-Length {clen!r}", _status_for(msg), _partial(msg))
-        n = int(clen)
+        n = parse_decimal(clen, MAX_MESSAGE_SIZE)
+        if n is None:
+            raise SipParseError(f"malformed Content-Length {clen[:20]!r}", _status_for(msg), _partial(msg))
         if n > len(body):
             raise SipParseError("body shorter than Content-Length", _status_for(msg), _partial(msg))
         body = body[:n]
@@ -620,6 +653,11 @@ class StreamFramer:
 
     def __init__(self) -> None:
         self._buf = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an unfinished message held (0 between messages): what the TCP shell caps and times."""
+        return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buf += data
@@ -725,7 +763,8 @@ def _tag_or_unparseable(req: Request) -> str:
 def _stamp_via(value: str, received: str | None, rport: int | None) -> str:
     if "," in value:
         parts = split_list(value)
-        return ", ".join([_stamp_via(parts[0], received, rport), *parts[1:]])
+        if len(parts) > 1:  # a comma inside quotes leaves one part, still with its comma: no recursion then
+            return ", ".join([_stamp_via(parts[0], received, rport), *parts[1:]])
     head, sep, ptext = value.partition(";")
     items = [p for p in ptext.split(";") if p.strip()] if sep else []
     out: list[str] = []

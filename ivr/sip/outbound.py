@@ -24,7 +24,7 @@ from __future__ import annotations
 from ivr.sip.core import ALLOW_HEADER, UaCore, contact_uri, reason
 from ivr.sip.dialogs import OutCall, OutState
 from ivr.sip.events import OutAnswered, OutEnded, OutFailed, OutRinging
-from ivr.sip.message import Request, Response, split_list
+from ivr.sip.message import Request, Response, split_list, usable_target
 from ivr.sip.sdp import Negotiated, SdpError, build_sdp, negotiate, parse_sdp
 from ivr.sip.transaction import (
     ClientInviteTransaction,
@@ -162,8 +162,9 @@ class OutboundDialogs:
         # 2xx: the dialog is confirmed; the UAC core ACKs it (RFC 3261 13.2.2.4)
         call.remote_tag = resp.to.tag
         contact = resp.get_all("contact")
-        if contact:
-            call.remote_target = contact_uri(contact[0])
+        if contact and usable_target(target := contact_uri(contact[0])):
+            # an unusable Contact (spaces, control characters) keeps the target we called
+            call.remote_target = target
         call.route_set = [v for rr in reversed(resp.get_all("record-route")) for v in split_list(rr)]
         uri, routes = self._route(call)
         via = core.via(call.peer, core.new_branch())
@@ -359,7 +360,7 @@ class OutboundDialogs:
         if user_agent:
             lines.append(f"User-Agent: {self.core.config.user_agent}")
         lines += [f"Content-Length: {len(body)}", "", ""]
-        return "\r\n".join(lines).encode() + body
+        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body  # header bytes as they came
 
     def _sdp(self, call: OutCall, negotiated: Negotiated | None) -> bytes:
         """Our SDP (an offer when ``negotiated`` is None); the o= version goes up when it changes."""

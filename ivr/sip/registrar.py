@@ -22,6 +22,8 @@ step                               fails with
                                    algorithm or qop we did not offer)
   well-formed                      400 (malformed, or the digest ``uri`` is not
                                    the Request-URI)
+  source may try this name         403 as for a wrong password (the throttle of
+                                   failed logins, ``ivr/sip/throttle.py``)
   response right                   403, the same for a wrong password and an
                                    unknown user, so nobody can probe for names
   nonce ours, fresh, not replayed  401 ``stale=true`` (the phone retries with the
@@ -58,11 +60,14 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from ivr.sip.message import Request, SipParseError, is_digits, parse_name_addr, uri_host_port, uri_user
+from ivr.sip.digest import DigestError, parse_credentials
+from ivr.sip.message import Request, SipParseError, parse_decimal, parse_name_addr, uri_host_port, uri_user
+from ivr.sip.throttle import AuthThrottle
 from ivr.sip.transaction import Peer
 
 MAX_EXPIRES_VALUE = 2**32 - 1  # delta-seconds beyond this are clamped (RFC 3261 20.19)
 REPLAY_RECORD_MAX = 100_000  # (nonce, cnonce) pairs remembered at most
+EXPIRY_SLACK = 1024  # stale expiry entries tolerated beyond one per binding before the heap is rebuilt
 HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
 NC_RE = re.compile(r"^[0-9a-fA-F]{8}$")
 USERNAME_RE = re.compile(r"^[A-Za-z0-9._~+-]{1,64}$")
@@ -131,63 +136,6 @@ class Reply:
 RESULTS = ("ok", "challenged", "rejected")
 
 
-class DigestError(ValueError):
-    """An Authorization header we cannot read."""
-
-
-_PARAM_NAME = re.compile(r"[ \t]*([A-Za-z0-9_.!%*+`'~-]+)[ \t]*=[ \t]*")
-_TOKEN_VALUE = re.compile(r"[^\s,\"]+")
-
-
-def parse_credentials(value: str) -> tuple[str, dict[str, str]]:
-    """``Digest a=b, c="d"`` -> ("Digest", {"a": "b", "c": "d"}); names lower-cased.
-
-    Raises :class:`DigestError` for anything that is not a scheme followed by
-    comma-separated ``name=token`` or ``name="quoted string"`` pairs.
-    """
-    value = value.strip()
-    m = re.match(r"([A-Za-z0-9_.!%*+`'~-]+)[ \t]+", value)
-    if m is None:
-        raise DigestError("no scheme")
-    scheme, rest = m.group(1), value[m.end() :]
-    params: dict[str, str] = {}
-    i, n = 0, len(rest)
-    while True:
-        pm = _PARAM_NAME.match(rest, i)
-        if pm is None:
-            raise DigestError("expected name=value")
-        name = pm.group(1).lower()
-        i = pm.end()
-        if i < n and rest[i] == '"':
-            i += 1
-            chars: list[str] = []
-            while i < n and rest[i] != '"':
-                if rest[i] == "\\" and i + 1 < n:
-                    i += 1
-                chars.append(rest[i])
-                i += 1
-            if i >= n:
-                raise DigestError("unterminated quoted string")
-            i += 1
-            val = "".join(chars)
-        else:
-            tm = _TOKEN_VALUE.match(rest, i)
-            if tm is None:
-                raise DigestError(f"no value for {name}")
-            val = tm.group(0)
-            i = tm.end()
-        if name in params:
-            raise DigestError(f"{name} given twice")
-        params[name] = val
-        while i < n and rest[i] in " \t":
-            i += 1
-        if i >= n:
-            return scheme, params
-        if rest[i] != ",":
-            raise DigestError("expected a comma between parameters")
-        i += 1
-
-
 def _uri_key(uri: str) -> tuple[str, str, str, int]:
     """scheme, user, host, port (defaulted): parameters and headers do not count."""
     scheme = uri.partition(":")[0].lower()
@@ -224,6 +172,7 @@ class Registrar:
         credentials: Mapping[str, Credential],
         secret: bytes,
         on_change: Callable[[str, bool], None] | None = None,
+        throttle: AuthThrottle | None = None,
     ) -> None:
         if len(secret) < 16:
             raise ValueError("the nonce secret must be at least 16 bytes")
@@ -242,6 +191,8 @@ class Registrar:
         self._dummy_ha1 = hmac.new(secret, b"no such user", hashlib.md5).hexdigest()
         # told (username, registered) when a user's first contact appears and when its last one goes
         self.on_change = on_change
+        # failed logins through every door (REGISTER, HTTP Basic, the web login) count here
+        self.throttle = throttle if throttle is not None else AuthThrottle()
 
     def password_ok(self, username: str, password: str) -> bool:
         """Whether ``password`` is ``username``'s SIP password (checked against the HA1, in constant time)."""
@@ -255,6 +206,25 @@ class Registrar:
     def active(self) -> int:
         """Bindings held (the ones past their expiry go at the next :meth:`expire`)."""
         return self._count
+
+    @property
+    def binding_limit(self) -> int:
+        """The most bindings there can be: only configured users register, each with at most max_contacts."""
+        return len(self.credentials) * self.settings.max_contacts
+
+    @property
+    def expiry_entries(self) -> int:
+        return len(self._expiry)
+
+    @property
+    def expiry_limit(self) -> int:
+        """Entries of the expiry heap beyond which it is rebuilt (refreshed bindings leave stale ones)."""
+        return 2 * self._count + EXPIRY_SLACK
+
+    @property
+    def replay_entries(self) -> int:
+        """(nonce, cnonce) pairs of the replay record, at most REPLAY_RECORD_MAX."""
+        return len(self._seen)
 
     def lookup(self, username: str, now: float | None = None) -> list[Binding]:
         """The user's contacts, most recently registered first (only live ones when ``now`` is given)."""
@@ -299,7 +269,7 @@ class Registrar:
         unsupported = req.get_all("require")
         if unsupported:
             return Reply(420, None, (("Unsupported", ", ".join(unsupported)),))
-        username = self._authenticate(req, now)
+        username = self._authenticate(req, peer[1], now)
         if uri_user(req.to.uri) != username:
             # the address-of-record must be the authenticated user's own (RFC 3261 10.3 step 6)
             return Reply(403, "Forbidden (To is not your address)")
@@ -316,7 +286,7 @@ class Registrar:
             value += ", stale=true"
         return Reply(401, None, (("WWW-Authenticate", value),))
 
-    def _authenticate(self, req: Request, now: float) -> str:
+    def _authenticate(self, req: Request, source: str, now: float) -> str:
         """The authenticated username; raises _Refused with the answer otherwise."""
         realm = self.settings.realm
         creds: dict[str, str] | None = None
@@ -357,8 +327,16 @@ class Registrar:
         else:
             expected = _md5(f"{ha1_hex}:{nonce}:{ha2}")
         right = hmac.compare_digest(expected, creds["response"].lower())
+        wrong = Reply(403, "Forbidden (wrong username or password)")
+        if self.throttle.wait(username, source, now) > 0:
+            # checked all the same (the same time taken), then answered as a wrong password: a guesser cannot
+            # tell a block from a miss, and a right guess made while blocked is lost to them
+            self.throttle.refused("register")
+            raise _Refused(wrong)
         if cred is None or not right:
-            raise _Refused(Reply(403, "Forbidden (wrong username or password)"))
+            self.throttle.failed("register", username, source, now)
+            raise _Refused(wrong)
+        self.throttle.succeeded(username, source)
 
         # the password is right; is the nonce still good?
         if not self._nonce_fresh(nonce, now):
@@ -387,7 +365,8 @@ class Registrar:
 
     def _nonce_fresh(self, nonce: str, now: float) -> bool:
         stamp, dot, mac = nonce.rpartition(".")
-        if not dot or not hmac.compare_digest(mac, self._mac(stamp)):
+        # ours are ASCII: compare_digest raises on other text, and a surrogate-escaped byte would not encode
+        if not dot or not nonce.isascii() or not hmac.compare_digest(mac, self._mac(stamp)):
             return False  # not ours (e.g. from before a restart)
         issued = int(stamp.partition(".")[0], 16) / 1000
         return issued <= now + 0.001 and now - issued <= self.settings.nonce_lifetime
@@ -405,9 +384,9 @@ class Registrar:
         header_expires: int | None = None
         if header is not None:
             header = header.strip()
-            if not is_digits(header):
+            header_expires = parse_decimal(header, MAX_EXPIRES_VALUE, clamp=True)
+            if header_expires is None:
                 raise _bad("malformed Expires")
-            header_expires = min(int(header), MAX_EXPIRES_VALUE)
         mine = self._bindings.get(username, {})
         call_id, cseq = req.call_id, req.cseq[0]
 
@@ -432,9 +411,10 @@ class Registrar:
                 raise _bad("Contact is not a sip: or sips: URI")
             raw = na.params.get("expires")
             if raw is not None:
-                if not is_digits(raw):
+                contact_expires = parse_decimal(raw, MAX_EXPIRES_VALUE, clamp=True)
+                if contact_expires is None:
                     raise _bad("malformed Contact expires")
-                expires = min(int(raw), MAX_EXPIRES_VALUE)
+                expires = contact_expires
             elif header_expires is not None:
                 expires = header_expires
             else:
@@ -484,6 +464,23 @@ class Registrar:
                 self.on_change(username, True)
             self._seq += 1
             heapq.heappush(self._expiry, (b.expires_at, self._seq, username, key))
+            if len(self._expiry) > self.expiry_limit:
+                self._compact_expiry()
+
+    def _compact_expiry(self) -> None:
+        """Rebuild the expiry heap from the live bindings, so it holds about one entry per binding.
+
+        Each refresh leaves the binding's old entry behind (the heap is lazy): a
+        phone refreshing every second would grow it with the refresh rate. Rebuilt
+        whenever it passes ``expiry_limit``, the cost is linear but amortised.
+        """
+        entries = []
+        for user, mine in self._bindings.items():
+            for key, b in mine.items():
+                self._seq += 1
+                entries.append((b.expires_at, self._seq, user, key))
+        heapq.heapify(entries)
+        self._expiry = entries
 
     def _remove(self, username: str, key: str) -> None:
         mine = self._bindings.get(username)

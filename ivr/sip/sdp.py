@@ -4,13 +4,20 @@ We speak G.711 u-law (PCMU, payload type 0), G.711 A-law (PCMA, 8) and
 RFC 4733 telephone-event/8000 for keys. An offer is answered with the first
 of our codecs the offer lists, in the offerer's order, plus telephone-event
 when offered; an offer with no codec in common is refused (488).
+
+The media address is checked here, at the offer, so that nothing past the
+SIP layer ever holds an address a socket cannot take:
+the connection address must be an IP literal (a host name would need a DNS
+lookup, and none ever runs on the event loop) and the port 1-65535, else the
+INVITE, re-INVITE or answer is refused with 488.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
-from ivr.sip.message import is_digits
+from ivr.sip.message import is_digits, parse_decimal
 
 # Static payload types we accept, name -> pt (RFC 3551 table 4).
 STATIC_CODECS = {0: "PCMU", 8: "PCMA"}
@@ -71,7 +78,7 @@ def parse_sdp(body: bytes) -> MediaOffer:
         if kind == "c":
             parts = value.split()
             if len(parts) < 3 or parts[0] != "IN":
-                raise SdpError(f"malformed c= line {value!r}", 400)
+                raise SdpError(f"malformed c= line {value[:40]!r}", 400)
             addr = parts[2].split("/")[0]
             if media is None and not seen_audio:
                 session_addr = addr
@@ -82,19 +89,25 @@ def parse_sdp(body: bytes) -> MediaOffer:
                 break  # only the first audio stream is used
             parts = value.split()
             if len(parts) < 4:
-                raise SdpError(f"malformed m= line {value!r}", 400)
+                raise SdpError(f"malformed m= line {value[:40]!r}", 400)
             if parts[0] != "audio":
                 continue
             seen_audio = True
-            if not is_digits(parts[1].split("/")[0]):
-                raise SdpError(f"malformed m= port {parts[1]!r}", 400)
-            pts = [int(p) for p in parts[3:] if is_digits(p) and int(p) < 128]
-            media = MediaOffer(session_addr, int(parts[1].split("/")[0]), pts, direction=direction)
+            port_text = parts[1].split("/")[0]
+            if not is_digits(port_text):
+                raise SdpError(f"malformed m= port {parts[1][:20]!r}", 400)
+            port = parse_decimal(port_text, 65535)
+            if port is None or port == 0:
+                raise SdpError(f"m= port out of range {parts[1][:20]!r}")
+            # payload types are 0-127 (RFC 3551); the length check comes before int()
+            pts = [pt for p in parts[3:] if (pt := parse_decimal(p, 127)) is not None]
+            media = MediaOffer(session_addr, port, pts, direction=direction)
         elif kind == "a" and media is not None:
             if value.startswith("rtpmap:"):
                 pt_text, _, enc = value[7:].partition(" ")
-                if is_digits(pt_text):
-                    media.rtpmap[int(pt_text)] = enc.strip()
+                pt = parse_decimal(pt_text, 127)
+                if pt is not None:
+                    media.rtpmap[pt] = enc.strip()
             elif value in ("sendrecv", "sendonly", "recvonly", "inactive"):
                 media.direction = value
         elif kind == "a" and value in ("sendrecv", "sendonly", "recvonly", "inactive"):
@@ -103,7 +116,16 @@ def parse_sdp(body: bytes) -> MediaOffer:
         raise SdpError("no audio stream offered")
     if not media.address:
         raise SdpError("no connection address for the audio stream", 400)
+    media.address = _ip_literal(media.address)
     return media
+
+
+def _ip_literal(address: str) -> str:
+    """The connection address as an IP literal, else 488: never a name to look up in DNS."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        raise SdpError(f"connection address {address[:40]!r} is not an IP address") from None
 
 
 _ANSWER_DIRECTION = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}

@@ -55,6 +55,7 @@ class SipStats:
         self.calls_ended: dict[str, int] = {}
         self.answer_latency = LatencyHistogram()
         self.calls_rejected_overload = 0
+        self.transactions_refused = 0  # new requests dropped: the server transaction table was full
         # calls we placed, by result: answered, busy, cancelled, timeout, rejected, failed
         self.out_calls: dict[str, int] = {}
 

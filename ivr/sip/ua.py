@@ -144,6 +144,11 @@ class UserAgent:
     def transactions_active(self) -> int:
         return self._core.table.active
 
+    @property
+    def server_transactions(self) -> int:
+        """Server transactions held (capped by ``UaConfig.max_transactions``)."""
+        return len(self._core.table.server)
+
     def _fire_tx(self, tx: Transaction, now: float) -> None:
         core = self._core
         send, timeout = tx.fire(now)
@@ -227,6 +232,10 @@ class UserAgent:
             if resend is not None:
                 core.send(resend, peer)
                 core.stats.retransmissions_sent += 1
+            return
+        if len(core.table.server) >= core.config.max_transactions:
+            # distinct branches by the hundred thousand: memory stays bounded, copies of held ones still answered
+            core.stats.transactions_refused += 1
             return
         reliable = peer[0] != "udp"
         if method == "INVITE":

@@ -7,6 +7,14 @@ ivr/media/pacing.py computes (``t0 + k * 20 ms``: no drift, one timer for
 every call; one task per stream falls over near 1,000 streams, one shared
 tick holds 1,500-2,000). What a late tick owes, and when media timeouts
 are checked, is that module's arithmetic; this one only sends and reads.
+
+One stream's failure stays in that stream: any exception while receiving,
+sending or pacing a stream (or in the callbacks its events go to) closes
+that stream only, is counted by stage (``frontdesk_media_stream_failures_total``)
+and reaches ``on_failure`` so the call is ended cleanly; the shared tick is
+re-armed whatever happens. Ports are drawn at random (ivr/media/ports.py),
+and each stream latches strictly on its caller's source
+(ivr/media/latch.py); what it drops is counted here by reason.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ivr.media.g711 import get_codec
+from ivr.media.latch import DROP_REASONS
 from ivr.media.pacing import Pacer, silent_streams
 from ivr.media.ports import RtpPortAllocator
 from ivr.media.stream import MediaEvent, MediaStream
@@ -26,6 +35,7 @@ from ivr.media.stream import MediaEvent, MediaStream
 log = logging.getLogger(__name__)
 
 LATENESS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+FAILURE_STAGES = ("receive", "send", "events", "timeout")
 
 
 @dataclass
@@ -39,6 +49,10 @@ class MediaStats:
     port_exhausted: int = 0
     lateness_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENESS_BUCKETS) + 1))
     lateness_sum: float = 0.0
+    # streams ended by an exception, by stage: receive, send, events, timeout
+    stream_failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_STAGES, 0))
+    # packets of closed streams not from their latched source, by reason (open streams count their own)
+    rtp_dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
 
     def observe_lateness(self, value: float) -> None:
         i = 0
@@ -62,12 +76,17 @@ class MediaShell:
         on_timeout: Callable[[MediaStream], None],
         media_timeout: float,
         rng: random.Random | None = None,
+        *,
+        trusts: Callable[[str], bool] | None = None,
+        on_failure: Callable[[MediaStream], None] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.host = host
-        self.ports = RtpPortAllocator(port_min, port_max)
+        self.ports = RtpPortAllocator(port_min, port_max, rng)  # a seeded rng makes the ports a test's to know
         self.on_events = on_events
         self.on_timeout = on_timeout
+        self.on_failure = on_failure or on_timeout  # a failed stream's call ends either way
+        self.trusts = trusts or (lambda _host: False)
         self.media_timeout = media_timeout
         self.rng = rng or random.Random()
         self.stats = MediaStats()
@@ -80,8 +99,21 @@ class MediaShell:
         return len(self._streams)
 
     # -- streams ------------------------------------------------------------------
-    def open(self, remote: tuple[str, int], codec_name: str, payload_type: int, dtmf_pt: int | None) -> MediaStream:
-        """Bind a port and start sending (silence until something plays)."""
+    def open(
+        self,
+        remote: tuple[str, int],
+        codec_name: str,
+        payload_type: int,
+        dtmf_pt: int | None,
+        *,
+        signalling_host: str | None = None,
+    ) -> MediaStream:
+        """Bind a port and start sending (silence until something plays).
+
+        ``signalling_host`` is where the call's SIP came from: unless it is
+        trusted, the stream learns only from it or the SDP's host, and sends
+        nothing to an SDP host other than it before the caller's RTP came.
+        """
         sock, port = self._bind()
         rng = self.rng
         stream = MediaStream(
@@ -94,6 +126,8 @@ class MediaShell:
             seq=rng.getrandbits(16),
             timestamp=rng.getrandbits(32),
             now=self.loop.time(),
+            signalling_host=signalling_host,
+            trusted=signalling_host is not None and self.trusts(signalling_host),
         )
         self._streams[stream] = sock
         self.loop.add_reader(sock.fileno(), self._readable, stream, sock)
@@ -111,6 +145,8 @@ class MediaShell:
         self.stats.packets_in += stream.packets_in
         self.stats.packets_out += stream.packets_out
         self.stats.bad_packets += stream.bad_packets
+        for reason, n in stream.dropped.items():
+            self.stats.rtp_dropped[reason] = self.stats.rtp_dropped.get(reason, 0) + n
         if not self._streams and self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
@@ -125,9 +161,32 @@ class MediaShell:
         pout = self.stats.packets_out + sum(s.packets_out for s in self._streams)
         return pin, pout
 
+    def dropped(self) -> dict[str, int]:
+        """Packets dropped by strict latching, by reason, closed streams and open ones together."""
+        out = dict(self.stats.rtp_dropped)
+        for stream in self._streams:
+            for reason, n in stream.dropped.items():
+                out[reason] = out.get(reason, 0) + n
+        return out
+
+    def _fail(self, stream: MediaStream, stage: str, exc: BaseException) -> None:
+        """One stream raised: count it, close it, and let its owner end the call; nothing else stops."""
+        if stream not in self._streams:
+            return  # already failed (or closed) earlier in this turn
+        self.stats.stream_failures[stage] = self.stats.stream_failures.get(stage, 0) + 1
+        # the exception's type only: its text may carry what the remote side sent
+        log.warning(
+            "RTP stream on port %d failed at %s (%s): stream closed", stream.local_port, stage, type(exc).__name__
+        )
+        log.debug("RTP stream failure", exc_info=exc)
+        self.close(stream)
+        try:
+            self.on_failure(stream)
+        except Exception:  # the owner's own failure must not stop the shell either
+            log.exception("ending the call of a failed RTP stream")
+
     def _bind(self) -> tuple[socket.socket, int]:
-        for _ in range(self.ports.span):  # one round of the range: a taken port is skipped
-            port = self.ports.next()
+        for port in self.ports.candidates():  # a taken port is skipped; every port is tried once at the end
             sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_DGRAM)
             try:
                 sock.bind((self.host, port))
@@ -142,19 +201,35 @@ class MediaShell:
     # -- receive --------------------------------------------------------------------
     def _readable(self, stream: MediaStream, sock: socket.socket) -> None:
         now = self.loop.time()
-        for _ in range(32):
-            try:
-                data, addr = sock.recvfrom(2048)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                continue
-            stream.receive(data, (addr[0], addr[1]), now)
+        try:
+            for _ in range(32):
+                try:
+                    data, addr = sock.recvfrom(2048)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    continue
+                stream.receive(data, (addr[0], addr[1]), now)
+        except Exception as exc:  # noqa: BLE001 - one stream's failure ends that stream only
+            self._fail(stream, "receive", exc)
+            return
         if stream.events:
-            self.on_events(stream, stream.drain_events())
+            try:
+                self.on_events(stream, stream.drain_events())
+            except Exception as exc:  # noqa: BLE001 - one stream's failure ends that stream only
+                self._fail(stream, "events", exc)
 
     # -- the shared clock -------------------------------------------------------------
     def _tick(self) -> None:
+        try:
+            self._run_tick()
+        finally:  # whatever one stream did, every other call's next frame is still due
+            if self._streams:
+                self._tick_handle = self.loop.call_at(self.pacer.due, self._tick)
+            else:
+                self._tick_handle = None
+
+    def _run_tick(self) -> None:
         now = self.loop.time()
         tick = self.pacer.tick(now)
         stats = self.stats
@@ -163,24 +238,41 @@ class MediaShell:
         frames, skipped = tick.frames, tick.skipped
         stats.frames_skipped += skipped
         fired: list[MediaStream] = []
+        failed: list[tuple[MediaStream, Exception]] = []
         for stream, sock in self._streams.items():
-            remote = stream.remote
-            if skipped:
-                stream.skip(skipped)
-            for _ in range(frames):
-                try:
-                    sock.sendto(stream.next_packet(), remote)
-                except OSError:
-                    pass  # send buffer full or peer unreachable: a lost frame
+            try:
+                self._send(stream, sock, frames, skipped)
+            except Exception as exc:  # noqa: BLE001 - one stream's failure ends that stream only
+                failed.append((stream, exc))
+                continue
             if stream.events:
                 fired.append(stream)
+        for stream, error in failed:
+            self._fail(stream, "send", error)
         for stream in fired:
-            self.on_events(stream, stream.drain_events())
+            try:
+                self.on_events(stream, stream.drain_events())
+            except Exception as exc:  # noqa: BLE001 - one stream's failure ends that stream only
+                self._fail(stream, "events", exc)
         if tick.check_timeouts:
             for stream in silent_streams(self._streams, now, self.media_timeout):
                 stats.media_timeouts += 1
-                self.on_timeout(stream)
-        if self._streams:
-            self._tick_handle = self.loop.call_at(self.pacer.due, self._tick)
-        else:
-            self._tick_handle = None
+                try:
+                    self.on_timeout(stream)
+                except Exception as exc:  # noqa: BLE001 - one stream's failure ends that stream only
+                    self._fail(stream, "timeout", exc)
+
+    @staticmethod
+    def _send(stream: MediaStream, sock: socket.socket, frames: int, skipped: int) -> None:
+        if skipped:
+            stream.skip(skipped)
+        for _ in range(frames):
+            pkt = stream.next_packet()  # made even when held: playback and its events move on
+            remote = stream.send_to
+            if remote is None:
+                stream.packets_out -= 1  # not sent: the caller's RTP has not come from the SDP's host yet
+                continue
+            try:
+                sock.sendto(pkt, remote)
+            except OSError:
+                pass  # send buffer full or peer unreachable: a lost frame

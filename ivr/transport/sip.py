@@ -8,7 +8,11 @@ transaction user, sends what the core wants sent and arms one
 UDP uses a plain non-blocking socket watched with ``loop.add_reader``: each
 wake-up reads every queued datagram (up to ``UDP_BATCH``) and sends with
 ``sendto`` directly, which costs far less per message than a datagram
-transport and protocol callback.
+transport and protocol callback. With ``security.flood`` on, every datagram
+and TCP message is first put to :class:`ivr.sip.admission.Admission`
+(source blocked? over its rate? a new call over a cap?) before the core
+parses it, and a wake-up's new calls wait until its other datagrams are
+served.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-from typing import cast
 
-from ivr.sip.message import SipParseError, StreamFramer
+from ivr.settings.tcp import TcpSettings
+from ivr.sip.admission import Admission, Verdict
 from ivr.sip.ua import Event, Peer, UserAgent
+from ivr.transport.tcp import TcpGuard
 
 log = logging.getLogger(__name__)
 
@@ -48,48 +53,26 @@ def _udp_socket(host: str, port: int) -> socket.socket:
 EventHandler = Callable[[list[Event], float], None]
 
 
-class _TcpProtocol(asyncio.Protocol):
-    def __init__(self, shell: SipShell) -> None:
-        self.shell = shell
-        self.framer = StreamFramer()
-        self.peer: Peer | None = None
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's TCPTransport is not an asyncio.Transport subclass
-        self.transport = cast(asyncio.Transport, transport)
-        host, port = transport.get_extra_info("peername")[:2]
-        self.peer = ("tcp", host, port)
-        self.shell.tcp_connections[self.peer] = self.transport
-
-    def data_received(self, data: bytes) -> None:
-        assert self.peer is not None and self.transport is not None
-        try:
-            frames = self.framer.feed(data)
-        except SipParseError as exc:
-            # the stream cannot be re-synchronised: count it and close
-            log.info("closing TCP connection from %s:%s: %s", self.peer[1], self.peer[2], exc.reason)
-            self.shell.ua.stats.malformed["dropped"] += 1
-            self.transport.close()
-            return
-        for frame in frames:
-            self.shell.receive(frame, self.peer)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.peer is not None and self.shell.tcp_connections.get(self.peer) is self.transport:
-            del self.shell.tcp_connections[self.peer]
-
-
 class SipShell:
     """Runs a :class:`UserAgent` on the event loop."""
 
-    def __init__(self, ua: UserAgent, on_events: EventHandler) -> None:
+    def __init__(
+        self,
+        ua: UserAgent,
+        on_events: EventHandler,
+        tcp: TcpSettings | None = None,
+        trusts: Callable[[str], bool] = lambda address: False,
+        admission: Admission | None = None,
+    ) -> None:
         self.ua = ua
         self.on_events = on_events
+        self.admission = admission  # security.flood: asked about each UDP datagram before the core parses it
+        self._rx = bytearray(65535)  # one receive buffer: a datagram dropped unread costs no allocation
         self.loop = asyncio.get_running_loop()
         self.udp: socket.socket | None = None
         self.tcp_server: asyncio.Server | None = None
-        self.tcp_connections: dict[Peer, asyncio.Transport] = {}
+        # SIP over TCP within security.tcp's limits (ivr/transport/tcp.py)
+        self.tcp = TcpGuard(tcp or TcpSettings(), trusts, self.receive, self._tcp_malformed)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self.send_errors = 0
@@ -100,7 +83,7 @@ class SipShell:
             port = self.udp.getsockname()[1]
             self.loop.add_reader(self.udp.fileno(), self._udp_readable)
         if "tcp" in transports:
-            self.tcp_server = await self.loop.create_server(lambda: _TcpProtocol(self), host, port, reuse_address=True)
+            self.tcp_server = await self.loop.create_server(self.tcp.protocol, host, port, reuse_address=True)
 
     @property
     def udp_port(self) -> int | None:
@@ -113,17 +96,61 @@ class SipShell:
         assert sock is not None
         ua = self.ua
         loop_time = self.loop.time
-        for _ in range(UDP_BATCH):
+        adm = self.admission
+        rx = self._rx
+        view = memoryview(rx)
+        now = loop_time()
+        new_calls: list[tuple[bytes, Peer]] = []
+        served = 0
+        # datagrams dropped unread are cheap: read more of them per wake-up, a flood drains fast
+        for _ in range(UDP_BATCH * 8):
             try:
-                data, addr = sock.recvfrom(65535)
+                n, addr = sock.recvfrom_into(rx)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
                 log.debug("UDP receive error: %s", exc)
                 continue
-            ua.receive(data, ("udp", addr[0], addr[1]), loop_time())
+            if adm is not None and adm.blocked(addr[0], now):
+                continue
+            data = bytes(view[:n])
+            peer: Peer = ("udp", addr[0], addr[1])
+            if adm is not None:
+                verdict = adm.check(data, addr[0], now)
+                if verdict is Verdict.NEW_CALL:
+                    new_calls.append((data, peer))  # served after this wake-up's in-dialog traffic
+                    continue
+                if verdict is not Verdict.ADMIT:
+                    self._refuse(data, peer, verdict)
+                    continue
+            ua.receive(data, peer, loop_time())
             # events are handled at once: an INVITE is answered before the next datagram is read
             self.pump()
+            served += 1
+            if served + len(new_calls) >= UDP_BATCH:
+                break
+        for data, peer in new_calls:
+            assert adm is not None
+            verdict = adm.take_new_call(peer[1], loop_time())
+            if verdict is Verdict.ADMIT:
+                ua.receive(data, peer, loop_time())
+                self.pump()
+            else:
+                self._refuse(data, peer, verdict)
+
+    def _refuse(self, data: bytes, peer: Peer, verdict: Verdict) -> None:
+        """A datagram admission turned away: a cheap 503 when the verdict and the request allow one."""
+        answer = self.admission.refusal(data) if verdict is Verdict.REFUSE and self.admission is not None else None
+        if answer is None:
+            return
+        if peer[0] != "udp":
+            if not self.tcp.write(peer, answer):
+                self.send_errors += 1
+        elif self.udp is not None:
+            try:
+                self.udp.sendto(answer, (peer[1], peer[2]))
+            except OSError:
+                self.send_errors += 1
 
     @property
     def tcp_port(self) -> int | None:
@@ -139,11 +166,25 @@ class SipShell:
             self.udp.close()
         if self.tcp_server is not None:
             self.tcp_server.close()
-            for tr in list(self.tcp_connections.values()):
-                tr.close()
+            self.tcp.close_all()
             await self.tcp_server.wait_closed()
 
+    def _tcp_malformed(self) -> None:
+        self.ua.stats.malformed["dropped"] += 1
+
     def receive(self, data: bytes, peer: Peer) -> None:
+        """One framed TCP message (or a test's datagram): through admission, then to the core."""
+        adm = self.admission
+        if adm is not None:
+            now = self.loop.time()
+            if adm.blocked(peer[1], now):
+                return
+            verdict = adm.check(data, peer[1], now)
+            if verdict is Verdict.NEW_CALL:
+                verdict = adm.take_new_call(peer[1], now)
+            if verdict is not Verdict.ADMIT:
+                self._refuse(data, peer, verdict)
+                return
         self.ua.receive(data, peer, self.loop.time())
         self.pump()
 
@@ -165,12 +206,8 @@ class SipShell:
                         except OSError:
                             # send buffer full or peer gone: SIP retransmission recovers
                             self.send_errors += 1
-                else:
-                    tr = self.tcp_connections.get(peer)
-                    if tr is not None and not tr.is_closing():
-                        tr.write(data)
-                    else:
-                        self.send_errors += 1
+                elif not self.tcp.write(peer, data):
+                    self.send_errors += 1
         at = ua.get_timer()
         if at is not None and at < self._timer_at:
             if self._timer is not None:

@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callback import db as callback_db
+from callback import logmask
 from callback import rules as callback_rules
 from callback.base import Base as CallbacksBase
 from callback.base import create_engine
@@ -48,6 +49,7 @@ from ivr.calls.dialer import CallbackDesk
 from ivr.calls.ivrcall import IvrServices, MediaEventSink
 from ivr.calls.queues import LiveQueues
 from ivr.calls.router import CallRouter, RouterSettings
+from ivr.calls.trust import TrustCounters, identify, text_gate
 from ivr.flow.program import compile_ivr
 from ivr.media.prompts import PromptStore
 from ivr.settings.callbacks import CallbackSettings
@@ -56,6 +58,7 @@ from ivr.settings.flows import groups_of_function
 from ivr.settings.prompts import load_prompts
 from ivr.settings.queues import in_schedule, model_from_config, tier_of
 from ivr.sip.registrar import Credential, Registrar, RegistrarSettings
+from ivr.sip.throttle import AuthThrottle, ThrottleSettings
 from ivr.sip.transaction import TimerValues
 from ivr.sip.ua import UaConfig, UserAgent
 from ivr.storage.notices import NoticeBoard
@@ -64,8 +67,12 @@ from ivr.storage.upgrade import add_missing_columns
 from ivr.transport.rtp import MediaShell
 from ivr.transport.sip import SipShell
 from ivr.web import admin, queueapi, routes, sessions
+from ivr.web.flood import FloodCollector, admission_for
 from ivr.web.keys import CONFIG, PROMPTS, RUNTIME, Runtime
+from ivr.web.mapmetrics import TablesCollector, session_table, sip_tables
 from ivr.web.metrics import CallbackCollector, IvrCollector, QueueCollector, SipCollector
+from ivr.web.serverheader import set_server_header
+from ivr.web.tcpmetrics import TcpCollector
 from queueing.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -82,6 +89,7 @@ def ua_config(config: Config) -> UaConfig:
         user_agent=sip.user_agent,
         timers=TimerValues(sip.timers.t1, sip.timers.t2, sip.timers.t4),
         max_calls=sip.max_calls,
+        max_transactions=config.security.limits.sip_transactions,
         rtp_port_min=config.media.rtp_port_min,
         rtp_port_max=config.media.rtp_port_max,
     )
@@ -98,7 +106,8 @@ def registrar_for(config: Config, on_change: Callable[[str, bool], None] | None 
         nonce_lifetime=reg.nonce_lifetime,
     )
     agents = {name: Credential(a.ha1, a.display_name) for name, a in config.agents.items()}
-    return Registrar(settings, agents, secrets.token_bytes(32), on_change)
+    throttle = AuthThrottle(ThrottleSettings(**config.security.auth.model_dump()), config.security.trusts)
+    return Registrar(settings, agents, secrets.token_bytes(32), on_change, throttle)
 
 
 def router_settings(config: Config) -> RouterSettings:
@@ -151,6 +160,8 @@ def media_shell(config: Config, sink: MediaEventSink, stack: AsyncExitStack) -> 
         sink.on_events,
         sink.on_timeout,
         media.timeout,
+        trusts=config.security.trusts,
+        on_failure=sink.on_failure,
     )
     stack.callback(shell.close_all)
     return shell
@@ -182,6 +193,7 @@ def ivr_services(
     send_text: SendText,
     queues: LiveQueues,
     desk: CallbackDesk,
+    trust: TrustCounters,
 ) -> IvrServices:
     recordings = Path(config.media.recordings_dir)
     recordings.mkdir(parents=True, exist_ok=True)
@@ -196,13 +208,17 @@ def ivr_services(
         surge=lambda: queues.engine.surge,
         queues=queues,
         callbacks=desk,
+        identify=lambda call: identify(call, config.security),
+        trust=trust,
     )
 
 
 async def start_sip(config: Config, ua: UserAgent, router: CallRouter, stack: AsyncExitStack) -> SipShell:
     """The SIP listeners, handing the core's events to ``router``; stopped first on the way out."""
     sip = config.sip
-    shell = SipShell(ua, router.handle)
+    shell = SipShell(
+        ua, router.handle, config.security.tcp, config.security.trusts, admission=admission_for(config.security)
+    )
     stack.push_async_callback(shell.stop)
     await shell.start(sip.listen, sip.port, list(sip.transports))
     if sip.port == 0:
@@ -248,6 +264,8 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         await notices.load()
         registry = CollectorRegistry()
         outbox, send_text = start_texts(config, engine, registry, stack)
+        texts = text_gate(config.security, send_text, loop.time)  # every text, whoever asks, within its cap
+        send_text = texts.send
         recorder = CallRecorder(engine, config.storage.flush_interval)
         start_task(stack, recorder.run(), "call-record-writer")
         prompts = app.get(PROMPTS)
@@ -261,13 +279,13 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
             rng=random.Random(),
             registrar=registrar_for(config, lambda agent, up: registrations.put_nowait((agent, up))),
         )
-        media = media_shell(config, MediaEventSink(loop.time, wake.set), stack)
+        media = media_shell(config, MediaEventSink(loop.time, wake.set, drop=ua.drop), stack)
         queues = live_queues(config, ua, media, wake.set, stack)
         start_task(stack, _registrations(registrations, queues), "registrations")
         store = callback_store(engine, config.callbacks)
-        desk = CallbackDesk(store, config.callbacks, queues, ua, media, loop, send_text, wake.set)
+        desk = CallbackDesk(store, config.callbacks, queues, ua, media, loop, send_text, wake.set, trust=texts.counters)
         stack.push_async_callback(desk.stop)
-        ivr = ivr_services(config, prompts, media, notices, send_text, queues, desk)
+        ivr = ivr_services(config, prompts, media, notices, send_text, queues, desk, texts.counters)
         router = CallRouter(
             ua, router_settings(config), on_record=recorder.add, wall_offset=time.time() - loop.time(), ivr=ivr
         )
@@ -277,6 +295,11 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         start_task(stack, _surge_schedule(config, queues), "surge-schedule")
 
         register_collectors(registry, ua, recorder, ivr, queues, desk)
+        tables = TablesCollector(texts, sip_tables(ua))
+        registry.register(tables)
+        registry.register(TcpCollector(shell.tcp))
+        if shell.admission is not None:
+            registry.register(FloodCollector(shell.admission, loop.time))
         app[RUNTIME] = Runtime(config, ua, router, shell, recorder, registry, outbox, notices)
         app[admin.ADMIN] = admin.AdminState(engine, notices)
         app[queueapi.QUEUES] = queues
@@ -288,7 +311,9 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
             recordings_dir=ivr.recordings_dir,
             send_text=send_text,
             registrar=ua.registrar,
+            max_revoked=config.security.limits.revoked_sessions,
         )
+        tables.add(session_table(app[sessions.CALLBACKS].sessions))
         yield
 
 
@@ -333,7 +358,7 @@ async def _text_intake(queue: asyncio.Queue[tuple[str, str, str]], outbox: Outbo
         try:
             await outbox.enqueue(to, body, reason)
         except ValueError as exc:
-            log.warning("text message to %r not queued: %s", to, exc)
+            log.warning("text message to %s not queued: %s", logmask.number(to), exc)
 
 
 def create_app(config: Config, prompts: PromptStore | None = None) -> web.Application:
@@ -344,4 +369,5 @@ def create_app(config: Config, prompts: PromptStore | None = None) -> web.Applic
         app[PROMPTS] = prompts
     app.cleanup_ctx.append(_runtime_ctx)
     routes.setup_routes(app, config)
+    set_server_header(app, config.http.server_header)
     return app

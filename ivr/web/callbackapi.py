@@ -77,7 +77,28 @@ def _clean_notes(value: str | None) -> str | None:
 Notes = Annotated[
     str | None, AfterValidator(_clean_notes), Field(description=f"free text, {MAX_NOTES} characters at most")
 ]
-When = Annotated[AwareDatetime, Field(description="ISO 8601 with a time zone", examples=["2024-05-17T14:30:00+02:00"])]
+
+
+_EARLIEST, _LATEST = datetime(1900, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _in_utc_range(value: datetime) -> datetime:
+    """A time with room for the lists' arithmetic (margins, retries): ``9999-12-31T23:59:59-23:59`` parses, but
+    lies after the last UTC datetime, and a margin added to 9999-12-31 overflows."""
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not _EARLIEST <= utc < _LATEST:
+        raise ValueError("the time must lie between the years 1900 and 8999 (UTC)")
+    return value
+
+
+When = Annotated[
+    AwareDatetime,
+    AfterValidator(_in_utc_range),
+    Field(description="ISO 8601 with a time zone", examples=["2024-05-17T14:30:00+02:00"]),
+]
 
 
 class CallbackBody(RequestBody):
@@ -222,11 +243,16 @@ async def create(request: web.Request, service: CallbackService, who: Who, body:
 # -- acting on one callback ---------------------------------------------------------------------
 
 
+MAX_ID = 2**63 - 1  # the database's integer: a larger id names no callback (and would overflow the driver)
+
+
 def _id(request: web.Request) -> int:
-    try:
-        return int(request.match_info["id"])
-    except ValueError:
-        raise ApiError(404, f"no callback {request.match_info['id']!r}", [("id", "no such callback")]) from None
+    text = request.match_info["id"]
+    # the length first: int() of thousands of digits is refused (and slow); \d also matches non-ASCII digits
+    cb_id = int(text) if len(text) <= 19 and text.isascii() and text.isdigit() else 0
+    if not 1 <= cb_id <= MAX_ID:
+        raise ApiError(404, f"no callback {text[:40]!r}", [("id", "no such callback")])
+    return cb_id
 
 
 async def _get(service: CallbackService, cb_id: int) -> Callback:

@@ -8,6 +8,11 @@ A handler raises :class:`ApiError`; the route wrapper (``ivr/web/routes.py``) tu
 :func:`error_middleware` does the same for aiohttp's own refusals (unknown path, method not allowed, body too
 large). Request bodies and query strings are pydantic models read by :func:`read_body` and :func:`read_query`;
 their validation errors become the ``detail`` list, each naming its field.
+
+No input gives a 5xx (tests/test_http_hostile.py drives every route with hostile input): a handler's bug
+that still raises is logged and answered 500 in the same body. A change (POST, PUT, PATCH, DELETE) with a
+body takes only ``application/json`` (:func:`require_json`, 415 otherwise), so a cross-site form cannot
+post to a route that a browser's cached HTTP Basic credentials would open.
 """
 
 from __future__ import annotations
@@ -15,12 +20,18 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import logging
+import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from enum import Enum
 from typing import Any, ClassVar, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ivr.sip.registrar import Registrar
+
+log = logging.getLogger(__name__)
 
 
 class Auth(Enum):
@@ -92,10 +103,42 @@ async def error_middleware(
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate", "retry-after")}
         where = "path" if exc.status in (404, 405) else "body"
         return web.json_response(
-            error_body(exc.reason.lower(), [(where, f"{request.method} {request.path}: {exc.reason}")]),
+            error_body(exc.reason.lower(), [(where, f"{request.method} {request.path[:200]}: {exc.reason}")]),
             status=exc.status,
             headers=headers,
         )
+    except Exception:
+        # a bug, never the client's input (tests/test_http_hostile.py): logged once, answered in the error body
+        log.exception("HTTP %s %s failed", request.method, request.rel_url.path[:200])
+        return web.json_response(error_body("internal error: the server's log has the details"), status=500)
+
+
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# what a cross-site HTML form (or a no-cors fetch) may send without a CORS preflight, which we never grant
+FORM_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
+
+
+def require_json(request: web.Request) -> None:
+    """A state-changing request's body must be ``application/json``, else 415.
+
+    A cross-site HTML form can post only ``text/plain``, urlencoded or multipart bodies without a preflight, and
+    a browser adds the agent's cached HTTP Basic credentials to it; refusing every type but JSON keeps such a post
+    away from the handlers. A bodiless action (the agents' page's buttons) needs no Content-Type, but one that
+    names a form's type is a form post and is refused as well.
+    """
+    if request.method not in STATE_CHANGING:
+        return
+    if request.body_exists:
+        if request.content_type == "application/json":
+            return
+    elif request.content_type not in FORM_TYPES:  # with no header aiohttp says application/octet-stream
+        return
+    shown = request.headers.get("Content-Type", "none")[:60]
+    raise ApiError(
+        415,
+        "send the body as JSON with 'Content-Type: application/json'",
+        [("Content-Type", f"expected application/json, not {shown!r}")],
+    )
 
 
 # -- request bodies and query strings ------------------------------------------------------------------
@@ -193,7 +236,8 @@ def admin_token_of(request: web.Request, token: str | None) -> None:
             [("Authorization", "expected 'Bearer <admin.token>'")],
             headers={"WWW-Authenticate": 'Bearer realm="frontdesk admin"'},
         )
-    if not hmac.compare_digest(given.encode(), token.encode()):
+    # header bytes that are not UTF-8 arrive as surrogates (aiohttp's surrogateescape): compare the bytes sent
+    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode()):
         raise ApiError(403, "wrong admin token", [("Authorization", "this is not the admin token")])
 
 
@@ -205,8 +249,35 @@ def basic_credentials(request: web.Request) -> tuple[str, str] | None:
         return None
     try:
         name, sep, password = base64.b64decode(given, validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):  # ValueError: not base64's alphabet (non-ASCII), or not UTF-8
         raise ApiError(401, "malformed Basic credentials", headers=AGENT_CHALLENGE) from None
     if not sep:
         raise ApiError(401, "wrong agent name or password", headers=AGENT_CHALLENGE)
     return name, password
+
+
+def throttled(wait: float) -> ApiError:
+    """The 429 of a login door while the name may not be tried from this address (ivr/sip/throttle.py)."""
+    seconds = max(1, math.ceil(wait))
+    return ApiError(429, f"too many wrong passwords: try again in {seconds} s", headers={"Retry-After": str(seconds)})
+
+
+def agent_password_ok(
+    registrar: Registrar, request: web.Request, door: str, name: str, password: str, now: float
+) -> bool:
+    """Whether ``password`` is ``name``'s SIP password, counted by the throttle of failed logins; 429 while blocked.
+
+    Unknown names are counted and blocked exactly like agents' names, so a 429 says nothing about who exists;
+    the count is per address, so a guesser elsewhere cannot lock a real agent out.
+    """
+    source, throttle = request.remote or "", registrar.throttle
+    wait = throttle.wait(name, source, now)
+    if wait > 0:
+        throttle.refused(door)
+        raise throttled(wait)  # unchecked: a right guess made while blocked is lost to the guesser
+    ok = registrar.password_ok(name, password)
+    if ok:
+        throttle.succeeded(name, source)
+    else:
+        throttle.failed(door, name, source, now)
+    return ok

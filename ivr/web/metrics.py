@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from ivr.calls.ivrcall import IvrMetrics
 from ivr.sip.registrar import RESULTS
+from ivr.sip.throttle import DOORS, AuthThrottle
 from ivr.sip.ua import Outcome, UserAgent
 from ivr.transport.rtp import LATENESS_BUCKETS, MediaShell
 from queueing.agents import AgentState
@@ -129,6 +130,7 @@ class SipCollector(Collector):
         for result in RESULTS:
             c.add_metric([result], reg.requests.get(result, 0))
         yield c
+        yield from auth_families(reg.throttle)
         if self.record_backlog is not None:
             g = GaugeMetricFamily("frontdesk_call_records_pending", "Call records waiting to be written")
             g.add_metric([], self.record_backlog())
@@ -137,6 +139,18 @@ class SipCollector(Collector):
             c = CounterMetricFamily("frontdesk_call_record_write_errors", "Failed call-record batch writes (retried)")
             c.add_metric([], self.record_errors())
             yield c
+
+
+def auth_families(throttle: AuthThrottle) -> Iterator[object]:
+    """Wrong passwords and refused tries by door (register, basic, login); the table is ivr/web/mapmetrics.py's."""
+    for name, doc, counts in (
+        ("frontdesk_auth_failures", "Wrong passwords or unknown names, by door", throttle.failures),
+        ("frontdesk_auth_throttled", "Login attempts refused unchecked while blocked", throttle.throttled),
+    ):
+        c = CounterMetricFamily(name, doc, labels=["door"])
+        for door in DOORS:
+            c.add_metric([door], counts.get(door, 0))
+        yield c
 
 
 class IvrCollector(Collector):
@@ -179,6 +193,22 @@ class IvrCollector(Collector):
         c = CounterMetricFamily("frontdesk_rtp_packets", "RTP packets, by direction", labels=["direction"])
         c.add_metric(["in"], pin)
         c.add_metric(["out"], pout)
+        yield c
+        c = CounterMetricFamily(
+            "frontdesk_media_stream_failures",
+            "RTP streams ended by an exception in them (the call ended, the others' media went on), by stage",
+            labels=["stage"],
+        )
+        for stage, n in st.stream_failures.items():
+            c.add_metric([stage], n)
+        yield c
+        c = CounterMetricFamily(
+            "frontdesk_rtp_packets_dropped",
+            "RTP packets not from a stream's latched source (learning: not the signalling or SDP host), by reason",
+            labels=["reason"],
+        )
+        for reason, n in sorted(self.media.dropped().items()):
+            c.add_metric([reason], n)
         yield c
         g = GaugeMetricFamily("frontdesk_media_streams_active", "Calls with an open RTP stream")
         g.add_metric([], self.media.active)

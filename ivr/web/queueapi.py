@@ -42,7 +42,14 @@ from ivr.settings.queues import (
 )
 from ivr.storage.audit import audit
 from ivr.web.admin import AdminState
-from ivr.web.common import AGENT_CHALLENGE, ApiError, RequestBody, basic_credentials, settings_error
+from ivr.web.common import (
+    AGENT_CHALLENGE,
+    ApiError,
+    RequestBody,
+    agent_password_ok,
+    basic_credentials,
+    settings_error,
+)
 from queueing.agents import Agent
 from queueing.events import PolicyError, QueueReconfigured, SurgeReconfigured
 
@@ -121,13 +128,13 @@ def _queues(request: web.Request) -> LiveQueues:
 
 
 async def agent_context(request: web.Request) -> tuple[LiveQueues, str]:
-    """The queues and the agent whose SIP name and password came as HTTP Basic (else 401/403/503)."""
+    """The queues and the agent whose SIP name and password came as HTTP Basic (else 401/403/429/503)."""
     queues = _queues(request)
     given = basic_credentials(request)
     if given is None:
         raise ApiError(401, "log in with your SIP name and password (HTTP Basic)", headers=AGENT_CHALLENGE)
     name, password = given
-    if not queues.ua.registrar.password_ok(name, password):
+    if not agent_password_ok(queues.ua.registrar, request, "basic", name, password, queues.now()):
         raise ApiError(401, "wrong agent name or password", headers=AGENT_CHALLENGE)
     if name not in queues.engine.agents:
         raise ApiError(403, f"{name} has a SIP login but is not an agent of any queue")

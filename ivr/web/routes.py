@@ -6,7 +6,8 @@ route's auth scheme decides what comes before them: nothing (``Auth.NONE``), the
 (``Auth.ADMIN``, ``ivr/web/admin.py``), the live queues and the agent's name (``Auth.AGENT``,
 ``ivr/web/queueapi.py``), or the callback service and the agent (``Auth.SESSION``, ``ivr/web/sessions.py``).
 The same table makes the OpenAPI document (``ivr/web/openapi.py``), so the document lists exactly what is
-routed, with the models the handlers read.
+routed, with the models the handlers read. Before any credentials are read, a change must come as JSON
+(415) and, with HTTP Basic credentials, not from another site's page (403).
 """
 
 from __future__ import annotations
@@ -22,7 +23,17 @@ from aiohttp import web
 
 from ivr.settings.config import Config
 from ivr.web import admin, callbackapi, health, openapi, page, queueapi, sessions
-from ivr.web.common import ApiError, Auth, QueryString, RequestBody, error_middleware, read_body, read_query
+from ivr.web.common import (
+    STATE_CHANGING,
+    ApiError,
+    Auth,
+    QueryString,
+    RequestBody,
+    error_middleware,
+    read_body,
+    read_query,
+    require_json,
+)
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
 Context = Callable[[web.Request], Awaitable[tuple[Any, ...]]]
@@ -126,6 +137,18 @@ def _context(auth: Auth, admin_token: str | None) -> Context:
     return contexts[auth]
 
 
+def _no_cross_site_basic(request: web.Request) -> None:
+    """403 for a change with HTTP Basic credentials sent from another site's page.
+
+    A browser adds an agent's cached Basic credentials to any request to this server, a bodiless cross-site
+    ``fetch`` POST too (which ``require_json`` lets through, as the agents' page posts its buttons that way);
+    such a request carries the other site's ``Origin``. Scripts send no Origin and are not affected.
+    """
+    scheme = request.headers.get("Authorization", "")[:6].lower()
+    if request.method in STATE_CHANGING and scheme == "basic " and not sessions.same_origin(request):
+        raise ApiError(403, "this request came from another site", [("Origin", "not this server's page")])
+
+
 def _bind(route: Route, admin_token: str | None) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     context = _context(route.auth, admin_token)
     body_model, query_model = route.inputs
@@ -133,6 +156,8 @@ def _bind(route: Route, admin_token: str | None) -> Callable[[web.Request], Awai
 
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
+            require_json(request)  # before the credentials are even read: a cross-site form post gets nothing
+            _no_cross_site_basic(request)
             args = await context(request)
             inputs: dict[str, Any] = {}
             if query_model is not None:

@@ -4,8 +4,10 @@ Agents log in with their SIP name and password (the server keeps only the
 HA1, like ``/agent/state``). A login gives a signed session: an HttpOnly,
 SameSite=Strict cookie for the page, and the same value as a bearer token
 for scripts. HTTP Basic works on every route too. Agents named under
-``callbacks.supervisors`` have the role "supervisor". Wrong passwords in a
-row lock a name out for a minute (guessing SIP passwords over HTTP).
+``callbacks.supervisors`` have the role "supervisor". Wrong passwords go to
+the registrar's throttle of failed logins (``ivr/sip/throttle.py``), shared
+with REGISTER: too many from one address, for any name, known or not, and
+that address gets 429 for a while; agents elsewhere log in as before.
 
     POST /callbacks/login                   {"agent", "password"} -> {"agent", "role", "token", "expires_at"}
     POST /callbacks/logout
@@ -16,9 +18,11 @@ The callback lists themselves are ``ivr/web/callbackapi.py``; the routes are lis
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
+import heapq
 import hmac
 import logging
 import secrets
@@ -36,7 +40,7 @@ from callback.base import utcnow
 from callback.store import Callback, CallbackStore
 from ivr.settings.config import CallbackSettings
 from ivr.sip.registrar import USERNAME_RE, Registrar
-from ivr.web.common import AGENT_CHALLENGE, ApiError, RequestBody, basic_credentials
+from ivr.web.common import AGENT_CHALLENGE, ApiError, RequestBody, agent_password_ok, basic_credentials
 from ivr.web.queueapi import QUEUES
 
 log = logging.getLogger(__name__)
@@ -44,8 +48,6 @@ log = logging.getLogger(__name__)
 COOKIE = "frontdesk_session"
 SUPERVISOR = "supervisor"
 AGENT = "agent"
-MAX_FAILURES = 5
-LOCKOUT = timedelta(minutes=1)
 _SESSION_CONTEXT = b"frontdesk callbacks session v1\0"
 
 
@@ -70,12 +72,19 @@ def iso(value: datetime | None) -> str | None:
 class Sessions:
     """Signed, expiring session tokens: ``base64(agent|expiry|nonce).base64(HMAC)``; nothing kept but logouts."""
 
-    def __init__(self, secret: bytes, lifetime: timedelta) -> None:
+    def __init__(self, secret: bytes, lifetime: timedelta, max_revoked: int = 100_000) -> None:
         if len(secret) < 16:
             raise ValueError("the session secret must be at least 16 bytes")
         self._secret = secret
         self.lifetime = lifetime
-        self._revoked: dict[str, datetime] = {}  # nonce -> expiry (forgotten once the token would be dead anyway)
+        # logouts: nonce -> expiry, forgotten once the token would be dead anyway; a heap by expiry finds those.
+        # At most max_revoked (security.limits.revoked_sessions): beyond it the one ending first is forgotten
+        # and its agent's tokens ending no later are refused instead, so no logged-out token comes back to life.
+        self.max_revoked = max_revoked
+        self._revoked: dict[str, datetime] = {}
+        self._revoked_heap: list[tuple[datetime, str, str]] = []  # (expiry, nonce, agent)
+        self._revoked_until: dict[str, datetime] = {}  # agent -> its tokens ending no later are refused
+        self.revoked_forgotten = 0  # forgotten early at the cap (their agent's floor refuses them)
 
     def _sign(self, payload: bytes) -> bytes:
         return hmac.new(self._secret, _SESSION_CONTEXT + payload, hashlib.sha256).digest()
@@ -108,15 +117,39 @@ class Sessions:
         agent, expires, nonce = opened
         if expires <= now or nonce in self._revoked:
             return None
+        until = self._revoked_until.get(agent)
+        if until is not None and expires <= until:
+            return None
         return agent
 
+    @property
+    def revoked(self) -> int:
+        """Logged-out tokens remembered (at most ``max_revoked``)."""
+        return len(self._revoked)
+
     def revoke(self, token: str, now: datetime) -> None:
+        self._forget_dead(now)
         opened = self._open(token)
-        if opened is not None:
-            self._revoked[opened[2]] = opened[1]
-        for nonce, expires in list(self._revoked.items()):
-            if expires <= now:
-                del self._revoked[nonce]
+        if opened is None:
+            return
+        agent, expires, nonce = opened
+        if nonce in self._revoked or expires <= now:
+            return
+        self._revoked[nonce] = expires
+        heapq.heappush(self._revoked_heap, (expires, nonce, agent))
+        while len(self._revoked) > self.max_revoked:
+            first, gone, whose = heapq.heappop(self._revoked_heap)
+            del self._revoked[gone]
+            self._revoked_until[whose] = max(first, self._revoked_until.get(whose, first))
+            self.revoked_forgotten += 1
+
+    def _forget_dead(self, now: datetime) -> None:
+        heap = self._revoked_heap
+        while heap and heap[0][0] <= now:
+            _, nonce, _ = heapq.heappop(heap)
+            self._revoked.pop(nonce, None)
+        for agent in [a for a, until in self._revoked_until.items() if until <= now]:
+            del self._revoked_until[agent]  # keyed by signed agent names only: as small as the agent list
 
 
 @dataclass
@@ -136,27 +169,19 @@ class CallbackService:
     send_text: Callable[[str, str, str], None]
     clock: Callable[[], datetime] = utcnow
     registrar: Registrar | None = None
+    ticks: Callable[[], float] = lambda: asyncio.get_running_loop().time()  # the throttle's clock, as SIP's
+    max_revoked: int = 100_000  # logged-out sessions remembered (security.limits.revoked_sessions)
     sessions: Sessions = field(init=False)
-    _failures: dict[str, tuple[int, datetime]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.sessions = Sessions(self.secret, timedelta(hours=self.settings.session_hours))
+        self.sessions = Sessions(self.secret, timedelta(hours=self.settings.session_hours), self.max_revoked)
 
     def role_of(self, agent: str) -> str:
         return SUPERVISOR if agent in self.settings.supervisors else AGENT
 
-    def check_password(self, registrar: Registrar, name: str, password: str) -> bool | None:
-        """True/False for the SIP password of ``name``; None while the name is locked out."""
-        now = self.clock()
-        failures, since = self._failures.get(name, (0, now))
-        if failures >= MAX_FAILURES and now - since < LOCKOUT:
-            return None
-        ok = registrar.password_ok(name, password)
-        if ok:
-            self._failures.pop(name, None)
-        elif name in registrar.credentials:  # count only real names: the table stays as small as the agent list
-            self._failures[name] = (1 if now - since >= LOCKOUT else failures + 1, now)
-        return ok
+    def check_password(self, request: web.Request, registrar: Registrar, door: str, name: str, password: str) -> bool:
+        """Whether ``password`` is ``name``'s SIP password; 429 while this address may not try that name."""
+        return agent_password_ok(registrar, request, door, name, password, self.ticks())
 
 
 CALLBACKS = web.AppKey("callbacks", CallbackService)
@@ -177,10 +202,6 @@ class Who:
 
 # not Basic when no credentials came: a browser would put up its own password dialog over the page's form
 _LOGIN = {"WWW-Authenticate": 'Bearer realm="frontdesk agents"'}
-
-
-def _locked() -> ApiError:
-    return ApiError(429, "too many wrong passwords: wait a minute", headers={"Retry-After": "60"})
 
 
 def service_of(request: web.Request) -> CallbackService:
@@ -204,7 +225,10 @@ def same_origin(request: web.Request) -> bool:
     origin = request.headers.get("Origin")
     if origin is None or origin == "null":
         return origin is None
-    return urlsplit(origin).netloc == request.host
+    try:
+        return urlsplit(origin).netloc == request.host
+    except ValueError:  # not a URL ("http://[::1"): not our page
+        return False
 
 
 def _session_agent(service: CallbackService, registrar: Registrar, token: str) -> str:
@@ -221,10 +245,7 @@ async def session_context(request: web.Request) -> tuple[CallbackService, Who]:
     given = basic_credentials(request)
     if given is not None:
         name, password = given
-        ok = service.check_password(registrar, name, password)
-        if ok is None:
-            raise _locked()
-        if not ok:
+        if not service.check_password(request, registrar, "basic", name, password):
             raise ApiError(401, "wrong agent name or password", headers=AGENT_CHALLENGE)
         return service, Who(name, service.role_of(name))
     scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
@@ -261,10 +282,7 @@ async def login(request: web.Request, body: LoginBody) -> web.StreamResponse:
         raise ApiError(403, "log in from the agents' page of this server", [("Origin", "not this server's page")])
     if not USERNAME_RE.match(body.agent):
         raise ApiError(401, "wrong agent name or password")
-    ok = service.check_password(registrar, body.agent, body.password)
-    if ok is None:
-        raise _locked()
-    if not ok:
+    if not service.check_password(request, registrar, "login", body.agent, body.password):
         raise ApiError(401, "wrong agent name or password")
     token, expires = service.sessions.issue(body.agent, service.clock())
     role = service.role_of(body.agent)

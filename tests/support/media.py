@@ -57,7 +57,17 @@ def tone(seconds: float, freq: float = 440.0, amp: int = 8000) -> bytes:
 def stream(codec: Codec, remote: tuple[str, int] = ("192.0.2.1", 4000), now: float = 0.0, **kw: int) -> MediaStream:
     """A pure stream (no socket) with fixed SSRC, sequence and timestamp unless given."""
     ids = {"ssrc": 0x5555, "seq": 100, "timestamp": 1000} | kw
-    return MediaStream(10000, remote, codec, codec.payload_type, 101, now=now, **ids)
+    return MediaStream(
+        10000,
+        remote,
+        codec,
+        codec.payload_type,
+        101,
+        ssrc=ids["ssrc"],
+        seq=ids["seq"],
+        timestamp=ids["timestamp"],
+        now=now,
+    )
 
 
 class SteppedMedia:

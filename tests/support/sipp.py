@@ -168,8 +168,11 @@ def run_callers(
     scenario: str = "queue_caller.xml",
     rate: float = 10,
     timeout: float = 40,
+    extra: Sequence[str] = (),
 ) -> SippRun:
     """One SIPp run of queue callers, one call per row (number, RTP port, ms to stay after pressing 1), in order.
+
+    ``extra`` goes on SIPp's command line last (``["-i", "127.0.0.2"]``: call from another loopback address).
 
     The RTP port is a socket of the test's own (tests/support/callers.py), named in the caller's SDP.
     """
@@ -185,7 +188,7 @@ def run_callers(
         rate=rate,
         timeout=timeout,
         # -l: SIPp would otherwise hold back new calls once 3 x rate x 2.8 s are open
-        extra=["-inf", str(csv), "-l", str(len(rows) + 1)],
+        extra=["-inf", str(csv), "-l", str(len(rows) + 1), *extra],
     )
 
 
