@@ -10,6 +10,7 @@ line plumbing belongs in neither.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -31,6 +32,14 @@ def cli_args(argv: Sequence[str] | None) -> list[str]:
         # `frontdesk bench-sip -- --quick`: ivr/cli.py hands over its REMAINDER with the "--" in it
         args = args[1:]
     return args
+
+
+def sipp_bench_options(p: argparse.ArgumentParser, check: str = "exit 1 when a goal is not met") -> None:
+    """The options every SIPp-driven benchmark takes: its JSON, its work directory, its verdict, SIPp."""
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (SIPp files, server log)")
+    p.add_argument("--check", action="store_true", help=check)
+    p.add_argument("--sipp", default=shutil.which("sipp") or "/usr/bin/sipp", help="SIPp binary")
 
 
 def log(msg: str) -> None:

@@ -27,6 +27,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from callback import logmask
 from ivr.settings.security import SecuritySettings
 from ivr.sip.dialogs import InboundCall
 from ivr.sip.message import SipParseError, parse_name_addr, uri_user
@@ -37,11 +38,6 @@ UNVERIFIED_BOOKER = "ivr_unverified"  # created_by of a callback booked for a nu
 MAX_NUMBER = 64  # longer "numbers" are refused by the outbox anyway, and never become a key here
 UNTRUSTED_ACTIONS = ("text", "close_callback", "cancel_callback")
 TEXT_REFUSALS = ("per_number_cap", "table_full")
-
-
-def mask(number: str) -> str:
-    """A number fit for the logs: its last two digits only."""
-    return f"***{number[-2:]}" if len(number) > 2 else "***"
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +152,7 @@ class TextGate:
         refused = self.allow(to, self.clock())
         if refused is not None:
             self.counters.texts_refused[refused] = self.counters.texts_refused.get(refused, 0) + 1
-            log.warning("text (%s) to %s not sent: %s", reason, mask(to), refused.replace("_", " "))
+            log.warning("text (%s) to %s not sent: %s", reason, logmask.number(to), refused.replace("_", " "))
             return
         self._send(to, body, reason)
 

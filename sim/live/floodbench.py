@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import shutil
 import socket
 import sys
 import time
@@ -39,7 +38,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sim.benchkit import BenchRun, cli_args, executable, log, refuse, shown, sigterm_unwinds, verdict, work_directory
+from sim.benchkit import (
+    BenchRun,
+    cli_args,
+    executable,
+    log,
+    refuse,
+    shown,
+    sigterm_unwinds,
+    sipp_bench_options,
+    verdict,
+    work_directory,
+)
 from sim.live.promtext import parse_metrics, sample
 from sim.live.sipprun import Run, run_uac
 from sim.live.targets import Frontdesk, sipp_version
@@ -250,10 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flood-from", default="127.0.0.2", help="the flood's source address, in 127.0.0.0/8")
     p.add_argument("--call-rate", type=int, default=50, help="legitimate calls per second (default 50)")
     p.add_argument("--after", type=float, default=60.0, help="seconds after the flood to read memory again (60)")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
-    p.add_argument("--keep", action="store_true", help="keep the work directory (SIPp files, server log)")
-    p.add_argument("--check", action="store_true", help="exit 1 when a goal is not met")
-    p.add_argument("--sipp", default=shutil.which("sipp") or "/usr/bin/sipp", help="SIPp binary")
+    sipp_bench_options(p)
     return p
 
 

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -59,7 +58,18 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sim.benchkit import BenchRun, cli_args, executable, log, refuse, shown, sigterm_unwinds, table, work_directory
+from sim.benchkit import (
+    BenchRun,
+    cli_args,
+    executable,
+    log,
+    refuse,
+    shown,
+    sigterm_unwinds,
+    sipp_bench_options,
+    table,
+    work_directory,
+)
 from sim.live.mediastep import RTP_PORT_MIN, MediaBenchOptions, MediaStep, StepResult
 from sim.live.targets import event_loop_name, sipp_version
 
@@ -154,10 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-receiver", action="store_true", help="do not read the RTP back (server-side figures only)")
     p.add_argument("--keep-going", action="store_true", help="run every step even after one fails")
     p.add_argument("--profile", metavar="DIR", help="py-spy the server during each window; raw stacks into DIR")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
-    p.add_argument("--keep", action="store_true", help="keep the work directory (SIPp files, server log)")
-    p.add_argument("--check", action="store_true", help=f"exit 1 when no step of >= {GOAL_STREAMS} streams passes")
-    p.add_argument("--sipp", default=shutil.which("sipp") or "/usr/bin/sipp", help="SIPp binary")
+    sipp_bench_options(p, f"exit 1 when no step of >= {GOAL_STREAMS} streams passes")
     return p
 
 

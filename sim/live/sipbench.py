@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,6 +42,7 @@ from sim.benchkit import (
     refuse,
     shown,
     sigterm_unwinds,
+    sipp_bench_options,
     table,
     verdict,
     work_directory,
@@ -262,10 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step-seconds", type=float, help="seconds of traffic per run (default 5; quick 1)")
     p.add_argument("--repeat", type=int, help="runs per step; the median run counts (default 3; quick 1)")
     p.add_argument("--targets", default="sipp-uas,frontdesk", help="comma list of sipp-uas, frontdesk")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
-    p.add_argument("--keep", action="store_true", help="keep the work directory (SIPp files, server log)")
-    p.add_argument("--check", action="store_true", help="exit 1 when a goal is not met")
-    p.add_argument("--sipp", default=shutil.which("sipp") or "/usr/bin/sipp", help="SIPp binary")
+    sipp_bench_options(p)
     return p
 
 
