@@ -238,7 +238,7 @@ CITED = re.compile(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.md)\b")
 
 
 def test_comments_cite_files_of_the_repository() -> None:
-    files = [*ALL, *sorted((ROOT / "tests").rglob("*.py"))]
+    files = [*ALL, *sorted((ROOT / "tests").rglob("*.py")), ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     missing = []
     for path in files:
         for n, line in enumerate(path.read_text().splitlines(), 1):
