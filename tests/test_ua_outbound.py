@@ -11,6 +11,7 @@ import re
 from typing import TypeVar
 
 import pytest
+from support.sip import SteppedUa
 
 from ivr.sip.message import Request, Response, parse_message
 from ivr.sip.sdp import parse_sdp
@@ -59,7 +60,7 @@ def sdp_answer(payloads: str = "8 101", port: int = 7078, direction: str = "send
     return ("\r\n".join(lines) + "\r\n").encode()
 
 
-class Net:
+class Net(SteppedUa):
     """One UserAgent and the phone it calls, on a stepped virtual clock."""
 
     def __init__(self, seed: int = 11) -> None:
@@ -78,18 +79,8 @@ class Net:
         self.ua.receive(data, peer, self.now)
         return self.collect()
 
-    def advance(self, until: float) -> list[bytes]:
-        out: list[bytes] = []
-        while True:
-            t = self.ua.get_timer()
-            if t is not None and t <= self.now:
-                assert self.now - t < TICK, "the stepped clock ran past a timer"
-                self.ua.handle_timer(self.now)
-                out += self.collect()
-                continue
-            if self.now >= until:
-                return out
-            self.now += TICK
+    def flush(self) -> list[bytes]:
+        return self.collect()
 
     def place(self, peer: tuple[str, str, int] = AGENT, **kw: object) -> tuple[OutCall, Request]:
         call = self.ua.place_call(TARGET, peer, 40000, self.now, **kw)  # type: ignore[arg-type]

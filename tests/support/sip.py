@@ -111,7 +111,31 @@ class Caller:
             self.to_tag = resp.to.tag
 
 
-class Harness:
+class SteppedUa:
+    """A UserAgent on a stepped virtual clock; ``flush`` says what a harness does with the core's output."""
+
+    ua: UserAgent
+    now: float
+
+    def flush(self) -> list[bytes]:
+        raise NotImplementedError
+
+    def advance(self, until: float) -> list[bytes]:
+        """Step ``now += TICK`` up to ``until``, running due timers; returns what was sent."""
+        out: list[bytes] = []
+        while True:
+            t = self.ua.get_timer()
+            if t is not None and t <= self.now:
+                assert self.now - t < TICK, "the stepped clock ran past a timer"
+                self.ua.handle_timer(self.now)
+                out += self.flush()
+                continue
+            if self.now >= until:
+                return out
+            self.now += TICK
+
+
+class Harness(SteppedUa):
     """UserAgent + CallRouter on a stepped virtual clock."""
 
     def __init__(self, router_settings: RouterSettings | None = None, seed: int = 7) -> None:
@@ -134,23 +158,12 @@ class Harness:
         self.sent.extend((self.now, data, peer) for data, peer in out)
         return [data for data, _ in out]
 
+    def flush(self) -> list[bytes]:
+        return self.pump()
+
     def deliver(self, data: bytes, peer: tuple[str, str, int] = PEER) -> list[bytes]:
         self.ua.receive(data, peer, self.now)
         return self.pump()
-
-    def advance(self, until: float) -> list[bytes]:
-        """Step ``now += TICK`` up to ``until``, running due timers; returns what was sent."""
-        out: list[bytes] = []
-        while True:
-            t = self.ua.get_timer()
-            if t is not None and t <= self.now:
-                assert self.now - t < TICK, "the stepped clock ran past a timer"
-                self.ua.handle_timer(self.now)
-                out += self.pump()
-                continue
-            if self.now >= until:
-                return out
-            self.now += TICK
 
     def events_of(self, kind: type[E]) -> list[E]:
         return [e for _, e in self.events if isinstance(e, kind)]
