@@ -11,7 +11,7 @@ whom they pick.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from queueing.events import PolicyError
@@ -52,6 +52,7 @@ TRANSITIONS: Mapping[tuple[AgentState, str], AgentState] = {
     (_A.NOT_READY, "logout"): _A.LOGGED_OUT,
 }
 NO_ANSWER = "no answer"
+OFF_DUTY = frozenset({_A.LOGGED_OUT, _A.NOT_READY})  # states that do not serve a queue (not in EWT's N)
 
 
 @dataclass(slots=True)
@@ -66,10 +67,10 @@ class Agent:
     pending_not_ready: str | None = None
     talk_started: float = 0.0
     handled_queue: str | None = None  # queue of the call being wrapped up
+    id: str = field(init=False)  # the spec's id, read often enough to keep at hand
 
-    @property
-    def id(self) -> str:
-        return self.spec.id
+    def __post_init__(self) -> None:
+        self.id = self.spec.id
 
     def move(self, trigger: str) -> AgentState:
         """Take the move ``trigger`` by the table; PolicyError (and no change) when it is not listed."""
@@ -80,12 +81,29 @@ class Agent:
         return state
 
 
+@dataclass(slots=True)
+class Staffing:
+    """One queue's agents as its EWT counts them (queueing/ewt.py): ``serving`` (N) and ``idle`` (ready).
+
+    The engine keeps these up to date as agents move, so reading them costs
+    nothing however many agents there are.
+    """
+
+    serving: int = 0
+    idle: int = 0
+
+
 # ---------------------------------------------------------------- routing
 # Plain policy functions: given the ready agents that can take the caller, pick one.
 
 
 def pick_longest_idle(free: list[Agent]) -> Agent:
-    return min(free, key=lambda a: (a.idle_since, a.id))
+    """The least ``(idle_since, id)`` (a plain loop: routing runs at every event with ready agents)."""
+    best = free[0]
+    for a in free:
+        if a.idle_since < best.idle_since or (a.idle_since == best.idle_since and a.id < best.id):
+            best = a
+    return best
 
 
 def pick_fewest_calls(free: list[Agent]) -> Agent:

@@ -16,7 +16,10 @@ router and the simulator drive the very same code.
 Callers: waiting -> ringing -> talking -> (gone), or leave as abandoned or
 overflowed. Priority is by tier (higher first), then by place in line: a
 caller whose ring was not answered goes back to the head of its tier, then by
-arrival (``queueing/line.py``). Agents move by the table ``TRANSITIONS`` of
+arrival (``queueing/line.py``). Each queue's line is kept in that order and each
+queue's serving and idle agents are counted as agents move, so no step sorts
+or scans every caller or every agent: the cost of an event does not grow with
+the length of the line (docs/queueing.md, "The line"). Agents move by the table ``TRANSITIONS`` of
 ``queueing/agents.py``, which also holds the routing strategies.
 
 Illegal agent input (say ``AgentReady`` while talking, or an unknown agent)
@@ -34,10 +37,11 @@ scatter one sequence of decisions over files.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from queueing.agents import NO_ANSWER, TRANSITIONS, Agent, AgentState, choose
+from queueing.agents import NO_ANSWER, OFF_DUTY, TRANSITIONS, Agent, AgentState, Staffing, choose
 from queueing.events import (
     AgentAnswered,
     AgentLoggedIn,
@@ -66,13 +70,14 @@ from queueing.events import (
     TimerFired,
 )
 from queueing.ewt import MovingAht, ewt
-from queueing.line import QueuedCall, QueuedCallState, call_key, required_skills
+from queueing.line import Line, QueuedCall, QueuedCallState, required_skills
 from queueing.model import Model, OverflowTarget, QueueSpec
 from queueing.stats import QueueSnapshot, QueueStats, Snapshot
 from queueing.surge import SurgeControl
 from queueing.timers import Timers
 
 _EPS = 1e-9
+_UNCHECKED = frozenset({CallEnded, CallerHungUp, TimerFired, SurgeReconfigured})  # nothing to validate
 
 
 class Engine:
@@ -90,22 +95,46 @@ class Engine:
         self._round_robin: dict[str, str] = {}
         self._surge = SurgeControl(model.surge)
         self._fresh: list[str] = []  # callers who arrived in this event
-        self._skilled_cache: dict[str, tuple[QueueSpec, list[Agent]]] = {}
-        self._waiting: dict[str, dict[str, QueuedCall]] = {q.name: {} for q in model.queues}  # the lines, unsorted
+        self._lines: dict[str, Line] = {q.name: Line() for q in model.queues}
+        # the waiting callers of each queue by id (the lines' own dicts: a read-only view)
+        self._waiting: dict[str, dict[str, QueuedCall]] = {name: line.calls for name, line in self._lines.items()}
+        self._n_waiting = 0  # callers waiting, all queues
+        self._peak_waiting = 0  # most callers waiting at once at the end of an instant, since the last reset
         self._ready: dict[str, Agent] = {}  # agents in state READY
+        self._staff: dict[str, Staffing] = {}  # queue -> its serving and idle agents
+        self._staffed_by: dict[str, list[Staffing]] = {}  # agent -> the Staffing of every queue it can take
+        self._count_staff()
+        self._limits: dict[bool, int] = {}  # surge on? -> the shortest max_length (worked out when needed)
+        # (queue, tier, extra skills) -> (priority, required skills), shared by the callers of that kind
+        self._kinds: dict[tuple[str, str, frozenset[str]], tuple[int, Mapping[str, int]]] = {}
+        # (queue, extra skills) -> ids of the agents who can take such callers; None: every agent can
+        self._takers: dict[tuple[str, frozenset[str]], frozenset[str] | None] = {}
 
     # ---------------------------------------------------------------- public
 
     def handle(self, event: Event) -> list[Decision]:
-        if self.now is not None and event.now < self.now - _EPS:
-            raise PolicyError(f"time went backwards: {event.now} < {self.now}")
-        self._validate(event)
+        now = event.now
+        if self.now is not None and now < self.now - _EPS:
+            raise PolicyError(f"time went backwards: {now} < {self.now}")
+        if type(event) not in _UNCHECKED:
+            self._validate(event)
         out: list[Decision] = []
         if self.now is None:
-            self._start(event.now, out)
-        self._fire_timers(event.now, out)
-        self.now = max(event.now, self.now if self.now is not None else event.now)
-        self._apply(event, out)
+            self._start(now, out)
+        due = self._timers.next()
+        if due is not None and due <= now + _EPS:
+            self._fire_timers(now, out)
+        if self.now is None or now > self.now:
+            self.now = now
+        t = type(event)
+        if t is AgentAnswered:
+            self._answer(event, out)  # type: ignore[arg-type]
+        elif t is CallEnded or t is CallerHungUp:
+            self._hang_up(event.call, out)  # type: ignore[union-attr]
+        elif t is CallArrived:
+            self._arrive(event, out)  # type: ignore[arg-type]
+        elif t is not TimerFired:  # due timers already fired above
+            self._apply(event, out)
         self._settle(out)
         return out
 
@@ -125,20 +154,22 @@ class Engine:
     def snapshot(self) -> Snapshot:
         now = self.now if self.now is not None else 0.0
         queues: dict[str, QueueSnapshot] = {}
-        for name, spec in self.queues.items():
-            line = self._line(name)
-            serving, idle = self._serving(spec)
+        ringing = dict.fromkeys(self.queues, 0)
+        for c in self.calls.values():
+            if c.state is QueuedCallState.RINGING:
+                ringing[c.queue.name] += 1
+        for name in self.queues:
+            line = self._lines[name]
+            staff = self._staff[name]
             queues[name] = QueueSnapshot(
                 name=name,
                 waiting=len(line),
-                ringing=sum(
-                    1 for c in self.calls.values() if c.queue.name == name and c.state is QueuedCallState.RINGING
-                ),
-                longest_waiting=max((now - c.arrived for c in line), default=0.0),
-                ewt=ewt(len(line) + 1, serving, idle, self._aht[name].value),
+                ringing=ringing[name],
+                longest_waiting=max((now - c.arrived for c in line.calls.values()), default=0.0),
+                ewt=ewt(len(line) + 1, staff.serving, staff.idle, self._aht[name].value),
                 aht=self._aht[name].value,
-                serving=serving,
-                idle=idle,
+                serving=staff.serving,
+                idle=staff.idle,
             )
         by_state = {s.value: 0 for s in AgentState}
         for agent in self.agents.values():
@@ -150,10 +181,28 @@ class Engine:
         call = self.calls.get(call_id)
         if call is None or call.state is not QueuedCallState.WAITING:
             return None
-        return 1 + sum(1 for c in self._line(call.queue.name) if c.key < call.key)
+        return 1 + self._lines[call.queue.name].ahead_of(call)
 
     def max_wait(self, queue: str) -> float:
         return self.queues[queue].max_wait.value(self.surge)
+
+    @property
+    def waiting(self) -> int:
+        """Callers waiting in line now, all queues."""
+        return self._n_waiting
+
+    @property
+    def peak_waiting(self) -> int:
+        """The most callers waiting at once (all queues), at the end of any instant since start or the last reset.
+
+        Exact, not sampled: it is updated after every step, so a line that grew
+        and shrank between two looks still shows its top.
+        """
+        return self._peak_waiting
+
+    def reset_peak_waiting(self) -> None:
+        """Start a new running maximum (say, per block of a report) from the line as it is now."""
+        self._peak_waiting = self._n_waiting
 
     # ------------------------------------------------------------ validation
 
@@ -199,13 +248,14 @@ class Engine:
 
     def _fire_timers(self, until: float, out: list[Decision]) -> None:
         """Fire due timers in time order; settle after each earlier instant (the event's own instant settles later)."""
+        timers = self._timers
         while True:
-            at = self.next_timer()
+            at = timers.next()
             if at is None or at > until + _EPS:
                 return
             self.now = max(at, self.now if self.now is not None else at)
-            while (nxt := self.next_timer()) is not None and nxt <= at + _EPS:
-                kind, ident = self._timers.pop()
+            while (nxt := timers.next()) is not None and nxt <= at + _EPS:
+                kind, ident = timers.pop()
                 self._on_timer(kind, ident, out)
             if at < until - _EPS:
                 self._settle(out)
@@ -301,47 +351,77 @@ class Engine:
         self.model = dataclasses.replace(self.model, queues=tuple(self.queues.values()))
         aht = self._aht[spec.name]
         aht.alpha = spec.aht_alpha
-        for call in sorted(self.calls.values(), key=lambda c: c.key):
-            if call.queue.name != spec.name:
-                continue
-            call.queue = spec
-            call.priority = spec.tier_priority(call.tier)
-            call.required = required_skills(spec, call.extra_skills)
-            if call.state is QueuedCallState.WAITING:
-                self._check_deadline(call, out)
+        line = self._lines[spec.name]
+        in_line = list(line)  # in their order before the change
+        for call in self.calls.values():
+            if call.queue.name == spec.name:
+                call.queue = spec
+                call.priority = spec.tier_priority(call.tier)
+                call.required = required_skills(spec, call.extra_skills)
+        line.reorder()  # new tier priorities: new keys
+        self._limits.clear()
+        self._kinds.clear()
+        self._takers.clear()
+        self._count_staff()  # the queue's skills may have changed
+        for call in in_line:
+            self._check_deadline(call, out)
 
     def _move(self, agent: Agent, trigger: str) -> None:
+        before = agent.state
         state = agent.move(trigger)  # PolicyError only through a bug: input is validated first
         if state is AgentState.READY:
             self._ready[agent.id] = agent
         else:
             self._ready.pop(agent.id, None)
+        if state is not before:
+            serving = (state not in OFF_DUTY) - (before not in OFF_DUTY)
+            idle = (state is AgentState.READY) - (before is AgentState.READY)
+            if serving or idle:
+                for staff in self._staffed_by[agent.id]:
+                    staff.serving += serving
+                    staff.idle += idle
+
+    def _count_staff(self) -> None:
+        """Count every queue's serving and idle agents afresh (at start, and when a queue's skills may change)."""
+        staff = {name: Staffing() for name in self.queues}
+        by_agent: dict[str, list[Staffing]] = {}
+        for agent in self.agents.values():
+            takes = [staff[name] for name, spec in self.queues.items() if agent.spec.can_take(spec.skills)]
+            by_agent[agent.id] = takes
+            if agent.state not in OFF_DUTY:
+                for s in takes:
+                    s.serving += 1
+                    s.idle += agent.state is AgentState.READY
+        self._staff, self._staffed_by = staff, by_agent
 
     def _arrive(self, event: CallArrived, out: list[Decision]) -> None:
         spec = self.queues[event.queue]
-        required = required_skills(spec, event.skills)
+        kind = (spec.name, event.tier, event.skills)
+        found = self._kinds.get(kind)
+        if found is None:  # worked out once per queue, tier and extra skills (until the queue is reconfigured)
+            found = self._kinds[kind] = (spec.tier_priority(event.tier), required_skills(spec, event.skills))
         call = QueuedCall(
             id=event.call_id,
             queue=spec,
             tier=event.tier,
-            priority=spec.tier_priority(event.tier),
-            required=required,
+            priority=found[0],
+            required=found[1],
             urgent=event.urgent,
             arrived=self._now,
             order=next(self._order),
             extra_skills=event.skills,
         )
-        stats = self.stats[spec.name]
-        stats.offered += 1
+        self.stats[spec.name].offered += 1
         surge = self.model.surge
-        if self.surge and surge.notice:
+        surging = self._surge.on
+        if surging and surge.notice:
             out.append(PlayAnnouncement(call.id, "notice"))
         self.calls[call.id] = call
-        self._waiting[spec.name][call.id] = call
+        self._enqueue(call)
         call.predicted_ewt = self._ewt_of(call)
         # R8: peak shaving only in surge, only for a really long wait, never top tier or urgent callers.
         if (
-            self.surge
+            surging
             and surge.peak_shaving_ewt is not None
             and call.predicted_ewt > surge.peak_shaving_ewt
             and not call.protected
@@ -353,7 +433,7 @@ class Engine:
         if spec.callback_ewt is not None and call.predicted_ewt > spec.callback_ewt:
             self._overflow(call, "callback", "ewt", out)
             return
-        self._arm("max_wait", call.id, call.arrived + spec.max_wait.value(self.surge), out)
+        self._arm("max_wait", call.id, call.arrived + spec.max_wait.value(surging), out)
         self._fresh.append(call.id)
 
     def _not_ready(self, agent: Agent, trigger: str, reason: str | None, out: list[Decision]) -> None:
@@ -375,18 +455,21 @@ class Engine:
         if call is None or agent.state is not AgentState.RINGING or agent.call != call.id:
             return  # stale: the caller hung up or the ring was already given up
         now = self._now
-        for other in sorted(call.agents - {agent.id}):
-            out.append(CancelRing(other, call.id))
-            self._release(self.agents[other], "cancel")
+        if len(call.agents) > 1:
+            for other in sorted(call.agents - {agent.id}):
+                out.append(CancelRing(other, call.id))
+                self._release(self.agents[other], "cancel")
         self._move(agent, "answer")
         agent.misses = 0
         agent.answered += 1
         agent.talk_started = now
         call.state = QueuedCallState.TALKING
-        self._waiting[call.queue.name].pop(call.id, None)
+        self._dequeue(call)
         call.agents = {agent.id}
-        for kind in ("ring", "max_wait", "announce"):
-            self._disarm(kind, call.id)
+        timers = self._timers
+        timers.disarm("ring", call.id)
+        timers.disarm("max_wait", call.id)
+        timers.disarm("announce", call.id)
         wait = now - call.arrived
         spec = call.queue
         within = wait <= spec.service_level_t + _EPS
@@ -418,8 +501,8 @@ class Engine:
             return
         self._disarm("ring", call.id)
         call.state = QueuedCallState.WAITING
-        self._waiting[call.queue.name][call.id] = call
-        call.requeued = True
+        call.requeued = True  # before joining the line: it is part of the caller's key
+        self._enqueue(call)
         self._check_deadline(call, out)
         if call.id in self.calls:  # still in line: announcements go on
             self._arm("announce", call.id, self._now + call.queue.announce_every.value(self.surge), out)
@@ -455,35 +538,28 @@ class Engine:
         for kind in ("ring", "max_wait", "announce"):
             self._disarm(kind, call.id)
         self.calls.pop(call.id, None)
-        self._waiting[call.queue.name].pop(call.id, None)
+        self._dequeue(call)
 
     # --------------------------------------------------------------- the line
 
-    def _line(self, queue: str) -> list[QueuedCall]:
-        return sorted(self._waiting[queue].values(), key=call_key)
+    def _enqueue(self, call: QueuedCall) -> None:
+        self._lines[call.queue.name].add(call)
+        self._n_waiting += 1
 
-    def _serving(self, spec: QueueSpec) -> tuple[int, int]:
-        serving = idle = 0
-        off = (AgentState.LOGGED_OUT, AgentState.NOT_READY)
-        for agent in self._skilled(spec):
-            state = agent.state
-            if state not in off:
-                serving += 1
-                idle += state is AgentState.READY
-        return serving, idle
+    def _dequeue(self, call: QueuedCall) -> None:
+        if self._lines[call.queue.name].discard(call):
+            self._n_waiting -= 1
 
-    def _skilled(self, spec: QueueSpec) -> list[Agent]:
-        """The agents with the queue's skills (specs are frozen: worked out once per spec)."""
-        found = self._skilled_cache.get(spec.name)
-        if found is None or found[0] is not spec:
-            found = (spec, [a for a in self.agents.values() if a.spec.can_take(spec.skills)])
-            self._skilled_cache[spec.name] = found
-        return found[1]
+    def _in_order(self) -> list[QueuedCall]:
+        """Every waiting caller, all queues, in the order of the line (the lines merged, not sorted)."""
+        if len(self._lines) == 1:
+            return [c for line in self._lines.values() for c in line]
+        return [entry[3] for entry in heapq.merge(*(line.entries() for line in self._lines.values()))]
 
     def _ewt_of(self, call: QueuedCall) -> float:
-        position = 1 + sum(1 for c in self._line(call.queue.name) if c.key < call.key and c.id != call.id)
-        serving, idle = self._serving(call.queue)
-        return ewt(position, serving, idle, self._aht[call.queue.name].value)
+        name = call.queue.name
+        staff = self._staff[name]
+        return ewt(1 + self._lines[name].ahead_of(call), staff.serving, staff.idle, self._aht[name].value)
 
     def _check_deadline(self, call: QueuedCall, out: list[Decision]) -> None:
         deadline = call.arrived + call.queue.max_wait.value(self.surge)
@@ -505,10 +581,10 @@ class Engine:
         self._forget(call)
 
     def _announce(self, call: QueuedCall, out: list[Decision]) -> None:
-        position = self.position(call.id)
-        serving, idle = self._serving(call.queue)
-        assert position is not None
-        estimate = ewt(position, serving, idle, self._aht[call.queue.name].value)
+        name = call.queue.name
+        position = 1 + self._lines[name].ahead_of(call)
+        staff = self._staff[name]
+        estimate = ewt(position, staff.serving, staff.idle, self._aht[name].value)
         out.append(PlayAnnouncement(call.id, "position_ewt", position, estimate))
         self._arm("announce", call.id, self._now + call.queue.announce_every.value(self.surge), out)
 
@@ -516,51 +592,110 @@ class Engine:
 
     def _settle(self, out: list[Decision]) -> None:
         """After events at one instant: surge switch, routing, length limits, greetings of new callers."""
-        self._update_surge(out)
-        self._dispatch(out)
-        self._enforce_lengths(out)
-        for call_id in self._fresh:
-            call = self.calls.get(call_id)
-            if call is not None and call.state is QueuedCallState.WAITING:
-                self._announce(call, out)
-        self._fresh.clear()
+        control = self._surge
+        if control.spec.auto:
+            self._update_auto(out)
+        if control.wanted()[0] != control.on:
+            self._update_surge(out)
+        if self._ready and self._n_waiting:
+            self._dispatch(out)
+        if self._n_waiting > self._limits.get(control.on, -1):
+            self._enforce_lengths(out)
+        if self._fresh:
+            for call_id in self._fresh:
+                call = self.calls.get(call_id)
+                if call is not None and call.state is QueuedCallState.WAITING:
+                    self._announce(call, out)
+            self._fresh.clear()
+        if self._n_waiting > self._peak_waiting:
+            self._peak_waiting = self._n_waiting
 
     def _dispatch(self, out: list[Decision]) -> None:
-        now = self._now
-        ready = list(self._ready.values())
-        if not ready:
-            return  # nobody to ring: the usual case under load
-        waiting = sorted((c for line in self._waiting.values() for c in line.values()), key=call_key)
-        for call in waiting:
-            free = [a for a in ready if a.state is AgentState.READY and a.spec.can_take(call.required)]
-            if not free:
+        """Offer the waiting callers, in the order of the line across all queues, to the ready agents.
+
+        The lines are merged head first and the walk stops as soon as nobody is
+        ready. A caller whom no ready agent can take is passed over, and so is
+        every later caller of the same queue with the same extra skills (the
+        ready agents only get fewer during a dispatch); when that happens to a
+        caller with no extra skills, the rest of that queue is passed over at
+        once (its other callers need the same skills or more).
+        """
+        ready = self._ready
+        if not ready or not self._n_waiting:
+            return  # nobody to ring, or nobody to ring for: the usual cases
+        lines = self._lines
+        heads = [(line.key_at(0), name) for name, line in lines.items() if line]
+        heapq.heapify(heads)
+        place: dict[str, int] = {}  # queue -> place in its line of the next caller to offer
+        passed: dict[str, set[frozenset[str]]] = {}  # queue -> extra skills nobody ready has
+        while heads and ready:
+            name = heads[0][1]
+            line = lines[name]
+            i = place.get(name, 0)
+            call = line.at(i)
+            takers = self._takers_of(call)
+            free = list(ready.values()) if takers is None else [a for a in ready.values() if a.spec.id in takers]
+            if free:
+                self._ring(call, free, out)  # leaves the line: the next caller moves up to place i
+            elif not call.extra_skills:
+                heapq.heappop(heads)
                 continue
-            spec = call.queue
-            chosen = choose(spec.strategy, free, self._round_robin.get(spec.name))
-            if spec.strategy == "round_robin":
-                self._round_robin[spec.name] = chosen[0].id
-            call.state = QueuedCallState.RINGING
-            self._waiting[spec.name].pop(call.id, None)
-            self._disarm("announce", call.id)
-            for agent in chosen:
-                self._move(agent, "ring")
-                agent.call = call.id
-                call.agents.add(agent.id)
-                out.append(RingAgent(agent.id, call.id, spec.ring_timeout))
-            self._arm("ring", call.id, now + spec.ring_timeout, out)
+            else:
+                passed.setdefault(name, set()).add(call.extra_skills)
+                i += 1
+            skip = passed.get(name)
+            if skip:
+                n = len(line)
+                while i < n and line.at(i).extra_skills in skip:
+                    i += 1
+            if i < len(line):
+                place[name] = i
+                heapq.heapreplace(heads, (line.key_at(i), name))
+            else:
+                heapq.heappop(heads)
+
+    def _takers_of(self, call: QueuedCall) -> frozenset[str] | None:
+        """The ids of the agents who can take ``call`` (None: every agent can), worked out once per kind of caller."""
+        kind = (call.queue.name, call.extra_skills)
+        try:
+            return self._takers[kind]
+        except KeyError:
+            required = call.required
+            ids = frozenset(a.id for a in self.agents.values() if a.spec.can_take(required))
+            found = self._takers[kind] = None if len(ids) == len(self.agents) else ids
+            return found
+
+    def _ring(self, call: QueuedCall, free: list[Agent], out: list[Decision]) -> None:
+        spec = call.queue
+        chosen = choose(spec.strategy, free, self._round_robin.get(spec.name))
+        if spec.strategy == "round_robin":
+            self._round_robin[spec.name] = chosen[0].id
+        call.state = QueuedCallState.RINGING
+        self._dequeue(call)
+        self._disarm("announce", call.id)
+        for agent in chosen:
+            self._move(agent, "ring")
+            agent.call = call.id
+            call.agents.add(agent.id)
+            out.append(RingAgent(agent.id, call.id, spec.ring_timeout))
+        self._arm("ring", call.id, self._now + spec.ring_timeout, out)
 
     def _enforce_lengths(self, out: list[Decision]) -> None:
+        """Cut every line to its ``max_length``; remember the shortest limit (while fewer wait in all, none is over)."""
+        surge = self.surge
+        if surge not in self._limits:
+            self._limits[surge] = min((int(q.max_length.value(surge)) for q in self.queues.values()), default=0)
         for name, spec in self.queues.items():
-            line = self._line(name)
-            limit = int(spec.max_length.value(self.surge))
-            # the surplus at the back of the line (lowest tier, latest) leaves
-            for call in line[limit:][::-1]:
-                self._overflow(call, self._overflow_target(call), "max_length", out)
+            line = self._lines[name]
+            limit = int(spec.max_length.value(surge))
+            if len(line) > limit:
+                # the surplus at the back of the line (lowest tier, latest) leaves
+                for call in line.beyond(limit):
+                    self._overflow(call, self._overflow_target(call), "max_length", out)
 
     # ------------------------------------------------------------------ surge
 
     def _update_surge(self, out: list[Decision]) -> None:
-        self._update_auto(out)
         control = self._surge
         on, cause = control.wanted()
         if on == control.on:
@@ -570,9 +705,8 @@ class Engine:
         if control.spec.pause_outbound:
             out.append(PauseOutbound() if on else ResumeOutbound())
         # R11: the wait limit changed; callers past the new limit leave now, others get a new deadline.
-        for call in sorted(self.calls.values(), key=lambda c: c.key):
-            if call.state is QueuedCallState.WAITING:
-                self._check_deadline(call, out)
+        for call in self._in_order():
+            self._check_deadline(call, out)
 
     def _update_auto(self, out: list[Decision]) -> None:
         control = self._surge
@@ -586,10 +720,10 @@ class Engine:
             return
         ewt_now = 0.0
         length = 0
-        for name, q in self.queues.items():
-            line = self._line(name)
-            length = max(length, len(line))
-            if line:
-                serving, idle = self._serving(q)
-                ewt_now = max(ewt_now, ewt(len(line), serving, idle, self._aht[name].value))
+        for name in self.queues:
+            n = len(self._lines[name])
+            length = max(length, n)
+            if n:
+                staff = self._staff[name]
+                ewt_now = max(ewt_now, ewt(n, staff.serving, staff.idle, self._aht[name].value))
         control.observe(now, ewt_now, length)

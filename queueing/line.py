@@ -1,16 +1,19 @@
 """The callers the engine holds: waiting in line, ringing an agent, or talking.
 
 A caller's place is ``QueuedCall.key``: tier priority first (higher first),
-then callers sent back after an unanswered ring, then arrival. The engine keeps
-each queue's waiting callers unsorted and sorts by this key when it needs the
-order (docs/queueing.md, "The line").
+then callers sent back after an unanswered ring, then arrival. Each queue's
+waiting callers are a ``Line``, kept in that order as callers come and go, so
+the head, a caller's place and the back of the line cost O(log n) however long
+the line is (docs/queueing.md, "The line").
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from sortedcontainers import SortedList
 
 from queueing.model import QueueSpec
 
@@ -58,3 +61,62 @@ def required_skills(spec: QueueSpec, extra: frozenset[str]) -> dict[str, int]:
 
 def call_key(call: QueuedCall) -> tuple[int, int, int]:
     return call.key
+
+
+class Line:
+    """One queue's waiting callers in the order of ``QueuedCall.key``: O(log n) add, remove and place in line.
+
+    The entries are ``(*key, call)`` tuples in a ``SortedList``; keys are
+    unique (``order`` is), so a caller is never compared with another. A
+    caller's key must not change while it is in the line: take it out, change
+    it, put it back (the engine does, on reconfiguration).
+    """
+
+    __slots__ = ("_sorted", "calls")
+
+    def __init__(self) -> None:
+        self.calls: dict[str, QueuedCall] = {}  # by id, for membership
+        self._sorted: SortedList = SortedList()
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def __iter__(self) -> Iterator[QueuedCall]:
+        """The callers from the head of the line to its back."""
+        return (entry[3] for entry in self._sorted)
+
+    def add(self, call: QueuedCall) -> None:
+        self.calls[call.id] = call
+        self._sorted.add((-call.priority, 0 if call.requeued else 1, call.order, call))
+
+    def discard(self, call: QueuedCall) -> bool:
+        """Take ``call`` out of the line; False when it was not in it."""
+        if self.calls.pop(call.id, None) is None:
+            return False
+        self._sorted.remove((-call.priority, 0 if call.requeued else 1, call.order, call))
+        return True
+
+    def reorder(self) -> None:
+        """Sort the line afresh after its callers' keys changed (a queue's tiers were reconfigured)."""
+        self._sorted = SortedList((-c.priority, 0 if c.requeued else 1, c.order, c) for c in self.calls.values())
+
+    def ahead_of(self, call: QueuedCall) -> int:
+        """How many callers in line are ahead of ``call`` (its 0-based place if it is in line)."""
+        return self._sorted.bisect_left((-call.priority, 0 if call.requeued else 1, call.order))
+
+    def at(self, index: int) -> QueuedCall:
+        """The caller at 0-based place ``index``."""
+        entry: tuple[int, int, int, QueuedCall] = self._sorted[index]
+        return entry[3]
+
+    def key_at(self, index: int) -> tuple[int, int, int]:
+        entry = self._sorted[index]
+        return entry[0], entry[1], entry[2]
+
+    def beyond(self, length: int) -> list[QueuedCall]:
+        """The callers past the first ``length``, from the back of the line forwards."""
+        return [entry[3] for entry in reversed(self._sorted[length:])]
+
+    def entries(self) -> list[tuple[int, int, int, QueuedCall]]:
+        """The line as sorted ``(*key, call)`` tuples (for merging the lines of several queues)."""
+        return list(self._sorted)

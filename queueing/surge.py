@@ -36,10 +36,19 @@ class SurgeControl:
         self.auto = False
         self.auto_changed_at = -math.inf
         self._window: deque[tuple[float, bool]] = deque()  # (left the line at, answered within T)
+        self._within = 0  # how many in the window were answered within T (kept, not counted per event)
 
     def record(self, at: float, within: bool) -> None:
         """A caller left the line at ``at``: answered within T, or not (late, abandoned, overflowed)."""
         self._window.append((at, within))
+        self._within += within
+        self._trim(at)  # the window holds the spec's last service_level_window seconds, auto or not
+
+    def _trim(self, now: float) -> None:
+        window = self._window
+        start = now - self.spec.service_level_window
+        while window and window[0][0] < start:
+            self._within -= window.popleft()[1]
 
     def in_window(self, t: float) -> bool:
         """Whether ``t`` is inside one of the model's scheduled surge windows [start, end)."""
@@ -65,11 +74,10 @@ class SurgeControl:
         """Apply the automatic thresholds to the longest EWT and line length across queues now (after the dwell)."""
         spec = self.spec
         window = self._window
-        while window and window[0][0] < now - spec.service_level_window:
-            window.popleft()
+        self._trim(now)
         level: float | None = None
         if len(window) >= spec.service_level_min_samples:
-            level = sum(within for _, within in window) / len(window)
+            level = self._within / len(window)
 
         def above(value: float, threshold: float | None) -> bool:
             return threshold is not None and value >= threshold

@@ -15,6 +15,15 @@ abandonment of each, beside Erlang A; and whether 10^6 calls fit in the goal
 (30 s). ``--jobs N`` splits the simulator's calls into N replications run
 side by side in processes (the wall time then covers them all, process
 start included). ``--json`` prints the same as one JSON object.
+
+In the same invocation, an **overloaded** model: 100 agents, callers at 2.5
+times their capacity who hold on long (mean patience 30 min) and a line
+capped at 1,500, so 1,000+ callers wait most of the time; its calls per
+second against the steady model's (goal: at least 0.8, the cost of a call
+must not grow with the line). Then the engine alone (``sim/enginebench.py``):
+the events of a run of each model replayed to a fresh engine, as engine
+events and decisions per second in one process, and the engine's events per
+second with 0, 100, 1,000 and 5,000 callers in line (``--line-lengths``).
 """
 
 from __future__ import annotations
@@ -26,13 +35,20 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+from queueing.model import Limit, QueueSpec
 from sim.benchkit import cli_args, log, ratio, refuse
+from sim.enginebench import LINE_LENGTHS, EventRecorder, line_cost, replay
 from sim.erlang import evaluate
-from sim.plan import single_queue_plan
+from sim.plan import Plan, single_queue_plan
 from sim.simulation import Simulation
 
-GOAL_SECONDS = 30.0  # for 10^6 calls (issue 7)
+GOAL_SECONDS = 30.0  # for 10^6 calls
 TARGET_WAIT = 20.0
+OVERLOAD_GOAL = 0.8  # overloaded calls/s over steady calls/s
+# the overloaded model: agents, offered load per agent, mean patience (s), longest line
+OVERLOAD = (100, 2.5, 1800.0, 1500)
+ENGINE_CALLS = 50_000  # calls of the runs whose events the engine replays
+LINE_ROUNDS = 20_000  # rounds of six events per line length
 
 
 @dataclass(frozen=True)
@@ -44,30 +60,59 @@ class BenchResult:
     events_per_second: float | None
     service_level: float
     abandon_rate: float
+    mean_line: float | None = None  # callers waiting, sampled every minute (overloaded) or hour
+    longest_line: int | None = None  # exact
 
 
-def _one_run(args: tuple[int, int, float, float, float, int]) -> tuple[int, int, float, int, int, int]:
-    """One replication: (calls, engine events, seconds, answered within T, decided, abandoned)."""
-    calls, agents, load, aht, patience, seed = args
+def bench_plan(calls: int, agents: int, load: float, aht: float, patience: float, seed: int, line: int = 0) -> Plan:
+    """The benchmark's M/M/N+M day for about ``calls`` callers; ``line`` > 0 caps the line there (overloaded)."""
     rate = load * agents / aht
     hours = calls / rate / 3600
+    queue = None
+    if line:
+        queue = QueueSpec(
+            name="general",
+            max_wait=Limit(1e9, 1e9),
+            max_length=Limit(line, line),
+            announce_every=Limit(1e9, 1e9),
+            ring_timeout=1e6,
+            wrap_up=0.0,
+            service_level_t=TARGET_WAIT,
+            abandon_grace=0.0,
+            initial_aht=aht,
+        )
     plan = single_queue_plan(
-        arrival_rate=rate, aht=aht, agents=agents, patience=patience, hours=hours, block_seconds=3600, seed=seed
-    ).with_changes(sample_every=3600.0)
-    sim = Simulation(plan, seed)
+        arrival_rate=rate,
+        aht=aht,
+        agents=agents,
+        patience=patience,
+        hours=hours,
+        block_seconds=3600,
+        seed=seed,
+        queue=queue,
+    )
+    return plan.with_changes(sample_every=3600.0 if not line else 60.0)
+
+
+def _one_run(args: tuple[int, int, float, float, float, int, int]) -> tuple[int, int, float, int, int, int, float, int]:
+    """One replication: (calls, engine events, seconds, answered within T, decided, abandoned, mean line, longest)."""
+    calls, agents, load, aht, patience, seed, line = args
+    sim = Simulation(bench_plan(calls, agents, load, aht, patience, seed, line), seed)
     started = time.perf_counter()
     result = sim.run()
     seconds = time.perf_counter() - started
     stats = sim.engine.stats["general"]
     decided = stats.answered + stats.abandoned + stats.overflowed_total - stats.abandoned_short
-    return result.calls, result.events, seconds, stats.answered_within_t, decided, stats.abandoned
+    mean_line = sum(s.waiting for s in result.samples) / len(result.samples) if result.samples else 0.0
+    longest = int(max((b["queue_length_max"] for b in result.blocks), default=0))
+    return result.calls, result.events, seconds, stats.answered_within_t, decided, stats.abandoned, mean_line, longest
 
 
 def run_frontdesk(
-    calls: int, agents: int, load: float, aht: float, patience: float, seed: int, jobs: int = 1
+    calls: int, agents: int, load: float, aht: float, patience: float, seed: int, jobs: int = 1, line: int = 0
 ) -> BenchResult:
     """The calls in ``jobs`` replications (seeds seed, seed+1, ...) side by side in processes; wall time of all."""
-    parts = [(calls // jobs + (i < calls % jobs), agents, load, aht, patience, seed + i) for i in range(jobs)]
+    parts = [(calls // jobs + (i < calls % jobs), agents, load, aht, patience, seed + i, line) for i in range(jobs)]
     started = time.perf_counter()
     if jobs == 1:
         runs = [_one_run(parts[0])]
@@ -85,7 +130,24 @@ def run_frontdesk(
         sum(r[1] for r in runs) / seconds,
         sum(r[3] for r in runs) / decided if decided else 1.0,
         sum(r[5] for r in runs) / n if n else 0.0,
+        sum(r[6] for r in runs) / len(runs) if line else None,
+        max(r[7] for r in runs) if line else None,
     )
+
+
+def engine_alone(calls: int, agents: int, load: float, aht: float, patience: float, seed: int, line: int = 0) -> dict:
+    """A run's engine events replayed to a fresh engine: events and decisions per second of the engine only."""
+    plan = bench_plan(calls, agents, load, aht, patience, seed, line)
+    recorder = EventRecorder()
+    Simulation(plan, seed, trace=recorder).run()
+    rate = replay(plan.model, recorder.events)
+    return {
+        "events": rate.events,
+        "decisions": rate.decisions,
+        "seconds": rate.seconds,
+        "events_per_second": rate.events_per_second,
+        "decisions_per_second": rate.decisions_per_second,
+    }
 
 
 def run_ciw(calls: int, agents: int, load: float, aht: float, patience: float, seed: int) -> BenchResult:
@@ -129,26 +191,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--jobs", "-j", type=int, default=1, help="split the calls into replications run in parallel")
     p.add_argument("--no-ciw", action="store_true", help="skip Ciw")
+    p.add_argument(
+        "--overloaded-calls", type=int, help="callers for the overloaded model (default: as --calls, at most 200000)"
+    )
+    p.add_argument("--no-overloaded", action="store_true", help="skip the overloaded model")
+    p.add_argument("--no-engine", action="store_true", help="skip the engine-alone measures")
+    p.add_argument(
+        "--line-lengths",
+        default=",".join(str(n) for n in LINE_LENGTHS),
+        help="callers in line for the engine's cost table, comma-separated ('' for none; default %(default)s)",
+    )
     p.add_argument("--quick", action="store_true", help="20000 calls each (a smoke run)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
+
+
+def _lengths(text: str) -> list[int] | None:
+    try:
+        lengths = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        return None
+    return lengths if all(n >= 0 for n in lengths) else None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(cli_args(argv))
     calls = 20_000 if args.quick else args.calls
     ciw_calls = 20_000 if args.quick else (args.ciw_calls or min(calls, 200_000))
-    if calls < 1 or args.agents < 1 or not 0 < args.load or args.aht <= 0 or args.patience <= 0:
+    over_calls = 20_000 if args.quick else (args.overloaded_calls or min(calls, 200_000))
+    engine_calls = 20_000 if args.quick else min(calls, ENGINE_CALLS)
+    rounds = 2_000 if args.quick else LINE_ROUNDS
+    lengths = _lengths(args.line_lengths)
+    if calls < 1 or args.agents < 1 or not 0 < args.load or args.aht <= 0 or args.patience <= 0 or over_calls < 1:
         return refuse("bench-sim", "need --calls >= 1, --agents >= 1, --load > 0, --aht > 0, --patience > 0")
+    if lengths is None:
+        return refuse("bench-sim", f"--line-lengths: comma-separated whole numbers >= 0, not {args.line_lengths!r}")
+    jobs = max(1, args.jobs)
     rate = args.load * args.agents / args.aht
     erlang = evaluate("a", rate, args.aht, args.agents, patience=args.patience, target_wait=TARGET_WAIT)
     model = f"M/M/{args.agents}+M, load {args.load:g}, AHT {args.aht:g} s, patience {args.patience:g} s"
-    if not args.json:
-        print(
-            f"bench-sim: {model}; Erlang A: service level {erlang.service_level:.1%}, abandoned {erlang.p_abandon:.1%}",
-            flush=True,
-        )
-    results = [run_frontdesk(calls, args.agents, args.load, args.aht, args.patience, args.seed, max(1, args.jobs))]
+    o_agents, o_load, o_patience, o_line = OVERLOAD
+    o_model = (
+        f"M/M/{o_agents}+M, load {o_load:g}, AHT {args.aht:g} s, patience {o_patience:g} s, line capped at {o_line:,}"
+    )
+    say = (lambda text: None) if args.json else (lambda text: print(text, flush=True))
+    say(f"bench-sim: {model}; Erlang A: service level {erlang.service_level:.1%}, abandoned {erlang.p_abandon:.1%}")
+    results = [run_frontdesk(calls, args.agents, args.load, args.aht, args.patience, args.seed, jobs)]
     if not args.json:
         _print(results[-1])
     if not args.no_ciw:
@@ -162,6 +250,41 @@ def main(argv: list[str] | None = None) -> int:
     ours = results[0]
     million = 1_000_000 / ours.calls_per_second
     to_ciw = ratio(ours.calls_per_second, results[1].calls_per_second if len(results) > 1 else None)
+    say(f"10^6 calls would take {million:.1f} s (goal {GOAL_SECONDS:g} s: {_verdict(million <= GOAL_SECONDS)})")
+    if to_ciw is not None:
+        say(f"frontdesk / Ciw speed: {to_ciw:.2f}")
+    overloaded: BenchResult | None = None
+    to_steady: float | None = None
+    if not args.no_overloaded:
+        say(f"overloaded: {o_model}")
+        overloaded = run_frontdesk(over_calls, o_agents, o_load, args.aht, o_patience, args.seed, jobs, o_line)
+        if not args.json:
+            _print(overloaded)
+        to_steady = ratio(overloaded.calls_per_second, ours.calls_per_second)
+        assert to_steady is not None
+        met = _verdict(to_steady >= OVERLOAD_GOAL)
+        say(f"overloaded / steady speed: {to_steady:.2f} (goal >= {OVERLOAD_GOAL:g}: {met})")
+    engine: dict[str, dict] = {}
+    if not args.no_engine:
+        engine["steady"] = engine_alone(engine_calls, args.agents, args.load, args.aht, args.patience, args.seed)
+        if not args.no_overloaded:
+            engine["overloaded"] = engine_alone(engine_calls, o_agents, o_load, args.aht, o_patience, args.seed, o_line)
+        say("engine alone, one process (a run's events replayed to a fresh engine):")
+        for name, e in engine.items():
+            say(
+                f"  {name:<11} {e['events_per_second']:>9,.0f} events/s, {e['decisions_per_second']:>9,.0f} decisions/s"
+                f" ({e['events']:,} events)"
+            )
+    table = []
+    if lengths:
+        say(f"engine cost vs line length ({o_agents} agents all busy; {rounds:,} rounds of 6 events):")
+        base: float | None = None
+        for n in lengths:
+            cost = line_cost(n, rounds, agents=o_agents, seed=args.seed)
+            base = base or cost.events_per_second
+            row = {"waiting": n, "events_per_second": cost.events_per_second, "to_first": cost.events_per_second / base}
+            table.append(row)
+            say(f"  {n:>7,} in line: {cost.events_per_second:>9,.0f} events/s ({row['to_first']:.2f} of the first row)")
     if args.json:
         print(
             json.dumps(
@@ -173,23 +296,35 @@ def main(argv: list[str] | None = None) -> int:
                     "goal_seconds": GOAL_SECONDS,
                     "goal_met": million <= GOAL_SECONDS,
                     "ratio_to_ciw": to_ciw,
+                    "overloaded": None
+                    if overloaded is None
+                    else {
+                        "model": o_model,
+                        "result": asdict(overloaded),
+                        "ratio_to_steady": to_steady,
+                        "goal": OVERLOAD_GOAL,
+                    },
+                    "engine": engine,
+                    "line_cost": table,
                 },
                 indent=1,
             )
         )
-    else:
-        verdict = "met" if million <= GOAL_SECONDS else "missed"
-        print(f"10^6 calls would take {million:.1f} s (goal {GOAL_SECONDS:g} s: {verdict})")
-        if to_ciw is not None:
-            print(f"frontdesk / Ciw speed: {to_ciw:.2f}")
     return 0
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "missed"
 
 
 def _print(r: BenchResult) -> None:
     events = f", {r.events_per_second:,.0f} events/s" if r.events_per_second else ""
+    line = ""
+    if r.mean_line is not None and r.longest_line is not None:
+        line = f"; line {r.mean_line:,.0f} on average, {r.longest_line:,} at most"
     print(
         f"  {r.simulator:<12} {r.calls:>9,} calls in {r.seconds:7.2f} s: {r.calls_per_second:>9,.0f} calls/s{events}; "
-        f"service level {r.service_level:.1%}, abandoned {r.abandon_rate:.1%}",
+        f"service level {r.service_level:.1%}, abandoned {r.abandon_rate:.1%}{line}",
         flush=True,
     )
 

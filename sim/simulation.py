@@ -62,11 +62,11 @@ from queueing.events import (
     PauseOutbound,
     ResumeOutbound,
     RingAgent,
+    SetTimer,
     SurgeChanged,
     SurgeSwitch,
     TimerFired,
 )
-from queueing.line import QueuedCallState
 from queueing.model import OVERFLOW_TARGETS
 from sim.callbacks import Booking, SimulatedDesk
 from sim.customers import Customers
@@ -178,9 +178,10 @@ class Simulation:
         }
         by_index = [handlers[k] for k in sorted(handlers)]  # a list is the quickest lookup in the hot loop
         pop = heapq.heappop
+        next_timer = engine.next_timer
         while heap:
             t = heap[0][0]
-            due = engine.next_timer()
+            due = next_timer()
             if due is not None and due <= t:
                 self.now = due
                 self.feed(TimerFired(kind="tick", id="", now=due))
@@ -191,7 +192,7 @@ class Simulation:
                 self._close_block()
                 break
             by_index[kind](payload)
-        waiting = sum(1 for c in engine.calls.values() if c.state is QueuedCallState.WAITING)
+        waiting = engine.waiting
         return RunResult(
             seed=self.seed,
             blocks=self.blocks,
@@ -218,6 +219,8 @@ class Simulation:
         customers = self.customers
         for d in out:
             t = type(d)
+            if t is SetTimer:
+                continue  # next_timer() says when
             if t is RingAgent:
                 customers.ring(d)  # type: ignore[arg-type]
             elif t is Connect:
@@ -232,7 +235,7 @@ class Simulation:
                 self.desk.pause()
             elif t is ResumeOutbound:
                 self.desk.resume()
-            # SetTimer: next_timer() says when; PlayAnnouncement: callers hear it and hold on
+            # PlayAnnouncement: callers hear it and hold on
         roster = self.roster
         if (roster.leaving or roster.returning) and not roster.settling:
             roster.settle_leavers()
@@ -250,18 +253,14 @@ class Simulation:
 
     def _on_sample(self, _: None) -> None:
         engine = self.engine
-        waiting: dict[str, int] = {}
-        for call in engine.calls.values():
-            if call.state is QueuedCallState.WAITING:
-                waiting[call.queue.name] = waiting.get(call.queue.name, 0) + 1
         logged_in = sum(1 for a in engine.agents.values() if a.state is not AgentState.LOGGED_OUT)
-        sample = Sample(self.now, sum(waiting.values()), logged_in, engine.surge, self.desk.owed_count)
+        sample = Sample(self.now, engine.waiting, logged_in, engine.surge, self.desk.owed_count)
         self.samples.append(sample)
         self._block_samples.append(sample)
         if self.plan.reserves:
             snap = engine.snapshot()
             ewt_now = max((q.ewt for q in snap.queues.values() if q.waiting), default=0.0)
-            self.roster.check_reserves(ewt_now, max(waiting.values(), default=0))
+            self.roster.check_reserves(ewt_now, max((q.waiting for q in snap.queues.values()), default=0))
         if self.now + self.plan.sample_every <= self.plan.duration:
             self.push(self.now + self.plan.sample_every, Kind.SAMPLE, None)
 
@@ -305,7 +304,9 @@ class Simulation:
         plan = self.plan
         block["block"] = float(self._block)
         block["queue_length_mean"] = sum(s.waiting for s in samples) / len(samples) if samples else 0.0
-        block["queue_length_max"] = float(max((s.waiting for s in samples), default=0))
+        # exact, not sampled: the engine's running maximum over every instant of the block
+        block["queue_length_max"] = float(self.engine.peak_waiting)
+        self.engine.reset_peak_waiting()
         block["agents_mean"] = sum(s.agents for s in samples) / len(samples) if samples else 0.0
         block["surge_share"] = sum(s.surge for s in samples) / len(samples) if samples else float(self.engine.surge)
         block["surge_at_end"] = float(self.engine.surge)
