@@ -79,10 +79,10 @@ class CallRouter:
         for ev in events:
             if isinstance(ev, IncomingCall):
                 call = ev.call
-                ua.ring(call, now)
                 if s.answer_delay <= 0:
-                    self._answer(call, now)
+                    self._answer(call, now)  # answered in the same turn: no 180 (and no 100) to send
                 else:
+                    ua.ring(call, now)
                     ua.set_call_timer(call, "answer", call.t_invite + s.answer_delay)
                     ua.set_call_timer(call, "ring_limit", call.t_invite + s.ring_limit)
             elif isinstance(ev, CallConfirmed):

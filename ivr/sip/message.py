@@ -360,10 +360,8 @@ class Message:
     _parsed: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
     def _index(self) -> dict[str, str]:
-        first: dict[str, str] = {}
-        for key, value in self.headers:
-            if key not in first:
-                first[key] = value
+        # read backwards, so that the first value of a repeated header is the one kept
+        first = dict(reversed(self.headers))
         self._first = first
         return first
 
@@ -556,8 +554,9 @@ def parse_message(data: bytes) -> Request | Response:
             low = canonical_name(name)
         headers.append((low, value.strip()))
 
+    first = msg._index()  # the lookup index, built once here for every later get()
     # Content-Length framing: a datagram may carry trailing junk, never less.
-    clen = msg.get("content-length")
+    clen = first.get("content-length")
     if clen is not None:
         clen = clen.strip()
         n = parse_decimal(clen, MAX_MESSAGE_SIZE)
@@ -571,7 +570,7 @@ def parse_message(data: bytes) -> Request | Response:
     if isinstance(msg, Request) and msg.bad_version:
         raise SipParseError("unsupported SIP version", 505 if msg.method != "ACK" else None, msg)
     for req in _REQUIRED:
-        if msg.get(req) is None:
+        if req not in first:
             raise SipParseError(f"missing {pretty_name(req)} header", _status_for(msg), _partial(msg))
     # validate the headers every transaction depends on, so that a message
     # that leaves this function can be routed without further checks

@@ -2,7 +2,8 @@
 
 A run is *clean* when no call failed, nothing was retransmitted, every call
 completed, SIPp exited 0 and it offered at least ``MIN_RATE_SHARE`` of the
-rate asked for; ``Run.problems`` says what made it dirty.
+rate asked for; ``Run.problems`` says what made it dirty. Each run also
+reads the CPU time the target used meanwhile (``Run.cpu_ms_per_call``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,15 @@ class Run:
     p50_ms: float | None = None
     p99_ms: float | None = None
     rtt_samples: int = 0
+    target_cpu_s: float | None = None  # CPU time the target used during the run
     problems: list[str] = field(default_factory=list)
+
+    @property
+    def cpu_ms_per_call(self) -> float | None:
+        """The target's CPU time per completed call: a cost figure that a busy shared machine disturbs far less."""
+        if self.target_cpu_s is None or self.successful <= 0:
+            return None
+        return 1000 * self.target_cpu_s / self.successful
 
     @property
     def clean(self) -> bool:
@@ -130,6 +139,7 @@ def run_uac(
         ]  # fmt: skip
         if rtt:
             cmd += ["-trace_rtt", "-rtt_freq", "1"]
+        cpu_before = target.cpu_seconds()
         with (rundir / "stderr.log").open("wb") as err:
             proc = subprocess.Popen(cmd, cwd=rundir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
             try:
@@ -138,6 +148,9 @@ def run_uac(
                 run.problems.append("sipp hung past its own -timeout")
             finally:
                 stop_process(proc, grace=2)
+        cpu_after = target.cpu_seconds()
+        if cpu_before is not None and cpu_after is not None:
+            run.target_cpu_s = round(cpu_after - cpu_before, 3)
         if run.rc == 254:  # lost the local port to someone else: try another
             continue
         break

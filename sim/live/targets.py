@@ -1,4 +1,4 @@
-"""The processes the SIP and media benchmarks drive: SIPp's own UAS and ``frontdesk serve``, on 127.0.0.1.
+"""The processes the SIP and media benchmarks drive: SIPp's own UAS, Kamailio and ``frontdesk serve``, on 127.0.0.1.
 
 Each target starts on free ports with a throw-away work directory (and, for
 frontdesk, a throw-away config and database) and is stopped for good by
@@ -8,8 +8,11 @@ dirty run does not leak into the next.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -59,6 +62,25 @@ def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> No
         proc.wait(5)
 
 
+def process_cpu_seconds(pid: int | None, *, group: bool = False) -> float | None:
+    """User + system CPU seconds of ``pid`` (all its threads), or with ``group`` of every live process in its group."""
+    if pid is None:
+        return None
+    paths = [Path(f"/proc/{pid}/stat")] if not group else list(Path("/proc").glob("[0-9]*/stat"))
+    total, found = 0, False
+    for path in paths:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue  # gone meanwhile
+        fields = text[text.rindex(")") + 2 :].split()  # state ppid pgrp ... utime(11) stime(12)
+        if group and int(fields[2]) != pid:
+            continue
+        total += int(fields[11]) + int(fields[12])
+        found = True
+    return total / os.sysconf("SC_CLK_TCK") if found else None
+
+
 class Target(Protocol):
     name: str
     port: int
@@ -68,6 +90,10 @@ class Target(Protocol):
     def stop(self) -> None: ...
 
     def alive(self) -> bool: ...
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the target has used so far (all its processes and threads)."""
+        ...
 
     @property
     def pid(self) -> int | None: ...
@@ -116,6 +142,98 @@ class SippUas:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def cpu_seconds(self) -> float | None:
+        return process_cpu_seconds(self.pid)
+
+
+KAMAILIO_CONFIG = Path(__file__).resolve().parent / "kamailio" / "stateful.cfg"
+# Every answered call keeps two transactions in shared memory for the wait timer; the default 64 MB runs out
+# near 1,200 calls/s ("could not allocate shared memory", then 500s), far below what the workers can do.
+SHARED_MEMORY_MB = 512
+
+
+def find_kamailio() -> str | None:
+    """The Kamailio binary (Debian package ``kamailio``; it lives in /usr/sbin, often off a user's PATH)."""
+    return shutil.which("kamailio") or next(
+        (p for p in ("/usr/sbin/kamailio", "/usr/local/sbin/kamailio") if os.access(p, os.X_OK)), None
+    )
+
+
+class Kamailio:
+    """Kamailio answering every call statefully (``tm``): the reference SIP server, ``children`` UDP workers.
+
+    It runs in the foreground (``-DD``) with its log on stderr (``-E``) and its
+    runtime files (``-Y``) in its own directory under the benchmark's work
+    directory, so it needs neither root nor /run; ``stop()`` ends it and its
+    worker processes.
+    """
+
+    def __init__(self, binary: str, workdir: Path, children: int = 1) -> None:
+        self.binary = binary
+        self.children = children
+        self.name = f"kamailio-{children}"
+        self.workdir = workdir / self.name
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "stderr.log"
+
+    def command(self, port: int) -> list[str]:
+        return [
+            self.binary,
+            "-f", str(KAMAILIO_CONFIG),
+            "-DD", "-E",
+            "-m", str(SHARED_MEMORY_MB),
+            "-Y", str(self.workdir),
+            "-P", str(self.workdir / "kamailio.pid"),
+            "-A", f"LISTEN=udp:{HOST}:{port}",
+            "-A", f"CHILDREN={self.children}",
+        ]  # fmt: skip
+
+    def start(self) -> None:
+        for _attempt in range(3):
+            self.port = free_port()
+            err = self.log_path.open("ab")
+            self.proc = subprocess.Popen(
+                self.command(self.port),
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its workers are in its process group: stop() ends them all
+            )
+            err.close()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if udp_port_taken(self.port):
+                    time.sleep(0.3)  # the workers are forked after the bind: let them start
+                    return
+                time.sleep(0.05)
+            self.stop()  # lost a race for the port, or did not come up
+        raise RuntimeError(f"Kamailio did not start; see {self.log_path}")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        stop_process(proc)
+        # the main process takes its workers down on SIGTERM; make sure of it
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def cpu_seconds(self) -> float | None:
+        return process_cpu_seconds(self.pid, group=True)  # the main process and its workers
 
 
 def merge_config(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -231,10 +349,18 @@ class Frontdesk:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def cpu_seconds(self) -> float | None:
+        return process_cpu_seconds(self.pid)
+
 
 def sipp_version(sipp: str) -> str:
     out = subprocess.run([sipp, "-v"], capture_output=True, text=True, timeout=10)
     return next((ln.strip() for ln in (out.stdout + out.stderr).splitlines() if "SIPp v" in ln), "unknown")
+
+
+def kamailio_version(kamailio: str) -> str:
+    out = subprocess.run([kamailio, "-v"], capture_output=True, text=True, timeout=10)
+    return next((ln.strip() for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("version:")), "unknown")
 
 
 def event_loop_name() -> str:
