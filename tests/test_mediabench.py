@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -85,6 +88,37 @@ def test_receiver_analysis_of_a_synthetic_capture() -> None:
     # each tick: the two streams 0.3 ms apart
     assert rx.burst_p50_ms == pytest.approx(0.3)
     assert rx.bursts_per_s == pytest.approx(49.9)  # 500 ticks, one split by the late packet, edges dropped
+
+
+def test_the_receiver_reads_every_packet_back_with_its_kernel_time() -> None:
+    """Real datagrams on loopback: headers, order and kernel receive times; a short datagram is not RTP."""
+    rx = rtprx.RtpReceiver()
+    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    try:
+        assert sys.platform != "linux" or rx.batched is not None  # Linux reads in recvmmsg batches
+        rx.arm()
+        rx.begin()
+        before = time.time_ns()
+        for k in range(40):
+            for i, s in enumerate(senders):
+                s.sendto(
+                    struct.pack("!BBHII", 0x80, 0, 65500 + k & 0xFFFF, 160 * k, 0xC0DE00 + i) + bytes(160),
+                    ("127.0.0.1", rx.port),
+                )
+        senders[0].sendto(b"short", ("127.0.0.1", rx.port))
+        after = time.time_ns()
+        cap = rx.end()
+    finally:
+        rx.close()
+        for s in senders:
+            s.close()
+    assert len(cap.t_ns) == 120
+    assert sorted(set(cap.ssrc)) == [0xC0DE00, 0xC0DE01, 0xC0DE02]
+    first = [i for i, s in enumerate(cap.ssrc) if s == 0xC0DE01]
+    assert [cap.seq[i] for i in first] == [(65500 + k) & 0xFFFF for k in range(40)]  # in order, wrapping
+    assert [cap.ts[i] for i in first] == [160 * k for k in range(40)]
+    assert cap.kernel_timestamps and all(before <= t <= after for t in cap.t_ns)
+    assert cap.socket_drops == 0
 
 
 def test_profile_summary(tmp_path: Path) -> None:

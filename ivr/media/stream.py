@@ -125,6 +125,9 @@ class MediaStream:
         self.latch = SourceLatch(signalling_host, trusted)
         self.latch.expect((remote[0],))
         self._held = not self.latch.may_send_to(remote[0])  # nothing goes out until the caller's RTP came
+        # where this tick's packet goes; None while sending waits for the caller's RTP (kept up to date
+        # where remote or _held change: the tick reads it for every stream, 50 times a second)
+        self.send_to: Address | None = None if self._held else remote
         self.dropped: dict[str, int] = {}  # packets not from the latched source, by reason (ivr/media/latch.py)
         self.codec = codec
         self.payload_type = payload_type
@@ -134,9 +137,10 @@ class MediaStream:
         self.timestamp = timestamp & 0xFFFFFFFF
         self.silence = bytes([codec.silence]) * FRAME_SAMPLES
         self._queue: list[Sequence[bytes]] = []
+        self._frames: Sequence[bytes] = ()  # the prompt playing now (_queue[0]), empty when none
         self._frame_index = 0
         self.play_id = 0
-        self._marker = True  # first packet of a talkspurt
+        self._marker = 0x80  # the RTP marker bit: first packet of a talkspurt
         self.last_rx = now
         self.packets_in = 0
         self.packets_out = 0
@@ -159,11 +163,6 @@ class MediaStream:
         """Whether the caller's RTP source has been learned (and is the only one taken from now on)."""
         return self.latch.latched
 
-    @property
-    def send_to(self) -> Address | None:
-        """Where this tick's packet goes; None while sending waits for the caller's RTP."""
-        return None if self._held else self.remote
-
     def use_answer(self, address: Address, codec: Codec, payload_type: int, dtmf_payload_type: int | None) -> None:
         """The far end's SDP named where and how to send: follow it (unless its RTP already arrived)."""
         if self.latched:
@@ -171,6 +170,7 @@ class MediaStream:
         self.remote = address
         self.latch.expect((address[0],))
         self._held = not self.latch.may_send_to(address[0])
+        self.send_to = None if self._held else address
         if payload_type != self.payload_type:
             self.codec = codec
             self.payload_type = payload_type
@@ -181,14 +181,16 @@ class MediaStream:
     def play(self, prompts: Sequence[Sequence[bytes]], play_id: int) -> None:
         """Replace what is playing with these prompts (each a sequence of frames)."""
         self._queue = [p for p in prompts if len(p)]
+        self._frames = self._queue[0] if self._queue else ()
         self._frame_index = 0
         self.play_id = play_id
-        self._marker = True
+        self._marker = 0x80
         if not self._queue:
             self.events.append(PlaybackFinished(play_id))
 
     def stop_playback(self) -> None:
         self._queue = []
+        self._frames = ()
         self._frame_index = 0
 
     @property
@@ -201,40 +203,54 @@ class MediaStream:
         return len(self._queue)
 
     def next_packet(self) -> bytes:
-        """The next 20 ms packet: prompt audio, else the bridged leg's audio, else silence."""
-        queue = self._queue
-        relay = self._relay
-        if queue:
+        """The next 20 ms packet: prompt audio, else the bridged leg's audio, else silence.
+
+        This runs 50 times a second for every call, so the usual cases (a
+        prompt frame, silence) take the fewest steps: the prompt playing is
+        kept apart from the queue and the header is packed in one call.
+        """
+        frames = self._frames
+        if frames:
             self._relay_talking = False
-            frames = queue[0]
-            payload = frames[self._frame_index]
-            self._frame_index += 1
-            if self._frame_index >= len(frames):
-                queue.pop(0)
-                self._frame_index = 0
-                if not queue:
-                    self.events.append(PlaybackFinished(self.play_id))
-        elif relay:
-            payload = relay.popleft()
+            i = self._frame_index
+            payload = frames[i]
+            i += 1
+            if i < len(frames):
+                self._frame_index = i
+            else:
+                self._next_prompt()
+        elif self._relay:
+            payload = self._relay.popleft()
             if not self._relay_talking:
                 self._relay_talking = True
-                self._marker = True  # relayed talk starts after silence or a prompt
+                self._marker = 0x80  # relayed talk starts after silence or a prompt
         else:
             payload = self.silence
             self._relay_talking = False
-        b1 = self.payload_type | (0x80 if self._marker else 0)
-        self._marker = False
-        # the RTP header packed directly: this runs 50 times a second per call
-        pkt = _RTP_HEADER.pack(0x80, b1, self.seq, self.timestamp, self.ssrc) + payload
-        self.seq = (self.seq + 1) & 0xFFFF
-        self.timestamp = (self.timestamp + FRAME_SAMPLES) & 0xFFFFFFFF
+        seq = self.seq
+        ts = self.timestamp
+        pkt = _RTP_HEADER.pack(0x80, self.payload_type | self._marker, seq, ts, self.ssrc) + payload
+        self._marker = 0
+        self.seq = (seq + 1) & 0xFFFF
+        self.timestamp = (ts + FRAME_SAMPLES) & 0xFFFFFFFF
         self.packets_out += 1
         return pkt
+
+    def _next_prompt(self) -> None:
+        """The prompt playing sent its last frame: on to the next one, or the play is finished."""
+        queue = self._queue
+        queue.pop(0)
+        self._frame_index = 0
+        if queue:
+            self._frames = queue[0]
+        else:
+            self._frames = ()
+            self.events.append(PlaybackFinished(self.play_id))
 
     def skip(self, frames: int) -> None:
         """Frames the engine could not send in time: RTP time moves on, a new talkspurt starts."""
         self.timestamp = (self.timestamp + frames * FRAME_SAMPLES) & 0xFFFFFFFF
-        self._marker = True
+        self._marker = 0x80
 
     # -- receiving -------------------------------------------------------------------
     def receive(self, data: bytes, addr: Address, now: float) -> None:
@@ -254,6 +270,7 @@ class MediaStream:
         if addr != self.remote or self._held:
             self.remote = addr  # symmetric RTP: answer where the caller sends from, and only there
             self._held = False
+            self.send_to = addr
         pt = pkt.payload_type
         if pt == self.dtmf_payload_type:
             try:

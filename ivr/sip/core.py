@@ -16,7 +16,7 @@ from ivr.media.ports import RtpPortAllocator
 from ivr.sip.events import Event
 from ivr.sip.message import REASON_PHRASES, Request, build_response
 from ivr.sip.stats import ALLOWED_METHODS, SipStats
-from ivr.sip.transaction import Peer, ServerInviteTransaction, TimerValues, TxState
+from ivr.sip.transaction import Peer, TimerValues
 from ivr.sip.txtable import ServerTransaction, TransactionTable
 
 ALLOW_HEADER = ", ".join(ALLOWED_METHODS)
@@ -47,8 +47,6 @@ class UaCore:
         self.rtp_ports = RtpPortAllocator(config.rtp_port_min, config.rtp_port_max)
         self.out: list[tuple[bytes, Peer]] = []
         self.events: list[Event] = []
-        # new INVITEs whose 100 Trying waits for the end of the turn: an answer in the same turn makes it needless
-        self.trying: list[tuple[ServerInviteTransaction, Request, float]] = []
         self._contact = self._contact_tcp = ""
         self._set_contacts()
 
@@ -77,17 +75,6 @@ class UaCore:
 
     def send(self, data: bytes, peer: Peer) -> None:
         self.out.append((data, peer))
-
-    def send_trying(self) -> None:
-        """The deferred 100 Trying of every new INVITE that got no other response in this turn.
-
-        RFC 3261 17.2.1: the 100 is needed unless the transaction user answers within 200 ms; an IVR that
-        answers at once sends only its 200, which saves a datagram each way at the peak of a surge.
-        """
-        trying, self.trying = self.trying, []
-        for tx, req, now in trying:
-            if tx.last_status == 0 and tx.state is TxState.PROCEEDING:
-                self.respond(tx, req, 100, now)
 
     def respond(
         self,

@@ -36,7 +36,8 @@ for each N in ``--streams`` (default 250, 500, 1000, 1500):
      of a tick (its first to its last packet) shows how much of each 20 ms
      the tick spends sending.
 
-A step passes when tick lateness p99 <= ``--goal-ms`` (5 ms), the server
+A step passes when tick lateness p99 <= ``--goal-ms`` (5 ms), the
+receiver's lateness p99 too (when it reads the RTP back), the server
 sent at least ``--min-rate-share`` (95%) of 50 x N packets per second, all
 N streams were up through the window and no call failed. Stepping stops at
 the first step that does not pass (``--keep-going`` runs them all).
@@ -73,8 +74,8 @@ from sim.benchkit import (
 from sim.live.mediastep import RTP_PORT_MIN, MediaBenchOptions, MediaStep, StepResult
 from sim.live.targets import event_loop_name, sipp_version
 
-GOAL_P99_MS = 5.0  # tick lateness p99 (issue 3)
-GOAL_STREAMS = 500  # concurrent calls the goal must hold at (issue 3)
+GOAL_P99_MS = 5.0  # tick lateness p99, and the receiver's lateness p99
+GOAL_STREAMS = 5000  # concurrent calls the goal must hold at: the default RTP range (20000-30000) holds 5,000
 MIN_RATE_SHARE = 0.95  # packets sent per second, share of 50 x N
 DEFAULT_STREAMS = (250, 500, 1000, 1500)
 DEMO_CALL_SECONDS = 95.0  # the demo flow with no key pressed (measured: 95.1 s)
@@ -127,8 +128,8 @@ def render(steps: Sequence[StepResult], opts: MediaBenchOptions, summary: Mappin
         )
     met = summary["max_streams_passed"]
     out.append(
-        f"highest step passing (tick p99 <= {opts.goal_ms:g} ms, >= {opts.min_rate_share:.0%} of 50 pkt/s per "
-        f"stream): {met or 'none'}  (goal >= {GOAL_STREAMS}: {'MET' if summary['met'] else 'NOT MET'})"
+        f"highest step passing (tick and rx late p99 <= {opts.goal_ms:g} ms, >= {opts.min_rate_share:.0%} of 50 "
+        f"pkt/s per stream): {met or 'none'}  (goal >= {GOAL_STREAMS}: {'MET' if summary['met'] else 'NOT MET'})"
     )
     return "\n".join(out)
 

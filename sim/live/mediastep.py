@@ -236,6 +236,8 @@ class MediaStep:
             res.receiver = asdict(rx)
             if rx.streams < n:
                 res.problems.append(f"receiver saw {rx.streams} of {n} streams")
+            if rx.late_p99_ms is not None and rx.late_p99_ms > o.goal_ms:
+                res.problems.append(f"receiver lateness p99 {rx.late_p99_ms:.2f} ms > {o.goal_ms:g} ms")
         res.passed = not res.problems
         return res
 
