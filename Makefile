@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?=
 
-.PHONY: run test lint deps test-deps system-deps system-test-deps bench-sip bench-media bench-flood bench-fuzz clean
+.PHONY: run test lint deps test-deps system-deps system-test-deps bench-sip bench-media bench-hold bench-flood bench-fuzz clean
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need Python 3.11 ($(PY))"; exit 1; }
@@ -54,6 +54,9 @@ bench-sip: deps system-test-deps
 
 bench-media: deps system-test-deps
 	$(BIN)/frontdesk bench-media
+
+bench-hold: deps system-test-deps
+	$(BIN)/frontdesk bench-hold
 
 bench-flood: deps system-test-deps
 	$(BIN)/frontdesk bench-flood

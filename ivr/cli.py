@@ -223,9 +223,10 @@ def _sim(args: argparse.Namespace) -> int:
 
 
 BENCHMARKS = {
-    "bench-sip": "benchmark SIP answering against SIPp's own UAS (sim/live/sipbench.py)",
+    "bench-sip": "benchmark SIP answering against SIPp's own UAS and Kamailio (sim/live/sipbench.py)",
     "bench-flood": "legitimate calls through a SIP INVITE flood from another address (sim/live/floodbench.py)",
     "bench-media": "benchmark RTP pacing with many concurrent IVR calls (sim/live/mediabench.py)",
+    "bench-hold": "new calls answered while thousands of callers hold in line (sim/live/holdbench.py)",
     "bench-bookings": "benchmark durable callback bookings per second, SQLite and PostgreSQL (callback/bench.py)",
     "bench-sim": "benchmark the traffic simulator in simulated calls per second, against Ciw (sim/simbench.py)",
     "bench-fuzz": "feed 10^6 mutated SIP datagrams through the user agent: no escape, no state left (ivr/fuzz/run.py)",
@@ -235,6 +236,7 @@ BENCHMARK_MODULES = {
     "bench-sip": "sim.live.sipbench",
     "bench-flood": "sim.live.floodbench",
     "bench-media": "sim.live.mediabench",
+    "bench-hold": "sim.live.holdbench",
     "bench-bookings": "callback.bench",
     "bench-sim": "sim.simbench",
     "bench-fuzz": "ivr.fuzz.run",

@@ -124,12 +124,18 @@ class IvrCall:
         )
         self.state, actions = start(svc.program, info, now)
         self._carry_out(actions, now)
+        self._join_queue(now)  # a flow may start at its queue node
 
     def feed(self, event: fa.FlowEvent, now: float) -> None:
         if self.state is None or self.state.finished:
             return
         self.state, actions = step(self.state, event, now)
         self._carry_out(actions, now)
+        self._join_queue(now)
+
+    def _join_queue(self, now: float) -> None:
+        """Hand the caller to the live queues if this step reached a queue node; start hold music once queued."""
+        assert self.state is not None
         queue, self.enqueue_to = self.enqueue_to, None
         if queue is not None and self.services.queues is not None:
             # after this step's actions (the holding prompt): the engine may connect or overflow at once
