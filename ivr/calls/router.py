@@ -80,7 +80,7 @@ class CallRouter:
             if isinstance(ev, IncomingCall):
                 call = ev.call
                 if s.answer_delay <= 0:
-                    self._answer(call, now)  # answered in the same turn: no 180 (and no 100) to send
+                    self._answer(call, now)  # answered in the same turn: a 180 would never show
                 else:
                     ua.ring(call, now)
                     ua.set_call_timer(call, "answer", call.t_invite + s.answer_delay)

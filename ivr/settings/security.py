@@ -22,6 +22,8 @@ from ivr.settings.flood import FloodSettings
 from ivr.settings.limits import LimitSettings
 from ivr.settings.tcp import TcpSettings
 
+_VERDICTS_MAX = 4096  # addresses whose trust is remembered
+
 
 class SecuritySettings(Strict):
     trusted_networks: list[IPvAnyNetwork] = Field(
@@ -45,10 +47,26 @@ class SecuritySettings(Strict):
     def _networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(str(n)) for n in self.trusted_networks)
 
+    @cached_property
+    def _verdicts(self) -> dict[str, bool]:
+        return {}
+
     def trusts(self, address: str) -> bool:
-        """Whether ``address`` (an IP literal; anything else is not trusted) lies in a trusted network."""
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in net for net in self._networks)
+        """Whether ``address`` (an IP literal; anything else is not trusted) lies in a trusted network.
+
+        Asked for every call and datagram: verdicts are remembered, in a table emptied when it reaches
+        ``_VERDICTS_MAX`` addresses so that spoofed sources cannot grow it.
+        """
+        verdicts = self._verdicts
+        verdict = verdicts.get(address)
+        if verdict is None:
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                verdict = False
+            else:
+                verdict = any(ip in net for net in self._networks)
+            if len(verdicts) >= _VERDICTS_MAX:
+                verdicts.clear()
+            verdicts[address] = verdict
+        return verdict
