@@ -227,76 +227,68 @@ class RtpReceiver:
         self.sock.close()
 
     def _run(self) -> None:
-        if self.batched is not None:
-            self._run_batched(self.batched)
-            return
+        """Drain the socket every POLL_SECONDS while armed; say when a drain began after the window closed."""
+        drain = self._drain_one if self.batched is None else self._drain_batched
+        while not self._quit:
+            if not self._armed.wait(0.2):
+                continue
+            time.sleep(self.POLL_SECONDS)
+            drain_started = time.time_ns()
+            if not drain(self._capture, self._from_ns, self._to_ns):
+                return  # closed while reading
+            if drain_started > self._to_ns + 1_000_000:
+                self._done.set()  # drained after the window closed: everything in it has been read
+
+    def _drain_one(self, cap: Capture, from_ns: int, to_ns: int) -> bool:
+        """Read what is queued one ``recvmsg`` at a time (no ``recvmmsg``); False once closed."""
         sock = self.sock
         ancsize = socket.CMSG_SPACE(_TIMESPEC.size)
         unpack_header = _RTP_HEADER.unpack_from
         unpack_time = _TIMESPEC.unpack_from
-        while not self._quit:
-            if not self._armed.wait(0.2):
+        while True:
+            try:
+                data, anc, _flags, _addr = sock.recvmsg(12, ancsize)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return not self._quit
+            t_ns = 0
+            for _level, kind, cdata in anc:
+                if kind == SO_TIMESTAMPNS and len(cdata) >= _TIMESPEC.size:
+                    sec, nsec = unpack_time(cdata)
+                    t_ns = sec * 1_000_000_000 + nsec
+            if not t_ns:
+                t_ns = time.time_ns()
+            if t_ns < from_ns or t_ns >= to_ns or len(data) < 12:
                 continue
-            time.sleep(self.POLL_SECONDS)
-            drain_started = time.time_ns()
-            cap = self._capture
-            from_ns, to_ns = self._from_ns, self._to_ns
-            while True:
-                try:
-                    data, anc, _flags, _addr = sock.recvmsg(12, ancsize)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    if self._quit:
-                        return
-                    break
-                t_ns = 0
-                for _level, kind, cdata in anc:
-                    if kind == SO_TIMESTAMPNS and len(cdata) >= _TIMESPEC.size:
-                        sec, nsec = unpack_time(cdata)
-                        t_ns = sec * 1_000_000_000 + nsec
-                if not t_ns:
-                    t_ns = time.time_ns()
-                if t_ns < from_ns or t_ns >= to_ns or len(data) < 12:
-                    continue
-                _vpx, _mpt, seq, ts, ssrc = unpack_header(data)
-                cap.ssrc.append(ssrc)
-                cap.seq.append(seq)
-                cap.ts.append(ts)
-                cap.t_ns.append(t_ns)
-            if drain_started > to_ns + 1_000_000:
-                self._done.set()  # drained after the window closed: everything in it has been read
+            _vpx, _mpt, seq, ts, ssrc = unpack_header(data)
+            cap.ssrc.append(ssrc)
+            cap.seq.append(seq)
+            cap.ts.append(ts)
+            cap.t_ns.append(t_ns)
 
-    def _run_batched(self, reader: BatchReader) -> None:
-        while not self._quit:
-            if not self._armed.wait(0.2):
+    def _drain_batched(self, cap: Capture, from_ns: int, to_ns: int) -> bool:
+        """Read what is queued in ``recvmmsg`` batches, decoded with numpy; False once closed."""
+        reader = self.batched
+        assert reader is not None
+        while True:
+            try:
+                got = reader.read()
+            except OSError:
+                return not self._quit
+            if got is None:
+                return True
+            headers, t_ns = got
+            if not t_ns.all():
+                t_ns = np.where(t_ns == 0, time.time_ns(), t_ns)
+            inside = (t_ns >= from_ns) & (t_ns < to_ns)
+            if not inside.any():
                 continue
-            time.sleep(self.POLL_SECONDS)
-            drain_started = time.time_ns()
-            cap = self._capture
-            from_ns, to_ns = self._from_ns, self._to_ns
-            while True:
-                try:
-                    got = reader.read()
-                except OSError:
-                    if self._quit:
-                        return
-                    break
-                if got is None:
-                    break
-                headers, t_ns = got
-                if not t_ns.all():
-                    t_ns = np.where(t_ns == 0, time.time_ns(), t_ns)
-                inside = (t_ns >= from_ns) & (t_ns < to_ns)
-                if not inside.any():
-                    continue
-                h = headers[inside]
-                cap.ssrc.frombytes(h["ssrc"].astype(np.uint32).tobytes())
-                cap.seq.frombytes(h["seq"].astype(np.uint16).tobytes())
-                cap.ts.frombytes(h["ts"].astype(np.uint32).tobytes())
-                cap.t_ns.frombytes(t_ns[inside].astype(np.int64).tobytes())
-            if drain_started > to_ns + 1_000_000:
-                self._done.set()  # drained after the window closed: everything in it has been read
+            h = headers[inside]
+            cap.ssrc.frombytes(h["ssrc"].astype(np.uint32).tobytes())
+            cap.seq.frombytes(h["seq"].astype(np.uint16).tobytes())
+            cap.ts.frombytes(h["ts"].astype(np.uint32).tobytes())
+            cap.t_ns.frombytes(t_ns[inside].astype(np.int64).tobytes())
 
 
 def udp_socket_drops(port: int) -> int | None:
