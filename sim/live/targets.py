@@ -20,7 +20,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -99,14 +99,19 @@ class Target(Protocol):
     def pid(self) -> int | None: ...
 
 
-class SippUas:
-    """SIPp's built-in UAS (``-sn uas``): the reference answering machine."""
+class _LocalUdpServer:
+    """A reference server started here on a free UDP port of 127.0.0.1, its output in ``log_path``.
 
-    name = "sipp-uas"
+    ``start()`` tries three ports (another process may take a free port first)
+    and returns once the port is bound and ``SETTLE_SECONDS`` have passed.
+    """
 
-    def __init__(self, sipp: str, workdir: Path) -> None:
-        self.sipp = sipp
-        self.workdir = workdir / "sipp-uas"
+    name: str
+    SETTLE_SECONDS = 0.2
+    workdir: Path
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -115,26 +120,26 @@ class SippUas:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "stderr.log"
+
+    def _spawn(self, port: int, log: IO[bytes]) -> subprocess.Popen[bytes]:
+        raise NotImplementedError
+
     def start(self) -> None:
         for _attempt in range(3):
             self.port = free_port()
-            err = (self.workdir / "stderr.log").open("ab")
-            self.proc = subprocess.Popen(
-                [self.sipp, "-sn", "uas", "-i", HOST, "-p", str(self.port), "-nostdin"],
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-            err.close()
+            with self.log_path.open("ab") as log:
+                self.proc = self._spawn(self.port, log)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and self.proc.poll() is None:
                 if udp_port_taken(self.port):
-                    time.sleep(0.2)  # bound; give it a moment to enter its loop
+                    time.sleep(self.SETTLE_SECONDS)
                     return
                 time.sleep(0.05)
-            stop_process(self.proc)  # lost a race for the port, or did not come up
-        raise RuntimeError(f"SIPp UAS did not start; see {self.workdir / 'stderr.log'}")
+            self.stop()  # lost a race for the port, or did not come up
+        raise RuntimeError(f"{self.name} did not start; see {self.log_path}")
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -142,6 +147,26 @@ class SippUas:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+class SippUas(_LocalUdpServer):
+    """SIPp's built-in UAS (``-sn uas``): the reference answering machine."""
+
+    name = "sipp-uas"
+    SETTLE_SECONDS = 0.2  # bound; give it a moment to enter its loop
+
+    def __init__(self, sipp: str, workdir: Path) -> None:
+        super().__init__(workdir / "sipp-uas")
+        self.sipp = sipp
+
+    def _spawn(self, port: int, log: IO[bytes]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [self.sipp, "-sn", "uas", "-i", HOST, "-p", str(port), "-nostdin"],
+            cwd=self.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
 
     def cpu_seconds(self) -> float | None:
         return process_cpu_seconds(self.pid)
@@ -160,7 +185,7 @@ def find_kamailio() -> str | None:
     )
 
 
-class Kamailio:
+class Kamailio(_LocalUdpServer):
     """Kamailio answering every call statefully (``tm``): the reference SIP server, ``children`` UDP workers.
 
     It runs in the foreground (``-DD``) with its log on stderr (``-E``) and its
@@ -169,22 +194,13 @@ class Kamailio:
     worker processes.
     """
 
+    SETTLE_SECONDS = 0.3  # the workers are forked after the bind: let them start
+
     def __init__(self, binary: str, workdir: Path, children: int = 1) -> None:
+        self.name = f"kamailio-{children}"
+        super().__init__(workdir / self.name)
         self.binary = binary
         self.children = children
-        self.name = f"kamailio-{children}"
-        self.workdir = workdir / self.name
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "stderr.log"
 
     def command(self, port: int) -> list[str]:
         return [
@@ -198,27 +214,15 @@ class Kamailio:
             "-A", f"CHILDREN={self.children}",
         ]  # fmt: skip
 
-    def start(self) -> None:
-        for _attempt in range(3):
-            self.port = free_port()
-            err = self.log_path.open("ab")
-            self.proc = subprocess.Popen(
-                self.command(self.port),
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=err,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its workers are in its process group: stop() ends them all
-            )
-            err.close()
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                if udp_port_taken(self.port):
-                    time.sleep(0.3)  # the workers are forked after the bind: let them start
-                    return
-                time.sleep(0.05)
-            self.stop()  # lost a race for the port, or did not come up
-        raise RuntimeError(f"Kamailio did not start; see {self.log_path}")
+    def _spawn(self, port: int, log: IO[bytes]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            self.command(port),
+            cwd=self.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its workers are in its process group: stop() ends them all
+        )
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -228,9 +232,6 @@ class Kamailio:
         # the main process takes its workers down on SIGTERM; make sure of it
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def cpu_seconds(self) -> float | None:
         return process_cpu_seconds(self.pid, group=True)  # the main process and its workers
