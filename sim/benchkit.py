@@ -160,3 +160,14 @@ class BenchRun:
         print(f"total time {report['duration_s']:.0f} s; load average before/after "
               f"{self.load_before[0]:.2f}/{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")  # fmt: skip
         return 1 if check and not met else 0
+
+
+def render_prompts(config: Mapping[str, Any]) -> None:
+    """Render the prompts of the server config ``config`` into its cache once, as the server does at start-up.
+
+    Every server a benchmark then starts on that cache finds them all rendered and renders nothing.
+    """
+    from ivr.settings.config import parse_config
+    from ivr.settings.prompts import load_prompts
+
+    load_prompts(parse_config(json.dumps(config)))

@@ -58,6 +58,7 @@ from sim.benchkit import (
     log,
     ratio,
     refuse,
+    render_prompts,
     shown,
     sigterm_unwinds,
     sipp_bench_options,
@@ -65,7 +66,7 @@ from sim.benchkit import (
     verdict,
     work_directory,
 )
-from sim.live.holdrun import MAX_LENGTH, HoldBenchOptions, HoldRun, HoldStep, hold_config, render_prompts
+from sim.live.holdrun import MAX_LENGTH, HoldBenchOptions, HoldRun, HoldStep, hold_config
 from sim.live.targets import event_loop_name, sipp_version
 
 GOAL_P99_MS = 5.0  # new-call answer p99 and tick lateness p99

@@ -7,7 +7,6 @@ sim/live/sipprun.py.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -107,14 +106,6 @@ def hold_config(workdir: Path, prompt_cache: Path, longest: int, announce_every:
         },
         "sip": {"max_calls": max(20000, 4 * longest)},
     }
-
-
-def render_prompts(config: Mapping[str, Any]) -> None:
-    """Render the prompts of ``config`` into its cache once, as the server does at start-up."""
-    from ivr.settings.config import parse_config
-    from ivr.settings.prompts import load_prompts
-
-    load_prompts(parse_config(json.dumps(config)))
 
 
 # --------------------------------------------------------------------------- one run

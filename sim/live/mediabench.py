@@ -51,12 +51,10 @@ One step is run by ``sim/live/mediastep.py``, its readings come from
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from sim.benchkit import (
@@ -65,6 +63,7 @@ from sim.benchkit import (
     executable,
     log,
     refuse,
+    render_prompts,
     shown,
     sigterm_unwinds,
     sipp_bench_options,
@@ -137,18 +136,6 @@ def render(steps: Sequence[StepResult], opts: MediaBenchOptions, summary: Mappin
 # --------------------------------------------------------------------------- entry point
 
 
-def render_prompts(cache: Path) -> None:
-    """Render the server's prompts (the demo flow's and the built-ins) into ``cache`` once.
-
-    The same loader the server runs at start-up, on the same (default) IVR
-    config, so every step's server finds them all cached and renders nothing.
-    """
-    from ivr.settings.config import parse_config
-    from ivr.settings.prompts import load_prompts
-
-    load_prompts(parse_config(json.dumps({"media": {"prompt_cache": str(cache)}})))
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="frontdesk bench-media",
@@ -204,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     with work_directory("mediabench-", args.keep) as workdir, sigterm_unwinds():
         cache = workdir / "prompts"
         t = time.monotonic()
-        render_prompts(cache)
+        render_prompts({"media": {"prompt_cache": str(cache)}})  # the demo flow's and the built-ins
         log(f"prompts rendered into {cache} in {time.monotonic() - t:.1f} s")
         log(f"stepping concurrent calls {opts.streams}: ramp {opts.ramp_rate}/s, settle {opts.settle:g} s, "
             f"window {opts.window:g} s")  # fmt: skip
