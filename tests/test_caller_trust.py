@@ -95,6 +95,17 @@ def test_nobody_is_trusted_by_default() -> None:
     assert who.trusted is False
 
 
+def test_trust_verdicts_from_a_flood_of_sources_stay_bounded_and_right() -> None:
+    """Every datagram's source is asked about: spoofed sources must not grow the remembered verdicts."""
+    security = SecuritySettings.model_validate({"trusted_networks": ["10.0.0.0/16"]})
+    for i in range(10_000):
+        assert security.trusts(f"10.0.{i // 256 % 256}.{i % 256}") is True
+        assert security.trusts(f"192.0.{i // 256 % 256}.{i % 256}") is False
+        assert security.trusts(f"not-an-address-{i}") is False
+    assert len(security._verdicts) <= 4096
+    assert security.trusts("10.0.255.1") is True and security.trusts("10.1.0.1") is False
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
