@@ -23,7 +23,8 @@ test-deps: $(BIN)/python
 APT_RUN := espeak-ng sox
 # prometheus (with promtool) checks the ops view's rules and runs its queries (tests/test_dashboards.py, test_prometheus_live.py).
 # kamailio is the reference SIP server of `make bench-sip` (sim/live/kamailio/stateful.cfg).
-APT_TEST := $(APT_RUN) sip-tester postgresql chromium chromium-driver prometheus kamailio
+# redis-server holds cluster mode's shared state in the cluster tests and `make cluster`.
+APT_TEST := $(APT_RUN) sip-tester postgresql chromium chromium-driver prometheus kamailio redis-server
 
 define apt_install
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

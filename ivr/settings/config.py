@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, model_validator
 from ivr.settings import queues
 from ivr.settings.base import Loc, Problem, Strict, explain, raise_problems, read_yaml, text_line
 from ivr.settings.callbacks import CallbackSettings
+from ivr.settings.cluster import ClusterSettings
 from ivr.settings.flows import IvrSettings
 from ivr.settings.queues import AgentSettings, QueueSettings, SurgeSettings, default_queues
 from ivr.settings.security import SecuritySettings
@@ -54,6 +55,7 @@ class Config(Strict):
     surge: SurgeSettings = SurgeSettings()
     callbacks: CallbackSettings = CallbackSettings()
     security: SecuritySettings = SecuritySettings()
+    cluster: ClusterSettings = ClusterSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
@@ -99,6 +101,14 @@ class Config(Strict):
             queues.model_from_config(self)
         except ModelError as exc:
             raise_problems("Config", [(("queues",), str(exc), None)])
+        return self
+
+    @model_validator(mode="after")
+    def _cluster_durable_store(self) -> Config:
+        if self.cluster.enabled and not self.storage.url.startswith("postgresql+asyncpg://"):
+            msg = "cluster mode keeps callbacks, texts, call records and audit in PostgreSQL shared by every node: "
+            msg += "use postgresql+asyncpg://USER@HOST/DB"
+            raise_problems("Config", [(("storage", "url"), msg, self.storage.url)])
         return self
 
     @model_validator(mode="after")
