@@ -40,6 +40,7 @@ import dataclasses
 import heapq
 import itertools
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from queueing.agents import NO_ANSWER, OFF_DUTY, TRANSITIONS, Agent, AgentState, Staffing, choose
 from queueing.events import (
@@ -72,12 +73,19 @@ from queueing.events import (
 from queueing.ewt import MovingAht, ewt
 from queueing.line import Line, QueuedCall, QueuedCallState, required_skills
 from queueing.model import Model, OverflowTarget, QueueSpec
+from queueing.pickling import reduce_state
 from queueing.stats import QueueSnapshot, QueueStats, Snapshot
 from queueing.surge import SurgeControl
 from queueing.timers import Timers
 
 _EPS = 1e-9
 _UNCHECKED = frozenset({CallEnded, CallerHungUp, TimerFired, SurgeReconfigured})  # nothing to validate
+_TRIGGERS: dict[type, str] = {
+    AgentLoggedIn: "login",
+    AgentReady: "ready",
+    AgentNotReady: "not_ready",
+    AgentLoggedOut: "logout",
+}
 
 
 class Engine:
@@ -109,6 +117,10 @@ class Engine:
         self._kinds: dict[tuple[str, str, frozenset[str]], tuple[int, Mapping[str, int]]] = {}
         # (queue, extra skills) -> ids of the agents who can take such callers; None: every agent can
         self._takers: dict[tuple[str, frozenset[str]], frozenset[str] | None] = {}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle (cluster mode checkpoints the engine mid-run): built from the model, then every attribute put back."""
+        return reduce_state(self, self.model)
 
     # ---------------------------------------------------------------- public
 
@@ -213,7 +225,6 @@ class Engine:
             raise PolicyError(f"unknown agent {agent_id!r}") from None
 
     def _validate(self, event: Event) -> None:
-        trigger = {AgentLoggedIn: "login", AgentReady: "ready", AgentNotReady: "not_ready", AgentLoggedOut: "logout"}
         match event:
             case CallArrived():
                 if event.queue not in self.queues:
@@ -222,7 +233,7 @@ class Engine:
                     raise PolicyError(f"call {event.call_id!r} is already in the books")
             case AgentLoggedIn() | AgentReady() | AgentNotReady() | AgentLoggedOut():
                 agent = self._agent(event.agent)
-                if (agent.state, trigger[type(event)]) not in TRANSITIONS:
+                if (agent.state, _TRIGGERS[type(event)]) not in TRANSITIONS:
                     raise PolicyError(f"agent {agent.id}: {type(event).__name__} is illegal while {agent.state}")
                 if isinstance(event, AgentLoggedOut) and agent.state is AgentState.TALKING:
                     raise PolicyError(f"agent {agent.id}: cannot log out while talking")

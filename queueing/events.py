@@ -11,12 +11,28 @@ time of their own: they apply at the ``now`` of the event that produced them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from types import FunctionType
+from typing import Final, Literal
 
 from queueing.model import OverflowTarget, QueueSpec, SurgeSpec
 
 SurgeCause = Literal["manual", "schedule", "auto"]
 AnnouncementKind = Literal["position_ewt", "peak_shaving", "notice"]
+
+
+# The events and decisions made for every call write their constructor out: mypyc compiles it, while the one
+# @dataclass generates stays interpreted. Compiled, it stores the fields directly (the frozen guard is a
+# __setattr__ for Python callers, which compiled code does not go through; object.__setattr__ costs several
+# times more); pure, it sets them as the generated constructor of a frozen dataclass does. Equality, hashing,
+# repr and replace() are still the generated ones.
+_set = object.__setattr__
+
+
+def _probe() -> None:
+    pass
+
+
+COMPILED: Final = not isinstance(_probe, FunctionType)  # whether this module runs compiled (mypyc)
 
 
 class PolicyError(ValueError):
@@ -36,6 +52,31 @@ class CallArrived:
     skills: frozenset[str] = frozenset()  # skills this caller needs on top of the queue's
     urgent: bool = False
     now: float
+
+    def __init__(
+        self,
+        *,
+        call_id: str,
+        queue: str,
+        tier: str,
+        skills: frozenset[str] = frozenset(),
+        urgent: bool = False,
+        now: float,
+    ) -> None:
+        if COMPILED:
+            self.call_id = call_id  # type: ignore[misc]
+            self.queue = queue  # type: ignore[misc]
+            self.tier = tier  # type: ignore[misc]
+            self.skills = skills  # type: ignore[misc]
+            self.urgent = urgent  # type: ignore[misc]
+            self.now = now  # type: ignore[misc]
+        else:
+            _set(self, "call_id", call_id)
+            _set(self, "queue", queue)
+            _set(self, "tier", tier)
+            _set(self, "skills", skills)
+            _set(self, "urgent", urgent)
+            _set(self, "now", now)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +110,16 @@ class AgentAnswered:
     call: str
     now: float
 
+    def __init__(self, *, agent: str, call: str, now: float) -> None:
+        if COMPILED:
+            self.agent = agent  # type: ignore[misc]
+            self.call = call  # type: ignore[misc]
+            self.now = now  # type: ignore[misc]
+        else:
+            _set(self, "agent", agent)
+            _set(self, "call", call)
+            _set(self, "now", now)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentNoAnswer:
@@ -78,6 +129,16 @@ class AgentNoAnswer:
     call: str
     now: float
 
+    def __init__(self, *, agent: str, call: str, now: float) -> None:
+        if COMPILED:
+            self.agent = agent  # type: ignore[misc]
+            self.call = call  # type: ignore[misc]
+            self.now = now  # type: ignore[misc]
+        else:
+            _set(self, "agent", agent)
+            _set(self, "call", call)
+            _set(self, "now", now)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallEnded:
@@ -85,6 +146,14 @@ class CallEnded:
 
     call: str
     now: float
+
+    def __init__(self, *, call: str, now: float) -> None:
+        if COMPILED:
+            self.call = call  # type: ignore[misc]
+            self.now = now  # type: ignore[misc]
+        else:
+            _set(self, "call", call)
+            _set(self, "now", now)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,6 +163,14 @@ class CallerHungUp:
     call: str
     now: float
 
+    def __init__(self, *, call: str, now: float) -> None:
+        if COMPILED:
+            self.call = call  # type: ignore[misc]
+            self.now = now  # type: ignore[misc]
+        else:
+            _set(self, "call", call)
+            _set(self, "now", now)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TimerFired:
@@ -102,6 +179,16 @@ class TimerFired:
     kind: str
     id: str
     now: float
+
+    def __init__(self, *, kind: str, id: str, now: float) -> None:
+        if COMPILED:
+            self.kind = kind  # type: ignore[misc]
+            self.id = id  # type: ignore[misc]
+            self.now = now  # type: ignore[misc]
+        else:
+            _set(self, "kind", kind)
+            _set(self, "id", id)
+            _set(self, "now", now)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,6 +246,16 @@ class RingAgent:
     call: str
     timeout: float
 
+    def __init__(self, agent: str, call: str, timeout: float) -> None:
+        if COMPILED:
+            self.agent = agent  # type: ignore[misc]
+            self.call = call  # type: ignore[misc]
+            self.timeout = timeout  # type: ignore[misc]
+        else:
+            _set(self, "agent", agent)
+            _set(self, "call", call)
+            _set(self, "timeout", timeout)
+
 
 @dataclass(frozen=True, slots=True)
 class CancelRing:
@@ -166,6 +263,14 @@ class CancelRing:
 
     agent: str
     call: str
+
+    def __init__(self, agent: str, call: str) -> None:
+        if COMPILED:
+            self.agent = agent  # type: ignore[misc]
+            self.call = call  # type: ignore[misc]
+        else:
+            _set(self, "agent", agent)
+            _set(self, "call", call)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +280,14 @@ class Connect:
     agent: str
     call: str
 
+    def __init__(self, agent: str, call: str) -> None:
+        if COMPILED:
+            self.agent = agent  # type: ignore[misc]
+            self.call = call  # type: ignore[misc]
+        else:
+            _set(self, "agent", agent)
+            _set(self, "call", call)
+
 
 @dataclass(frozen=True, slots=True)
 class Overflow:
@@ -183,6 +296,16 @@ class Overflow:
     call: str
     target: OverflowTarget
     reason: str  # "max_length", "max_wait", "peak_shaving", "ewt" (callback offered for a long wait)
+
+    def __init__(self, call: str, target: OverflowTarget, reason: str) -> None:
+        if COMPILED:
+            self.call = call  # type: ignore[misc]
+            self.target = target  # type: ignore[misc]
+            self.reason = reason  # type: ignore[misc]
+        else:
+            _set(self, "call", call)
+            _set(self, "target", target)
+            _set(self, "reason", reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +317,20 @@ class PlayAnnouncement:
     position: int | None = None
     ewt: float | None = None
 
+    def __init__(
+        self, call: str, kind: AnnouncementKind, position: int | None = None, ewt: float | None = None
+    ) -> None:
+        if COMPILED:
+            self.call = call  # type: ignore[misc]
+            self.kind = kind  # type: ignore[misc]
+            self.position = position  # type: ignore[misc]
+            self.ewt = ewt  # type: ignore[misc]
+        else:
+            _set(self, "call", call)
+            _set(self, "kind", kind)
+            _set(self, "position", position)
+            _set(self, "ewt", ewt)
+
 
 @dataclass(frozen=True, slots=True)
 class SetTimer:
@@ -202,6 +339,16 @@ class SetTimer:
     kind: str
     id: str
     at: float
+
+    def __init__(self, kind: str, id: str, at: float) -> None:
+        if COMPILED:
+            self.kind = kind  # type: ignore[misc]
+            self.id = id  # type: ignore[misc]
+            self.at = at  # type: ignore[misc]
+        else:
+            _set(self, "kind", kind)
+            _set(self, "id", id)
+            _set(self, "at", at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from sortedcontainers import SortedList
 
 from queueing.model import QueueSpec
+from queueing.pickling import reduce_fields
 
 
 class QueuedCallState(StrEnum):
@@ -39,6 +41,39 @@ class QueuedCall:
     agents: set[str] = field(default_factory=set)
     predicted_ewt: float = 0.0
     extra_skills: frozenset[str] = frozenset()
+
+    def __init__(  # written out: mypyc compiles it (the one @dataclass generates stays interpreted)
+        self,
+        id: str,
+        queue: QueueSpec,
+        tier: str,
+        priority: int,
+        required: Mapping[str, int],
+        urgent: bool,
+        arrived: float,
+        order: int,
+        state: QueuedCallState = QueuedCallState.WAITING,
+        requeued: bool = False,
+        agents: set[str] | None = None,
+        predicted_ewt: float = 0.0,
+        extra_skills: frozenset[str] = frozenset(),
+    ) -> None:
+        self.id = id
+        self.queue = queue
+        self.tier = tier
+        self.priority = priority
+        self.required = required
+        self.urgent = urgent
+        self.arrived = arrived
+        self.order = order
+        self.state = state
+        self.requeued = requeued
+        self.agents = set() if agents is None else agents
+        self.predicted_ewt = predicted_ewt
+        self.extra_skills = extra_skills
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return reduce_fields(self)
 
     @property
     def key(self) -> tuple[int, int, int]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
+
+from queueing.pickling import reduce_fields
 
 # Where a caller goes when they leave the line before an agent (a queue's ``overflow`` setting, R10).
 OverflowTarget = Literal["callback", "message", "self_service", "peak_shaving"]
@@ -31,6 +33,9 @@ class Limit:
     def value(self, surge: bool) -> float:
         return self.surge if surge else self.normal
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return reduce_fields(self)
+
 
 @dataclass(frozen=True, slots=True)
 class Tier:
@@ -38,6 +43,9 @@ class Tier:
 
     name: str
     priority: int
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return reduce_fields(self)
 
 
 DEFAULT_TIERS: tuple[Tier, ...] = (Tier("special", 3), Tier("senior", 2), Tier("ordinary", 1))
@@ -96,6 +104,9 @@ class QueueSpec:
     def top_priority(self) -> int:
         return max(t.priority for t in self.tiers)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return reduce_fields(self)
+
 
 @dataclass(frozen=True, slots=True)
 class AgentSpec:
@@ -105,6 +116,9 @@ class AgentSpec:
 
     def can_take(self, required: Mapping[str, int]) -> bool:
         return all(self.skills.get(skill, 0) >= level for skill, level in required.items())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return reduce_fields(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +169,9 @@ class SurgeSpec:
             if end <= start:
                 raise ModelError("surge: schedule windows need start < end")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return reduce_fields(self)
+
 
 @dataclass(frozen=True, slots=True)
 class Model:
@@ -167,3 +184,6 @@ class Model:
             raise ModelError("duplicate queue names")
         if len({a.id for a in self.agents}) != len(self.agents):
             raise ModelError("duplicate agent ids")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return reduce_fields(self)

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import Any
 
 from queueing.events import SurgeCause
 from queueing.model import SurgeSpec
+from queueing.pickling import reduce_state
 
 _EPS = 1e-9
 
@@ -37,6 +39,9 @@ class SurgeControl:
         self.auto_changed_at = -math.inf
         self._window: deque[tuple[float, bool]] = deque()  # (left the line at, answered within T)
         self._within = 0  # how many in the window were answered within T (kept, not counted per event)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return reduce_state(self, self.spec)
 
     def record(self, at: float, within: bool) -> None:
         """A caller left the line at ``at``: answered within T, or not (late, abandoned, overflowed)."""

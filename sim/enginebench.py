@@ -39,11 +39,10 @@ from queueing.model import AgentSpec, Limit, Model, QueueSpec, SurgeSpec
 LINE_LENGTHS = (0, 100, 1000, 5000)
 
 
-class EventRecorder(list[tuple[Event, list[Decision]]]):
+class EventRecorder:
     """A ``Simulation`` trace that keeps only the events (decisions are only counted), to replay them cheaply."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.events: list[Event] = []
         self.decisions = 0
 

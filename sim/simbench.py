@@ -9,7 +9,9 @@ for the ratio. Both answer at once (no ring delay, no wrap-up); the simulator
 still runs every policy step the live server runs (tiers, EWT announcements,
 limits, timers), which Ciw has no notion of.
 
-Printed: calls, wall seconds, calls per second and engine events per second,
+Printed: whether the compiled build runs (``queueing.native_status()``, docs/queueing.md,
+"Compiled build"; ``FRONTDESK_PURE=1`` measures pure Python), then calls, wall
+seconds, calls per second and engine events per second,
 the service level (answered within 20 s over answered and abandoned) and the
 abandonment of each, beside Erlang A; and whether 10^6 calls fit in the goal
 (30 s). ``--jobs N`` splits the simulator's calls into N replications run
@@ -35,6 +37,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+from queueing import native_status
 from queueing.model import Limit, QueueSpec
 from sim.benchkit import cli_args, log, ratio, refuse
 from sim.enginebench import LINE_LENGTHS, EventRecorder, line_cost, replay
@@ -236,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     say = (lambda text: None) if args.json else (lambda text: print(text, flush=True))
     say(f"bench-sim: {model}; Erlang A: service level {erlang.service_level:.1%}, abandoned {erlang.p_abandon:.1%}")
+    say(f"queue engine and simulator loop: {native_status()}")
     results = [run_frontdesk(calls, args.agents, args.load, args.aht, args.patience, args.seed, jobs)]
     if not args.json:
         _print(results[-1])
@@ -290,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(
                 {
                     "model": model,
+                    "native": native_status(),
                     "erlang_a": {"service_level": erlang.service_level, "p_abandon": erlang.p_abandon},
                     "results": [asdict(r) for r in results],
                     "seconds_per_million_calls": million,

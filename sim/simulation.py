@@ -49,7 +49,7 @@ import heapq
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from queueing.agents import AgentState
 from queueing.engine import Engine
@@ -75,6 +75,15 @@ from sim.roster import Roster
 from sim.world import Draws, Kind
 
 Trace = list[tuple[Event, list[Decision]]]
+
+
+class TraceSink(Protocol):
+    """Where ``Simulation`` puts every (event, decisions) of the engine: a ``Trace`` list, or anything that appends.
+
+    A Protocol, not ``list``: compiled code appends to a real list directly, past an ``append`` a subclass overrides.
+    """
+
+    def append(self, item: tuple[Event, list[Decision]], /) -> None: ...
 
 
 @dataclass(slots=True)
@@ -110,7 +119,7 @@ class Simulation:
         plan: Plan,
         seed: int | None = None,
         *,
-        trace: Trace | None = None,
+        trace: TraceSink | None = None,
         script: list[ScriptedCall] | None = None,
     ) -> None:
         """``trace`` collects every (event, decisions) of the engine; ``script`` replaces the plan's arrivals."""

@@ -158,22 +158,29 @@ class FakeIvr:
         self.in_queue = False
 
 
+class TracedEngine:
+    """The engine with every (event, decisions) recorded (a wrapper: a compiled Engine's methods are read-only)."""
+
+    def __init__(self, engine: Engine, trace: list[tuple[Event, list[Decision]]]) -> None:
+        self._engine = engine
+        self._trace = trace
+
+    def handle(self, event: Event) -> list[Decision]:
+        out = self._engine.handle(event)
+        self._trace.append((event, out))
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
 class LiveWorld:
     def __init__(self, model: Model, tiers: dict[tuple[str, str | None], tuple[str, bool]]) -> None:
         self.loop = FakeLoop()
         self.phones: dict[str, FakePhone] = {}
         self.trace: list[tuple[Event, list[Decision]]] = []
-        engine = Engine(model)
-        handle = engine.handle
-
-        def traced(event: Event) -> list[Decision]:
-            out = handle(event)
-            self.trace.append((event, out))
-            return out
-
-        engine.handle = traced  # type: ignore[method-assign]
         self.queues = LiveQueues(
-            engine,
+            TracedEngine(Engine(model), self.trace),  # type: ignore[arg-type]
             FakeUA(self),  # type: ignore[arg-type]
             FakeMedia(),  # type: ignore[arg-type]
             self.loop.time,
