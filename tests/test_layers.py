@@ -9,9 +9,14 @@ included, and checked:
   settings, and the media benchmark renders the server's prompts); the one
   command line, ``ivr/cli.py``, loads ``sim``'s commands when asked;
 - no import cycle anywhere, between modules or between the folders of ``ivr/``;
-- the sans-IO folders (``ivr/sip``, ``ivr/media``, ``ivr/flow``) and
-  ``queueing/`` never import asyncio, socket, time or aiohttp, and
-  ``queueing/`` imports the standard library only;
+- the sans-IO folders (``ivr/sip``, ``ivr/media``, ``ivr/flow``),
+  ``queueing/`` and the cluster's decider and wire format
+  (``ivr/cluster/coordinator.py``, ``ivr/cluster/wire.py``) never import
+  asyncio, socket, time or aiohttp; ``queueing/`` imports the standard
+  library only, and those two cluster modules nothing but it and ``queueing``;
+- some of ``ivr/``'s folders have arrows of their own: ``ivr/cluster``
+  reaches the rest of the server only through ``ivr.settings``, and the
+  sans-IO folders never import it;
 - only ``ivr/transport/`` owns sockets in the server;
 - no two classes of one name; no module over 500 lines unless its opening
   docstring says why ("long because"); comments cite files that exist;
@@ -37,7 +42,12 @@ MAY_IMPORT = {
     "ivr": {"queueing", "callback"},
     "sim": {"queueing"},
 }
-SANS_IO = ("ivr/sip", "ivr/media", "ivr/flow", "queueing")
+PURE_CLUSTER = ("ivr/cluster/coordinator.py", "ivr/cluster/wire.py")
+SANS_IO = ("ivr/sip", "ivr/media", "ivr/flow", "queueing", *PURE_CLUSTER)
+# ivr folder -> the only folders of the project it may import (beside the standard library and outside packages)
+FOLDER_MAY_IMPORT = {"ivr.cluster": {"ivr.cluster", "ivr.settings", "queueing"}}
+# ivr folder -> folders that must never import it
+NOT_IMPORTED_BY = {"ivr.cluster": ("ivr.sip", "ivr.media", "ivr.flow")}
 NOT_IN_SANS_IO = {"asyncio", "socket", "time", "aiohttp", "selectors", "uvloop"}
 SIM_MAY_READ = ("ivr.settings",)  # the server's own settings, and the prompts they render
 CLI = "ivr/cli.py"
@@ -182,13 +192,52 @@ def test_no_import_cycle_between_folders() -> None:
     assert _cycles(graph) == []
 
 
+def files_of(where: str) -> list[Path]:
+    """The modules of a folder, or the one module a path names."""
+    path = ROOT / where
+    return [path] if path.suffix == ".py" else sorted(path.rglob("*.py"))
+
+
 @pytest.mark.parametrize("folder", SANS_IO)
 def test_sans_io_folders_touch_no_clock_socket_or_loop(folder: str) -> None:
+    files = files_of(folder)
+    assert files and all(p.exists() for p in files), f"{folder} is gone: update SANS_IO"
     wrong = [
-        f"{rel(path)} imports {name}"
-        for path in sorted((ROOT / folder).rglob("*.py"))
-        for name in imports_of(path)
-        if top(name) in NOT_IN_SANS_IO
+        f"{rel(path)} imports {name}" for path in files for name in imports_of(path) if top(name) in NOT_IN_SANS_IO
+    ]
+    assert wrong == []
+
+
+def test_the_cluster_decider_and_its_wire_format_import_only_queueing() -> None:
+    pure = {module_name(ROOT / p) for p in PURE_CLUSTER}
+    assert all((ROOT / p).exists() for p in PURE_CLUSTER), "a pure cluster module is gone: update PURE_CLUSTER"
+    outside = {
+        f"{p}: {name}"
+        for p in PURE_CLUSTER
+        for name in imports_of(ROOT / p)
+        if top(name) not in sys.stdlib_module_names
+        and top(name) not in ("queueing", "__future__")
+        and not any(name == m or name.startswith(m + ".") for m in pure)
+    }
+    assert outside == set()
+
+
+@pytest.mark.parametrize("folder", sorted(FOLDER_MAY_IMPORT))
+def test_ivr_folders_with_arrows_of_their_own(folder: str) -> None:
+    modules = {name: path for name, path in MODULES.items() if room(name) == folder}
+    assert modules, f"{folder} has no module: update FOLDER_MAY_IMPORT"
+    wrong = [
+        f"{rel(path)} imports {dep}"
+        for path in modules.values()
+        for dep in imports_of(path)
+        if top(dep) in PACKAGES and room(dep) not in FOLDER_MAY_IMPORT[folder] and dep != "ivr"
+    ]
+    wrong += [
+        f"{rel(path)} imports {dep}"
+        for name, path in MODULES.items()
+        if room(name) in NOT_IMPORTED_BY.get(folder, ())
+        for dep in imports_of(path)
+        if room(dep) == folder
     ]
     assert wrong == []
 
