@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from support.pg import PgCluster
+from support.redis import RedisServer
 from support.server import Server, start_server
 
 
@@ -69,3 +70,21 @@ def pg_cluster() -> Iterator[PgCluster]:
 def pg_url(pg_cluster: PgCluster) -> str:
     """The URL of a fresh, empty PostgreSQL database for this test."""
     return pg_cluster.create_database()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A private, empty redis-server for this test (tests/support/redis.py); fails (not skips) when it is missing."""
+    server = RedisServer()
+    try:
+        server.start()
+    except FileNotFoundError as exc:
+        server.stop()
+        pytest.fail(str(exc), pytrace=False)
+    except BaseException:
+        server.stop()
+        raise
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,800 @@
+"""The cluster's shared log on Redis: every node appends its queue events to one stream and applies all of it.
+
+Theory of operation
+-------------------
+Keys (``name`` is ``cluster.name``): ``name:log`` the stream, ``name:lease``
+the timekeeper lease, ``name:epoch`` its epoch counter, ``name:node:ID`` a
+node's heartbeat, ``name:nodes`` the set of nodes seen, ``name:checkpoint``
+a hash (``id``, ``fingerprint``, ``state``, ``trimmed``) of the latest checkpoint.
+
+* **Writer** (one task): :meth:`ClusterLog.submit` puts the encoded event
+  (ivr/cluster/wire.py) at the end of a queue and returns; the writer
+  ``XADD``\\ s the queue's head in order, several at once in one pipeline when
+  they piled up. While Redis is unreachable it retries the same head with
+  backoff, so nothing is reordered; past :data:`MAX_QUEUED` submissions new
+  ones are dropped and counted. An append retried after a connection cut
+  may land twice (at least once): every replica applies the duplicate the
+  same way (the engine ignores stale call input and refuses the rest alike).
+* **Reader** (one task): ``XREAD BLOCK`` from the last entry applied; each
+  entry is decoded and applied to :attr:`ClusterLog.coordinator` in stream
+  order, then ``on_applied`` runs. A malformed entry is counted and skipped,
+  the same on every node. :meth:`ClusterLog.request` waits for its own
+  entry's result.
+* **Heartbeat** (one task, every ``heartbeat``): ``SET name:node:ID PX
+  node_timeout`` and ``SADD name:nodes``; renew or try to take the lease
+  (ivr/cluster/scripts.py). The lease holder is the **timekeeper**: it arms
+  ``loop.call_at`` for the replica's ``next_timer()`` and appends
+  ``TimerFired`` when it is due (one at a time: the next is armed once that
+  one is applied), appends ``NodeLost`` once for a node in ``name:nodes``
+  whose heartbeat key is gone (the script removes it from the set in the
+  same step), and writes checkpoints. All three are fenced by the lease
+  token. A holder that could not renew in time drops the role on its own
+  clock before Redis expires the key, so a new holder never overlaps one
+  that still believes it holds the lease.
+* **Checkpoints** (one task): every :data:`CHECKPOINT_SECONDS` or
+  :data:`CHECKPOINT_ENTRIES` entries, the timekeeper stores ``pickle`` of its
+  Coordinator with the id of the last entry applied, and trims the stream
+  (``XTRIM MINID``) to the *previous* checkpoint's id: a node a few entries
+  behind the timekeeper (the usual case under load) still finds its next
+  entries, and the log holds one to two checkpoint intervals. A node that
+  starts loads the checkpoint (refusing one whose model fingerprint differs
+  from its own, naming the difference) and replays the entries after it
+  without ``on_applied``, then appends ``NodeJoined``. The checkpoint also
+  keeps the newest entry id ever trimmed (``trimmed``): a reader behind it
+  fell behind the trimmed part, so it reloads the checkpoint and goes on
+  from there (the entries it skipped get no ``on_applied``).
+
+Redis errors at run time are logged once per outage (and once when it ends)
+and retried with backoff; they never end a task. A cancel that lands while
+redis-py is inside a command can be swallowed by it, so every loop checks
+``Task.cancelling()`` itself and :meth:`ClusterLog.stop` cuts the
+connections under a task that does not end.
+
+The module is long because its four tasks share one replica, one queue of
+submissions and one lease token, and the order of their effects is the
+point (apply, then re-arm the timer; check the token and append in one
+step); split apart they would pass that state back and forth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+
+from ivr.cluster import scripts
+from ivr.cluster.coordinator import Applied, ClusterEvent, Coordinator, NodeJoined, NodeLost, model_differences
+from ivr.cluster.wire import WireError, decode, encode
+from ivr.settings.cluster import ClusterSettings
+from queueing.events import Event, TimerFired
+
+log = logging.getLogger(__name__)
+
+MAX_QUEUED = 100_000  # submissions held while Redis is away; beyond, new ones are dropped and counted
+BATCH = 500  # entries per XADD pipeline and per XREAD
+APPLY_CHUNK = 32  # entries applied in one go before the loop runs other tasks
+CHECKPOINT_SECONDS = 10.0
+CHECKPOINT_ENTRIES = 5_000
+BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0  # seconds between retries while Redis is unreachable
+_READ_BLOCK_MS = 1000
+JOIN_TIMEOUT = 10.0  # seconds start() waits for this node's NodeJoined to come back applied
+_STOP_FLUSH = 2.0  # seconds stop() waits for queued submissions to be appended
+
+Fields = dict[bytes | str, bytes | str]
+OnApplied = Callable[[str, str, Event | ClusterEvent, Applied], None]
+_TRANSIENT = (RedisError, OSError)  # ResponseError (a command refused) is caught before these where it matters
+
+
+class ClusterLogError(RuntimeError):
+    """The cluster's log cannot be used: Redis unreachable at start, a checkpoint of another model, stopped."""
+
+
+@dataclass(slots=True)
+class LogStats:
+    """Counters for metrics; read them, never write them."""
+
+    appends: int = 0  # entries this node appended
+    append_errors: int = 0  # failed attempts to append (retried unless Redis refused the entry)
+    dropped: int = 0  # submissions dropped: MAX_QUEUED were already waiting
+    queued: int = 0  # submissions waiting to be appended now
+    applied: int = 0  # entries applied live
+    replayed: int = 0  # entries applied at start-up, after the checkpoint (no on_applied)
+    malformed: int = 0  # entries skipped as malformed (the same on every node)
+    apply_errors: int = 0  # entries whose apply or on_applied raised (logged)
+    lag_last: float = 0.0  # seconds from the last entry's own time to its apply here
+    lag_max: float = 0.0
+    lag_sum: float = 0.0  # over `applied` entries
+    lease_acquired: int = 0
+    lease_lost: int = 0
+    timers: int = 0  # TimerFired entries this node appended as timekeeper
+    nodes_lost: int = 0  # NodeLost entries this node appended as timekeeper
+    checkpoints_written: int = 0
+    checkpoints_loaded: int = 0
+    outages: int = 0  # times Redis became unreachable
+
+
+@dataclass(slots=True)
+class _Append:
+    fields: Fields
+    fenced: bool = False  # the timekeeper's: only while the lease holds its token
+    applied: asyncio.Future[Applied] | None = None  # request(): resolved once this node applied the entry
+    on_done: Callable[[str | None], None] | None = None  # fenced: called with the entry id, or None if refused
+
+
+def _honour_cancel() -> None:
+    """Raise CancelledError if this task was cancelled: redis-py can swallow a cancel that lands mid-command."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def _older(a: str, b: str) -> bool:
+    """Stream id ``a`` comes before ``b``."""
+    am, _, asq = a.partition("-")
+    bm, _, bsq = b.partition("-")
+    return (int(am), int(asq or 0)) < (int(bm), int(bsq or 0))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class ClusterLog:
+    """One node's end of the shared log: its writer, reader, heartbeat and (when it holds the lease) timekeeper."""
+
+    def __init__(
+        self,
+        settings: ClusterSettings,
+        coordinator_factory: Callable[[], Coordinator],
+        on_applied: OnApplied,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if settings.redis_url is None or settings.node_id is None:
+            raise ValueError("a cluster log needs cluster.redis_url and cluster.node_id")
+        self.settings = settings
+        self.node: str = settings.node_id
+        self._url: str = settings.redis_url
+        self.coordinator: Coordinator = coordinator_factory()
+        self._fingerprint = self.coordinator.fingerprint()
+        self._on_applied = on_applied
+        self._clock = clock
+        self.is_timekeeper = False
+        self.stats = LogStats()
+        p = settings.name
+        self.keys = {
+            "log": f"{p}:log",
+            "lease": f"{p}:lease",
+            "epoch": f"{p}:epoch",
+            "nodes": f"{p}:nodes",
+            "checkpoint": f"{p}:checkpoint",
+        }
+        self.heartbeat_key = self.node_key(self.node)
+        self._redis: aioredis.Redis | None = None
+        self._scripts: dict[str, Any] = {}
+        self._last_id = "0-0"
+        self._queue: deque[_Append] = deque()
+        self._wake = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self._dropping = False
+        self._waiters: dict[str, asyncio.Future[Applied]] = {}
+        self._early: dict[str, Applied] = {}  # own entries applied before their XADD's answer came back
+        self._unresolved = 0  # request() entries whose id is not known yet
+        self._tasks: list[asyncio.Task[None]] = []
+        self._token: str | None = None
+        self._lease_until = 0.0  # loop time by which the lease must be renewed to still count as ours
+        self._lease_timer: asyncio.TimerHandle | None = None  # drops the role at _lease_until
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due: float | None = None
+        self._tick_busy = False  # a TimerFired is on its way; the next is armed once it is applied
+        self._tick_after: str | None = None  # ... that is, once the reader is past this id
+        self._last_tick = float("-inf")
+        self._since_checkpoint = 0
+        self._checkpoint_wanted = asyncio.Event()
+        self._outage_since: float | None = None
+        self._stopping = False
+
+    def node_key(self, node: str) -> str:
+        return f"{self.settings.name}:node:{node}"
+
+    @property
+    def last_id(self) -> str:
+        """Id of the last entry applied to this node's replica."""
+        return self._last_id
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Connect, load the checkpoint and replay the log after it, append NodeJoined, start the tasks (once)."""
+        settings = self.settings
+        client = aioredis.Redis.from_url(
+            self._url,
+            socket_connect_timeout=max(2.0, settings.heartbeat),
+            socket_timeout=_READ_BLOCK_MS / 1000 + max(5.0, settings.lease),
+            retry=Retry(NoBackoff(), 0),  # the tasks retry with their own backoff, in order
+        )
+        try:
+            await client.ping()
+        except _TRANSIENT as exc:
+            await client.aclose()
+            raise ClusterLogError(f"cannot reach the cluster's Redis at {redacted(self._url)}: {exc}") from None
+        self._redis = client
+        self._scripts = {
+            name: client.register_script(getattr(scripts, name.upper()))
+            for name in ("acquire", "renew", "release", "append", "node_lost", "checkpoint")
+        }
+        try:
+            await self._load_checkpoint(at_start=True)
+            await self._replay()
+            await self._beat()
+        except ClusterLogError:
+            await self._close()
+            raise
+        except _TRANSIENT as exc:
+            await self._close()
+            raise ClusterLogError(f"the cluster's Redis at {redacted(self._url)} failed at start: {exc}") from None
+        for loop_fn in (self._write_loop, self._read_loop, self._beat_loop, self._checkpoint_loop):
+            self._tasks.append(asyncio.create_task(loop_fn(), name=f"cluster-{loop_fn.__name__}"))
+        try:
+            await asyncio.wait_for(self.request(NodeJoined(node=self.node, now=self._clock())), JOIN_TIMEOUT)
+        except TimeoutError:
+            await self.stop()
+            raise ClusterLogError(
+                f"the cluster's Redis at {redacted(self._url)} did not take this node's NodeJoined "
+                f"within {JOIN_TIMEOUT:g} s"
+            ) from None
+
+    async def stop(self) -> None:
+        """Append what is queued (briefly), stop the tasks, give the lease back, leave (a NodeLost of its own)."""
+        if self._redis is None:
+            return
+        self._stopping = True
+        if self._tasks and self._queue:
+            try:
+                await asyncio.wait_for(self._empty.wait(), _STOP_FLUSH)
+            except TimeoutError:
+                log.warning("cluster log: %d submissions not appended at stop", len(self._queue))
+        self._cancel_timer()
+        for task in self._tasks:
+            task.cancel()
+        _, pending = await asyncio.wait(self._tasks, timeout=0.1)
+        if pending:  # a cancel redis-py swallowed mid-command: cut the connections under it
+            await self._redis.connection_pool.disconnect()
+            await asyncio.wait(pending, timeout=2.0)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for item in self._queue:
+            if item.applied is not None and not item.applied.done():
+                item.applied.set_exception(ClusterLogError("the cluster log stopped before this was appended"))
+        self._queue.clear()
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_exception(ClusterLogError("the cluster log stopped before this was applied"))
+        self._waiters.clear()
+        try:
+            async with asyncio.timeout(max(1.0, self.settings.heartbeat)):
+                if self._token is not None:
+                    await self._scripts["release"](keys=[self.keys["lease"]], args=[self._token])
+                # leaving, not lost: the replicas forget this node's callers now (its calls end with it), and
+                # the timekeeper has no heartbeat to miss, so no loss is announced (a rolling restart is quiet)
+                pipe = self._redis.pipeline(transaction=True)
+                pipe.srem(self.keys["nodes"], self.node)
+                pipe.delete(self.heartbeat_key)
+                pipe.xadd(self.keys["log"], encode(self.node, NodeLost(node=self.node, now=self._clock())))  # type: ignore[arg-type]
+                await pipe.execute()
+        except (*_TRANSIENT, TimeoutError) as exc:
+            log.warning("cluster log: could not release the lease and heartbeat at stop: %s", exc)
+        self._token = None
+        self.is_timekeeper = False
+        if self._lease_timer is not None:
+            self._lease_timer.cancel()
+            self._lease_timer = None
+        await self._close()
+
+    async def _close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    # ------------------------------------------------------------ submitting
+
+    def submit(self, event: Event | ClusterEvent) -> None:
+        """Append ``event`` after everything submitted before it; returns at once."""
+        self._enqueue(_Append(encode(self.node, event)))
+
+    async def request(self, event: Event | ClusterEvent) -> Applied:
+        """Append ``event`` and wait until this node's replica has applied it; its result."""
+        fut: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
+        if not self._enqueue(_Append(encode(self.node, event), applied=fut)):
+            raise ClusterLogError(f"{MAX_QUEUED} submissions are waiting for Redis: this one was dropped")
+        self._unresolved += 1
+        return await fut
+
+    def _enqueue(self, item: _Append) -> bool:
+        if self._stopping and not self._tasks:
+            raise ClusterLogError("the cluster log is stopped")
+        if len(self._queue) >= MAX_QUEUED:
+            self.stats.dropped += 1
+            if not self._dropping:
+                self._dropping = True
+                log.error("cluster log: %d submissions wait for Redis; dropping new ones", MAX_QUEUED)
+            return False
+        self._queue.append(item)
+        self.stats.queued = len(self._queue)
+        self._empty.clear()
+        self._wake.set()
+        return True
+
+    async def _write_loop(self) -> None:
+        backoff = BACKOFF_FIRST
+        while True:
+            _honour_cancel()
+            if not self._queue:
+                self._empty.set()
+                self._dropping = False
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                if self._queue[0].fenced:
+                    await self._append_fenced()
+                else:
+                    await self._append_batch()
+            except _TRANSIENT as exc:
+                self.stats.append_errors += 1
+                await self._trouble("appending to the log", exc, again=backoff > BACKOFF_FIRST)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            backoff = BACKOFF_FIRST
+            self._fine()
+            self.stats.queued = len(self._queue)
+
+    async def _append_batch(self) -> None:
+        assert self._redis is not None
+        batch: list[_Append] = []
+        for item in self._queue:
+            if item.fenced or len(batch) >= BATCH:
+                break
+            batch.append(item)
+        stream = self.keys["log"]
+        if len(batch) == 1:
+            try:
+                ids: list[Any] = [await self._redis.xadd(stream, batch[0].fields)]  # type: ignore[arg-type]
+            except ResponseError as exc:
+                ids = [exc]
+        else:
+            pipe = self._redis.pipeline(transaction=False)
+            for item in batch:
+                pipe.xadd(stream, item.fields)  # type: ignore[arg-type]
+            ids = await pipe.execute(raise_on_error=False)
+            if any(isinstance(r, _TRANSIENT) and not isinstance(r, ResponseError) for r in ids):
+                raise next(r for r in ids if isinstance(r, _TRANSIENT))
+        for item, result in zip(batch, ids, strict=True):
+            self._queue.popleft()
+            if isinstance(result, Exception):
+                self._refused(item, result)
+            else:
+                self.stats.appends += 1
+                self._appended(item, _text(result))
+
+    async def _append_fenced(self) -> None:
+        item = self._queue[0]
+        token = self._token
+        result: Any = None
+        if token is not None:
+            args: list[Any] = [token]
+            for k, v in item.fields.items():
+                args += [k, v]
+            try:
+                result = await self._scripts["append"](keys=[self.keys["lease"], self.keys["log"]], args=args)
+            except ResponseError as exc:
+                self._queue.popleft()
+                self._refused(item, exc)
+                return
+        self._queue.popleft()
+        if result is None:
+            if token is not None and token == self._token:
+                self._lose_lease("a fenced append was refused")
+            if item.on_done is not None:
+                item.on_done(None)
+            return
+        self.stats.appends += 1
+        self._appended(item, _text(result))
+
+    def _appended(self, item: _Append, entry_id: str) -> None:
+        if item.on_done is not None:
+            item.on_done(entry_id)
+        if item.applied is not None:
+            self._unresolved -= 1
+            early = self._early.pop(entry_id, None)
+            if early is not None:
+                if not item.applied.done():
+                    item.applied.set_result(early)
+            else:
+                self._waiters[entry_id] = item.applied
+            if not self._unresolved:
+                self._early.clear()
+
+    def _refused(self, item: _Append, exc: Exception) -> None:
+        self.stats.append_errors += 1
+        log.error("cluster log: Redis refused an entry (%s); it is dropped", exc)
+        if item.on_done is not None:
+            item.on_done(None)
+        if item.applied is not None:
+            self._unresolved -= 1
+            if not item.applied.done():
+                item.applied.set_exception(ClusterLogError(f"Redis refused the entry: {exc}"))
+
+    # ------------------------------------------------------------ reading
+
+    async def _read(self, block: int | None) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The next entries after the last one applied (reloading the checkpoint first if some were trimmed)."""
+        assert self._redis is not None
+        stream = self.keys["log"]
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.xread({stream: self._last_id}, count=BATCH, block=block)
+        pipe.hget(self.keys["checkpoint"], "trimmed")
+        reply, trimmed = await pipe.execute()
+        if trimmed is not None and _older(self._last_id, _text(trimmed)):
+            # entries after this replica's position were trimmed away before it read them: it fell behind
+            log.warning("cluster log: entries after %s were trimmed before this node read them", self._last_id)
+            if not await self._load_checkpoint(at_start=False):
+                log.error("cluster log: no usable checkpoint; going on after %s, this replica may differ", trimmed)
+                self._last_id = _text(trimmed)
+            return []
+        if not reply:
+            return []
+        return list(reply[0][1])
+
+    async def _replay(self) -> None:
+        while entries := await self._read(None):
+            self._apply(entries, live=False)
+
+    async def _read_loop(self) -> None:
+        backoff = BACKOFF_FIRST
+        block = round(min(_READ_BLOCK_MS, self.settings.heartbeat * 1000))
+        while True:
+            _honour_cancel()
+            try:
+                entries = await self._read(block)
+            except _TRANSIENT as exc:
+                await self._trouble("reading the log", exc, again=backoff > BACKOFF_FIRST)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            backoff = BACKOFF_FIRST
+            self._fine()
+            for start in range(0, len(entries), APPLY_CHUNK):
+                if start:
+                    await asyncio.sleep(0)  # let calls and media run between chunks of a long batch
+                self._apply(entries[start : start + APPLY_CHUNK], live=True)
+
+    def _apply(self, entries: list[tuple[bytes, dict[bytes, bytes]]], *, live: bool) -> None:
+        stats = self.stats
+        for raw_id, fields in entries:
+            entry_id = _text(raw_id)
+            self._last_id = entry_id
+            self._since_checkpoint += 1
+            try:
+                origin, event = decode(fields)
+            except WireError as exc:
+                stats.malformed += 1
+                log.warning("cluster log: entry %s is malformed and skipped: %s", entry_id, exc)
+                continue
+            try:
+                applied = self.coordinator.apply(origin, event)
+            except Exception:
+                stats.apply_errors += 1
+                log.exception("cluster log: applying entry %s (%s from %s) failed", entry_id, event, origin)
+                continue
+            if not live:
+                stats.replayed += 1
+                continue
+            if type(event) is NodeLost and event.node == self.node:
+                log.error("cluster log: node %s was declared lost (no heartbeat in time); its callers left", self.node)
+            stats.applied += 1
+            lag = self._clock() - event.now
+            stats.lag_last = lag
+            stats.lag_sum += lag
+            if lag > stats.lag_max:
+                stats.lag_max = lag
+            try:
+                self._on_applied(entry_id, origin, event, applied)
+            except Exception:
+                stats.apply_errors += 1
+                log.exception("cluster log: on_applied failed for entry %s (%s)", entry_id, event)
+            if origin == self.node:
+                fut = self._waiters.pop(entry_id, None)
+                if fut is not None:
+                    if not fut.done():
+                        fut.set_result(applied)
+                elif self._unresolved:
+                    self._early[entry_id] = applied
+        if self._tick_after is not None and not _older(self._last_id, self._tick_after):
+            self._tick_busy = False
+            self._tick_after = None
+        if self.is_timekeeper:
+            if self._since_checkpoint >= CHECKPOINT_ENTRIES:
+                self._checkpoint_wanted.set()
+            self._rearm()
+
+    # ------------------------------------------------------------ timekeeper: timers
+
+    def _rearm(self) -> None:
+        """Arm loop.call_at for the replica's next timer (wall-clock arithmetic), unless a TimerFired is pending."""
+        if not self.is_timekeeper or self._tick_busy:
+            return
+        due = self.coordinator.next_timer()
+        if due is not None and due == self._timer_due and self._timer is not None:
+            return
+        self._cancel_timer()
+        if due is None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = due - self._clock()
+        if due <= self._last_tick:  # the last TimerFired did not move it on: never spin appending TimerFired
+            delay = max(delay, self.settings.heartbeat)
+        self._timer_due = due
+        self._timer = loop.call_at(loop.time() + max(0.0, delay), self._tick)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._timer_due = None
+
+    def _tick(self) -> None:
+        due = self._timer_due
+        self._timer = None
+        self._timer_due = None
+        if not self.is_timekeeper or due is None:
+            return
+        now = max(self._clock(), due)
+        self._last_tick = due
+        self._tick_busy = self._enqueue(
+            _Append(encode(self.node, TimerFired(kind="tick", id="", now=now)), True, None, self._ticked)
+        )
+
+    def _ticked(self, entry_id: str | None) -> None:
+        if entry_id is None:  # refused (lease lost) or dropped
+            self._tick_busy = False
+            self._rearm()
+            return
+        self.stats.timers += 1
+        if _older(self._last_id, entry_id):
+            self._tick_after = entry_id
+        else:  # the reader got there first
+            self._tick_busy = False
+            self._rearm()
+
+    # ------------------------------------------------------------ heartbeat and lease
+
+    async def _beat_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = self.settings.heartbeat
+        failed = False
+        while True:
+            _honour_cancel()
+            started = loop.time()
+            try:
+                await self._beat()
+            except _TRANSIENT as exc:
+                await self._trouble("heartbeat", exc, again=failed)
+                failed = True
+            else:
+                self._fine()
+                failed = False
+            await asyncio.sleep(max(0.0, period - (loop.time() - started)))
+
+    async def _beat(self) -> None:
+        assert self._redis is not None
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        lease_ms = round(settings.lease * 1000)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(self.heartbeat_key, repr(self._clock()), px=round(settings.node_timeout * 1000))
+        pipe.sadd(self.keys["nodes"], self.node)
+        await pipe.execute()
+        sent = loop.time()
+        if self._token is not None:
+            renewed = await self._scripts["renew"](keys=[self.keys["lease"]], args=[self._token, lease_ms])
+            if renewed:
+                self._hold_until(sent + settings.lease)
+            else:
+                self._lose_lease("another node holds it")
+        if self._token is None and not self._stopping:
+            sent = loop.time()
+            token = await self._scripts["acquire"](
+                keys=[self.keys["lease"], self.keys["epoch"]], args=[self.node, lease_ms]
+            )
+            if token is not None:
+                self._token = _text(token)
+                self._hold_until(sent + settings.lease)
+                self.is_timekeeper = True
+                self.stats.lease_acquired += 1
+                log.info("cluster log: node %s is the timekeeper (lease %s)", self.node, self._token)
+                if self._tasks:
+                    self._rearm()
+        if self.is_timekeeper and self._tasks:
+            await self._find_lost_nodes()
+
+    def _hold_until(self, deadline: float) -> None:
+        """The lease counts as ours until ``deadline`` (loop time): it was renewed at or after ``deadline - lease``.
+
+        Redis started the lease's time after that, so this node gives the role
+        up before Redis lets another node take it, even while Redis does not answer.
+        """
+        self._lease_until = deadline
+        if self._lease_timer is not None:
+            self._lease_timer.cancel()
+        self._lease_timer = asyncio.get_running_loop().call_at(deadline, self._lose_lease, "not renewed in time")
+
+    def _lose_lease(self, why: str) -> None:
+        if self._lease_timer is not None:
+            self._lease_timer.cancel()
+            self._lease_timer = None
+        if self._token is None:
+            return
+        log.warning("cluster log: node %s is no longer the timekeeper: %s", self.node, why)
+        self._token = None
+        self.is_timekeeper = False
+        self.stats.lease_lost += 1
+        self._cancel_timer()
+        self._tick_busy = False
+        self._tick_after = None
+
+    async def _find_lost_nodes(self) -> None:
+        assert self._redis is not None
+        others = sorted(n for n in map(_text, await self._redis.smembers(self.keys["nodes"])) if n != self.node)
+        if not others:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for node in others:
+            pipe.exists(self.node_key(node))
+        alive = await pipe.execute()
+        for node, up in zip(others, alive, strict=True):
+            if up or self._token is None:
+                continue
+            args: list[Any] = [self._token, node]
+            for k, v in encode(self.node, NodeLost(node=node, now=self._clock())).items():
+                args += [k, v]
+            keys = [self.keys["lease"], self.keys["log"], self.keys["nodes"], self.node_key(node)]
+            result = await self._scripts["node_lost"](keys=keys, args=args)
+            if result == -1:
+                self._lose_lease("a fenced append was refused")
+            elif isinstance(result, bytes | str):
+                self.stats.appends += 1
+                self.stats.nodes_lost += 1
+                log.warning("cluster log: node %s is lost (no heartbeat for %s s)", node, self.settings.node_timeout)
+
+    # ------------------------------------------------------------ checkpoints
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._checkpoint_wanted.wait(), CHECKPOINT_SECONDS)
+            except TimeoutError:
+                pass
+            self._checkpoint_wanted.clear()
+            _honour_cancel()
+            if not self.is_timekeeper or not self._since_checkpoint:
+                continue
+            try:
+                await self.write_checkpoint()
+            except _TRANSIENT as exc:
+                await self._trouble("writing a checkpoint", exc, again=True)
+            except Exception:  # say a replica that does not pickle: logged, and the next try may do better
+                log.exception("cluster log: writing a checkpoint failed")
+
+    async def write_checkpoint(self) -> bool:
+        """Store this replica as the checkpoint and trim the log before it (timekeeper only); True if written."""
+        assert self._redis is not None
+        token = self._token
+        if token is None:
+            return False
+        entry_id, count = self._last_id, self._since_checkpoint
+        state = pickle.dumps(self.coordinator, protocol=pickle.HIGHEST_PROTOCOL)
+        self._since_checkpoint = 0
+        keys = [self.keys["lease"], self.keys["checkpoint"], self.keys["log"]]
+        try:
+            result = await self._scripts["checkpoint"](keys=keys, args=[token, entry_id, self._fingerprint, state])
+        except BaseException:
+            self._since_checkpoint += count
+            raise
+        if result == -1:
+            self._since_checkpoint += count
+            self._lose_lease("a fenced checkpoint was refused")
+            return False
+        if result == 1:
+            self.stats.checkpoints_written += 1
+            log.debug("cluster log: checkpoint at %s (%d bytes)", entry_id, len(state))
+        return bool(result == 1)
+
+    async def _load_checkpoint(self, *, at_start: bool) -> bool:
+        """Replace the replica by the stored checkpoint; False if there is none (or, after start, an unusable one)."""
+        assert self._redis is not None
+        stored = {_text(k): v for k, v in (await self._redis.hgetall(self.keys["checkpoint"])).items()}
+        if not stored:
+            return False
+        try:
+            entry_id = _text(stored["id"])
+            fingerprint = _text(stored["fingerprint"])
+            state = stored["state"]
+            coordinator = pickle.loads(state if isinstance(state, bytes) else state.encode())
+        except Exception as exc:  # noqa: BLE001 - whatever unpickling raises, the message names the key
+            message = f"the checkpoint {self.keys['checkpoint']} cannot be loaded: {exc!r}"
+            if at_start:
+                raise ClusterLogError(message) from None
+            log.error("cluster log: %s", message)
+            return False
+        if fingerprint != self._fingerprint:
+            message = self._model_difference(coordinator)
+            if at_start:
+                raise ClusterLogError(message)
+            log.error("cluster log: %s", message)
+            return False
+        self.coordinator = coordinator
+        self._last_id = entry_id
+        self._since_checkpoint = 0
+        self.stats.checkpoints_loaded += 1
+        if not at_start:
+            log.warning("cluster log: node %s reloaded the checkpoint at %s", self.node, entry_id)
+            self._cancel_timer()
+            self._tick_busy = False
+            self._tick_after = None
+            self._rearm()
+        return True
+
+    def _model_difference(self, stored: Coordinator) -> str:
+        differences = model_differences(self.coordinator.engine.model, stored.engine.model)
+        name = self.settings.name
+        return (
+            f"node {self.node} cannot join cluster {name!r}: its queue model differs from the cluster's "
+            f"({'; '.join(differences)}). Give every node the same queues:, agents: and surge: sections, or stop "
+            f"every node and delete the Redis keys {name}:checkpoint and {name}:log to start the cluster afresh"
+        )
+
+    # ------------------------------------------------------------ outages
+
+    async def _trouble(self, doing: str, exc: BaseException, *, again: bool) -> None:
+        """A Redis error; the outage is logged once it repeats (pooled connections fail once after a restart)."""
+        if not again:
+            log.debug("cluster log: Redis failed while %s: %s; trying again", doing, exc)
+            if self._redis is not None:  # the others in the pool are likely as stale: the retry gets a fresh one
+                await self._redis.connection_pool.disconnect(inuse_connections=False)
+            return
+        if self._outage_since is None and not self._stopping:
+            self._outage_since = time.monotonic()
+            self.stats.outages += 1
+            log.error("cluster log: Redis at %s failed while %s: %s; retrying", redacted(self._url), doing, exc)
+
+    def _fine(self) -> None:
+        if self._outage_since is not None:
+            log.warning(
+                "cluster log: Redis at %s answers again after %.1f s",
+                redacted(self._url),
+                time.monotonic() - self._outage_since,
+            )
+            self._outage_since = None
