@@ -20,15 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from support.bookings import booking_overrides, confirmation
 from support.callers import CallerEar, find_all
-from support.demo import demo_ivr
-from support.ports import free_port
 from support.server import Server, start_server
 from support.sipp import run_callers
-
-from ivr.media.g711 import get_codec
-from ivr.settings.config import Config
-from ivr.settings.prompts import load_prompts
 
 pytestmark = [pytest.mark.sipp, pytest.mark.slow]
 
@@ -38,17 +33,7 @@ CALLERS = 24
 def test_bookings_survive_kill_9(
     server_factory: Callable[[dict[str, object]], Server], sipp: str, tmp_path: Path
 ) -> None:
-    ivr = demo_ivr()
-    cache = tmp_path / "prompts"
-    store = load_prompts(Config.model_validate({"ivr": ivr, "media": {"prompt_cache": str(cache)}}))
-    overrides: dict[str, object] = {
-        "sip": {"hold_time": 60},
-        "media": {"prompt_cache": str(cache), "recordings_dir": str(tmp_path / "recordings")},
-        "ivr": ivr,
-        "queues": {"general": {"max_wait": 3, "overflow": "callback", "max_length": 100}},
-        "surge": {"auto": False},
-        "callbacks": {"trunk": f"sip:{{number}}@127.0.0.1:{free_port()}", "dispatch_interval": 30},
-    }
+    overrides, store = booking_overrides(tmp_path)
     server = server_factory(overrides)
     ears = [CallerEar() for _ in range(CALLERS)]
     numbers = [f"44460{i:02d}" for i in range(CALLERS)]
@@ -70,8 +55,8 @@ def test_bookings_survive_kill_9(
         for ear in ears:
             ear.stop()
 
-    confirmation = list(store.frames("callback_booked", get_codec("PCMU")))[:1]
-    heard = {n for n, ear in zip(numbers, ears, strict=True) if find_all(ear.payloads(), confirmation)}
+    booked_frames = confirmation(store)
+    heard = {n for n, ear in zip(numbers, ears, strict=True) if find_all(ear.payloads(), booked_frames)}
     with sqlite3.connect(server.db_path) as conn:
         booked_before = [r[0] for r in conn.execute("SELECT number FROM callbacks")]
     # the kill fell inside the burst: some heard the confirmation, some did not get that far

@@ -43,7 +43,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.agents import admin_agents, admin_queue, agent_phone, agent_state, http, server_config, tone_u8
+from support.agents import (
+    admin_agents,
+    admin_queue,
+    agent_phone,
+    agent_state,
+    answers_then_hangs_up,
+    http,
+    server_config,
+    tone_u8,
+)
 from support.callers import FRAME, RATE, caller_media
 from support.demo import demo_ivr
 from support.records import wait_for_records
@@ -53,7 +62,7 @@ from support.waiting import wait_until
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # pyVoIP imports audioop (deprecated in 3.11)
-    from pyVoIP.VoIP import CallState, InvalidStateError, VoIPCall
+    from pyVoIP.VoIP import CallState, VoIPCall
 
 pytestmark = [pytest.mark.pyvoip, pytest.mark.sipp]
 
@@ -401,20 +410,8 @@ def test_surge_switches_on_overflows_and_every_caller_is_answered_and_leaves_by_
     server = server_factory(server_config(queue, ["8001"], surge=surge, ivr=ivr))
     assert admin_queue(server)["settings"]["max_wait"] == max_wait
     talks: list[str] = []
-
-    def on_call(call: VoIPCall) -> None:
-        call.answer()
-        talks.append(call.request.headers["From"]["number"])
-        deadline = time.monotonic() + talk
-        while call.state == CallState.ANSWERED and time.monotonic() < deadline:
-            time.sleep(0.05)
-        try:
-            call.hangup()  # the agent ends the call; the server hangs up the caller
-        except InvalidStateError:
-            pass  # the caller was gone first
-
     numbers = [f"44401{i:02d}" for i in range(10)]
-    with agent_phone(server, "8001", on_call), caller_media(len(numbers)) as media:
+    with agent_phone(server, "8001", answers_then_hangs_up(talks, talk)), caller_media(len(numbers)) as media:
         run = run_callers(
             sipp,
             server,

@@ -374,6 +374,11 @@ class CallbackDesk:
     # -- the dispatcher ------------------------------------------------------------------------------
     async def run(self) -> None:
         while True:
+            cluster = self.queues.cluster
+            if cluster is not None and not cluster.is_timekeeper:
+                # cluster mode: one node (the timekeeper) gives callbacks to agents, so no agent gets two at once
+                await asyncio.sleep(self.settings.dispatch_interval)
+                continue
             try:
                 await self.dispatch_once()
             except Exception:

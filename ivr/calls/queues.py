@@ -27,6 +27,10 @@ And back: the agent's phone answering, refusing or not answering
 (HTTP) and phones registering all become engine events. A phone's first
 registration logs its agent in and ready; losing the last one logs it out.
 
+In cluster mode (docs/cluster.md) the same class feeds the shared log instead
+of its own engine, and carries out the decisions this node's replica routes to
+it; the module is long because both modes share every decision's carrying out.
+
 Why an RTP relay rather than re-INVITEing the phones to each other: it
 works through NAT and with phones that cannot be re-INVITEd, every leg
 keeps its own clean RTP stream, and the server keeps the audio path for
@@ -36,6 +40,7 @@ tick of delay) and the server's bandwidth.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections import deque
@@ -45,6 +50,8 @@ from typing import TYPE_CHECKING
 
 from ivr.calls.callers import QueueCaller
 from ivr.calls.legs import OutboundLeg, dial
+from ivr.cluster.coordinator import PhoneBindings
+from ivr.cluster.log import ClusterLogError
 from ivr.flow.program import number_prompts
 from ivr.sip.ua import OutAnswered, OutEnded, OutFailed, OutRinging
 from queueing.engine import Engine
@@ -74,14 +81,19 @@ from queueing.events import (
 )
 
 if TYPE_CHECKING:
-    import asyncio
-
+    from ivr.cluster.coordinator import Applied, ClusterEvent
+    from ivr.cluster.log import ClusterLog
     from ivr.sip.ua import UserAgent
     from ivr.transport.rtp import MediaShell
 
 log = logging.getLogger(__name__)
 
 HOLD_MUSIC = "hold_music"
+REQUEST_TIMEOUT = 5.0  # seconds an agent's or supervisor's change may wait for the shared log (cluster mode)
+
+
+class ClusterUnavailable(Exception):
+    """Cluster mode: the shared log (Redis) did not take a change in time; nothing was changed."""
 
 
 @dataclass(eq=False, kw_only=True)
@@ -91,6 +103,7 @@ class Ring(OutboundLeg):
     agent: str
     call_id: str
     cancelled: bool = False
+    answered: bool = False  # the phone took the call; the engine's word on it may still be on its way
 
 
 @dataclass(eq=False)
@@ -123,8 +136,13 @@ class LiveQueues:
         *,
         wake: Callable[[], None] | None = None,
         connected_line: bool = True,
+        cluster: ClusterLog | None = None,
     ) -> None:
-        self.engine = engine
+        self._engine = engine
+        # cluster mode: events go to the shared log and decisions come back from this node's replica
+        # (docs/cluster.md); the engine clock is then the wall clock shared by the nodes
+        self.cluster = cluster
+        self.node = cluster.node if cluster is not None else ""
         self.ua = ua
         self.media = media
         self.clock = clock
@@ -142,9 +160,23 @@ class LiveQueues:
         self._timer_at: float | None = None
         self._in_sip = False
 
+    @property
+    def engine(self) -> Engine:
+        """The engine deciding for this node: its own, or in cluster mode this node's replica (read, never fed)."""
+        if self.cluster is not None:
+            return self.cluster.coordinator.engine
+        return self._engine
+
     # -- engine in and out ---------------------------------------------------------------
     def feed(self, event: Event) -> None:
-        """Hand one event to the engine and carry out what it decides (events it causes queue up)."""
+        """Hand one event to the engine and carry out what it decides (events it causes queue up).
+
+        In cluster mode the event is appended to the shared log; what the engine
+        decides comes back through :meth:`on_applied`, on every node alike.
+        """
+        if self.cluster is not None:
+            self.cluster.submit(event)
+            return
         self._pending.append(event)
         if self._busy:
             return
@@ -168,11 +200,33 @@ class LiveQueues:
         if not self._in_sip and self.wake is not None:
             self.wake()
 
+    def on_applied(self, entry: str, origin: str, event: Event | ClusterEvent, applied: Applied) -> None:
+        """Cluster mode: one entry of the shared log applied to this node's replica; carry out our part."""
+        if applied.error is not None and origin == self.node:
+            log.warning("queue engine refused %s (%s): %s", type(event).__name__, entry, applied.error)
+        for routed in applied.routed:
+            if routed.node is None or routed.node == self.node:
+                self._carry_out(routed.decision)
+        if origin == self.node and isinstance(event, AgentAnswered):
+            self._answer_settled(event.agent, event.call)
+        if self.wake is not None:
+            self.wake()
+
     def now(self) -> float:
-        """The loop clock, never behind the engine's own time (the engine refuses time going backwards)."""
+        """The engine's clock (loop clock, or wall clock in cluster mode), never behind the engine's own time."""
         return max(self.clock(), self.engine.now or 0.0)
 
+    def _engine_now(self, now: float) -> float:
+        """An engine time for an event the calls' side timed with ``now`` (its clock is the engine's on one node)."""
+        return self.now() if self.cluster is not None else now
+
+    def sip_now(self) -> float:
+        """The SIP core's and the calls' clock (the loop's); the same as :meth:`now` on a single node."""
+        return self.loop.time() if self.cluster is not None else self.now()
+
     def _arm_timer(self) -> None:
+        if self.cluster is not None:
+            return  # the cluster's timekeeper appends the engine's timers to the log
         at = self.engine.next_timer()
         if at == self._timer_at:
             return
@@ -205,7 +259,7 @@ class LiveQueues:
                 ring = queued.rings.get(d.agent) if queued else None
                 if ring is not None:
                     ring.cancelled = True
-                    self.ua.drop(ring.out, self.now())
+                    self.ua.drop(ring.out, self.sip_now())
                     # no audio for a cancelled ring, whenever the phone's final answer comes
                     self.media.close(ring.stream)
             case Connect():
@@ -213,11 +267,11 @@ class LiveQueues:
             case Overflow():
                 queued = self.calls.pop(d.call, None)
                 if queued is not None:
-                    queued.ivr.leave_queue(d.target, self.now())
+                    queued.ivr.leave_queue(d.target, self.sip_now())
             case PlayAnnouncement():
                 queued = self.calls.get(d.call)
                 if queued is not None:
-                    queued.ivr.announce(announcement_prompts(d), self.now())
+                    queued.ivr.announce(announcement_prompts(d), self.sip_now())
             case SurgeChanged():
                 log.info("surge %s (%s)", "on" if d.on else "off", d.cause)
             case PauseOutbound():
@@ -227,41 +281,58 @@ class LiveQueues:
             case _:
                 pass  # SetTimer: the engine keeps its timers; _arm_timer follows next_timer()
 
+    def _contacts(self, agent: str) -> list[tuple[str, tuple[str, str, int]]]:
+        """The agent's registered phones (contact, peer), newest first: this node's, or the cluster's."""
+        if self.cluster is not None:
+            return self.cluster.coordinator.lookup(agent, self.now())
+        return [(b.contact, b.peer) for b in self.ua.registrar.lookup(agent, self.sip_now())]
+
+    def registered(self, agent: str) -> bool:
+        return bool(self._contacts(agent))
+
     def _ring(self, agent: str, call_id: str) -> None:
         queued = self.calls.get(call_id)
-        now = self.now()
         if queued is None:
-            self._pending.append(AgentNoAnswer(agent=agent, call=call_id, now=now))
+            self.feed(AgentNoAnswer(agent=agent, call=call_id, now=self.now()))
             return
-        bindings = self.ua.registrar.lookup(agent, now)
-        if not bindings:
+        contacts = self._contacts(agent)
+        if not contacts:
             self.counters.unreachable += 1
-            self._pending.append(AgentNoAnswer(agent=agent, call=call_id, now=now))
+            self.feed(AgentNoAnswer(agent=agent, call=call_id, now=self.now()))
             return
-        binding = bindings[0]
+        contact, peer = contacts[0]
         caller = queued.ivr.call
         try:
             stream, out = dial(
                 self.ua,
                 self.media,
-                binding.contact,
-                binding.peer,
-                now,
+                contact,
+                peer,
+                self.sip_now(),
                 from_user=caller.caller or "anonymous",
                 from_display=f"{caller.caller} via {queued.queue}",  # shown on the agent's phone
             )
         except OSError:
             log.warning("no RTP port free to ring agent %s", agent)
-            self._pending.append(AgentNoAnswer(agent=agent, call=call_id, now=now))
+            self.feed(AgentNoAnswer(agent=agent, call=call_id, now=self.now()))
             return
         queued.rings[agent] = Ring(stream=stream, out=out, agent=agent, call_id=call_id)
 
     def _connect(self, agent: str, call_id: str) -> None:
-        queued = self.calls[call_id]
-        ring = queued.rings.pop(agent)
+        queued = self.calls.get(call_id)
+        if queued is None:
+            return  # cluster mode: the caller hung up while the engine connected (its rings were dropped then)
+        now = self.sip_now()
+        ring = queued.rings.pop(agent, None)
+        if ring is None:
+            # cluster mode: the agent's phone hung up right after answering, before this Connect came back
+            del self.calls[call_id]
+            self.feed(CallEnded(call=call_id, now=self.now()))
+            queued.ivr.agent_hung_up = True
+            self.ua.hangup(queued.ivr.call, now)
+            return
         queued.talking = ring
         ivr = queued.ivr
-        now = self.now()
         ivr.connected(now)
         ivr.stream.bridge(ring.stream)
         if self.connected_line:
@@ -282,7 +353,7 @@ class LiveQueues:
         self.counters.agent_calls[result] = self.counters.agent_calls.get(result, 0) + 1
 
     def _on_leg_event(self, ring: Ring, ev: OutRinging | OutAnswered | OutFailed | OutEnded) -> None:
-        now = self.now()
+        now = self.sip_now()
         queued = self.calls.get(ring.call_id)
         if isinstance(ev, OutRinging):
             return
@@ -292,9 +363,10 @@ class LiveQueues:
             if queued is None or queued.rings.get(ring.agent) is not ring or ring.cancelled:
                 self.ua.drop(ev.call, now)  # answered too late: the caller left or another agent won
                 return
-            self.feed(AgentAnswered(agent=ring.agent, call=ring.call_id, now=now))
-            if queued.talking is not ring:
-                self.ua.drop(ev.call, now)  # the engine gave the caller up meanwhile
+            ring.answered = True
+            self.feed(AgentAnswered(agent=ring.agent, call=ring.call_id, now=self.now()))
+            if self.cluster is None:
+                self._answer_settled(ring.agent, ring.call_id)
             return
         # OutFailed / OutEnded: this leg is over
         self.media.close(ring.stream)
@@ -303,16 +375,28 @@ class LiveQueues:
             if queued is not None and queued.rings.get(ring.agent) is ring:
                 del queued.rings[ring.agent]
                 if not ring.cancelled:
-                    self.feed(AgentNoAnswer(agent=ring.agent, call=ring.call_id, now=now))
+                    self.feed(AgentNoAnswer(agent=ring.agent, call=ring.call_id, now=self.now()))
             return
         # OutEnded: the talk is over (the agent hung up, or we did after the caller)
         if queued is not None and queued.talking is ring:
             del self.calls[ring.call_id]
             queued.ivr.stream.unbridge()
-            self.feed(CallEnded(call=ring.call_id, now=now))
+            self.feed(CallEnded(call=ring.call_id, now=self.now()))
             if ev.call.ended_by == "remote":
                 queued.ivr.agent_hung_up = True
                 self.ua.hangup(queued.ivr.call, now)
+        elif queued is not None and queued.rings.get(ring.agent) is ring:
+            # the phone hung up after answering, before the engine's Connect came back (cluster mode)
+            del queued.rings[ring.agent]
+
+    def _answer_settled(self, agent: str, call_id: str) -> None:
+        """After the engine took an agent's answer: unless it connected this ring, the phone is hung up."""
+        queued = self.calls.get(call_id)
+        ring = queued.rings.get(agent) if queued is not None else None
+        if ring is None or not ring.answered or (queued is not None and queued.talking is ring):
+            return
+        ring.answered = False
+        self.ua.drop(ring.out, self.sip_now())  # the engine gave the caller up meanwhile
 
     # -- the caller's side -------------------------------------------------------------------------
     def enqueue(self, ivr: QueueCaller, queue: str, groups: frozenset[str], now: float) -> None:
@@ -322,7 +406,7 @@ class LiveQueues:
             return
         tier, urgent = self.tier_of(queue, groups)
         self.calls[call_id] = Queued(ivr, queue)
-        self.feed(CallArrived(call_id=call_id, queue=queue, tier=tier, urgent=urgent, now=now))
+        self.feed(CallArrived(call_id=call_id, queue=queue, tier=tier, urgent=urgent, now=self._engine_now(now)))
 
     def caller_gone(self, call_id: str, now: float) -> None:
         """The caller's call ended (hang-up, media timeout, ...) while queued, ringing or talking."""
@@ -335,35 +419,72 @@ class LiveQueues:
             if ring is not None:
                 del self.calls[call_id]
                 queued.ivr.stream.unbridge()
-                self.feed(CallEnded(call=call_id, now=now))
+                self.feed(CallEnded(call=call_id, now=self._engine_now(now)))
                 self.ua.drop(ring.out, now)
             else:
                 # the engine cancels the rings (CancelRing); their legs end with OutFailed(487)
-                self.feed(CallerHungUp(call=call_id, now=now))
+                self.feed(CallerHungUp(call=call_id, now=self._engine_now(now)))
                 self.calls.pop(call_id, None)
+                if self.cluster is not None:
+                    # the engine's CancelRings come back after the caller is forgotten here: cancel now
+                    for ring in queued.rings.values():
+                        ring.cancelled = True
+                        self.ua.drop(ring.out, now)
+                        self.media.close(ring.stream)
         finally:
             self._in_sip = False
 
     # -- agents' buttons and phones ----------------------------------------------------------------
     def agent_event(self, agent: str, action: str, reason: str | None = None) -> None:
-        """login | ready | not_ready | logout; raises PolicyError (unknown agent, illegal now)."""
+        """login | ready | not_ready | logout; raises PolicyError (unknown agent, illegal now).
+
+        In cluster mode the event goes to the shared log and a refusal is only
+        logged: callers that must know await :meth:`agent_request` instead.
+        """
+        self.feed(self._agent_change(agent, action, reason))
+
+    async def agent_request(self, agent: str, action: str, reason: str | None = None) -> None:
+        """:meth:`agent_event`, raising PolicyError in cluster mode too (once this node's replica applied it)."""
+        event = self._agent_change(agent, action, reason)
+        if self.cluster is None:
+            self.feed(event)
+            return
+        try:
+            applied = await asyncio.wait_for(self.cluster.request(event), REQUEST_TIMEOUT)
+        except (TimeoutError, ClusterLogError) as exc:
+            raise ClusterUnavailable(f"the cluster's shared log did not take the change in time ({exc})") from None
+        if applied.error is not None:
+            raise PolicyError(applied.error)
+
+    def _agent_change(self, agent: str, action: str, reason: str | None) -> Event:
         now = self.now()
-        event: Event
         if action == "login":
-            event = AgentLoggedIn(agent=agent, now=now)
-        elif action == "ready":
-            event = AgentReady(agent=agent, now=now)
-        elif action == "not_ready":
-            event = AgentNotReady(agent=agent, reason=reason or "busy", now=now)
-        elif action == "logout":
-            event = AgentLoggedOut(agent=agent, now=now)
-        else:
-            raise PolicyError(f"unknown agent action {action!r}")
-        self.feed(event)
+            return AgentLoggedIn(agent=agent, now=now)
+        if action == "ready":
+            return AgentReady(agent=agent, now=now)
+        if action == "not_ready":
+            return AgentNotReady(agent=agent, reason=reason or "busy", now=now)
+        if action == "logout":
+            return AgentLoggedOut(agent=agent, now=now)
+        raise PolicyError(f"unknown agent action {action!r}")
+
+    def publish_bindings(self, agent: str) -> None:
+        """Cluster mode: this node's registered phones of ``agent`` (expiry in wall-clock time) to every replica."""
+        if self.cluster is None or agent not in self.engine.agents:
+            return
+        sip_now, now = self.loop.time(), self.now()
+        rows = tuple(
+            (b.contact, b.peer, now + b.expires_at - sip_now) for b in self.ua.registrar.lookup(agent, sip_now)
+        )
+        self.cluster.submit(PhoneBindings(node=self.node, agent=agent, bindings=rows, now=now))
 
     def on_registration(self, agent: str, registered: bool) -> None:
-        """A phone's first binding logs its agent in (ready); losing the last one logs it out."""
-        if agent not in self.engine.agents:
+        """A phone's first binding logs its agent in (ready); losing the last one logs it out.
+
+        In cluster mode the replicas apply this rule to the bindings of every node
+        (:meth:`publish_bindings`), so that a phone on any node counts.
+        """
+        if agent not in self.engine.agents or self.cluster is not None:
             return
         state = self.engine.agents[agent].state.value
         try:
@@ -399,4 +520,4 @@ def announcement_prompts(d: PlayAnnouncement) -> tuple[str, ...]:
     return said
 
 
-__all__ = ["HOLD_MUSIC", "LiveQueues", "announcement_prompts"]
+__all__ = ["HOLD_MUSIC", "ClusterUnavailable", "LiveQueues", "announcement_prompts"]

@@ -48,6 +48,10 @@ could be replayed with another Contact to steal an agent's calls.
 
 Credentials are HA1 values, hex MD5(``username:realm:password``), as written
 by ``frontdesk hash-password``: the password itself is never stored.
+
+The module is long because the whole of RFC 3261 10.3 and digest authentication
+(nonces, replay record, throttle) live together in one class: each step reads
+what the one before checked.
 """
 
 from __future__ import annotations
@@ -173,6 +177,7 @@ class Registrar:
         secret: bytes,
         on_change: Callable[[str, bool], None] | None = None,
         throttle: AuthThrottle | None = None,
+        on_bindings: Callable[[str], None] | None = None,
     ) -> None:
         if len(secret) < 16:
             raise ValueError("the nonce secret must be at least 16 bytes")
@@ -191,6 +196,8 @@ class Registrar:
         self._dummy_ha1 = hmac.new(secret, b"no such user", hashlib.md5).hexdigest()
         # told (username, registered) when a user's first contact appears and when its last one goes
         self.on_change = on_change
+        # told the username whenever any of its bindings is added, refreshed or removed (a cluster node publishes them)
+        self.on_bindings = on_bindings
         # failed logins through every door (REGISTER, HTTP Basic, the web login) count here
         self.throttle = throttle if throttle is not None else AuthThrottle()
 
@@ -466,6 +473,8 @@ class Registrar:
             heapq.heappush(self._expiry, (b.expires_at, self._seq, username, key))
             if len(self._expiry) > self.expiry_limit:
                 self._compact_expiry()
+        if changes and self.on_bindings is not None:
+            self.on_bindings(username)
 
     def _compact_expiry(self) -> None:
         """Rebuild the expiry heap from the live bindings, so it holds about one entry per binding.
@@ -490,6 +499,8 @@ class Registrar:
                 del self._bindings[username]
                 if self.on_change is not None:
                     self.on_change(username, False)
+            if self.on_bindings is not None:
+                self.on_bindings(username)
 
     def _contact_headers(self, username: str, now: float) -> tuple[tuple[str, str], ...]:
         bindings = sorted(self._bindings.get(username, {}).values(), key=lambda b: b.registered_at)

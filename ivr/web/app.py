@@ -67,6 +67,7 @@ from ivr.storage.upgrade import add_missing_columns
 from ivr.transport.rtp import MediaShell
 from ivr.transport.sip import SipShell
 from ivr.web import admin, queueapi, routes, sessions
+from ivr.web.clustermetrics import AgentCallCollector, ClusterCollector, LostCallersCollector, NodeRegistry
 from ivr.web.flood import FloodCollector, admission_for
 from ivr.web.keys import CONFIG, PROMPTS, RUNTIME, Runtime
 from ivr.web.mapmetrics import TablesCollector, session_table, sip_tables
@@ -95,7 +96,11 @@ def ua_config(config: Config) -> UaConfig:
     )
 
 
-def registrar_for(config: Config, on_change: Callable[[str, bool], None] | None = None) -> Registrar:
+def registrar_for(
+    config: Config,
+    on_change: Callable[[str, bool], None] | None = None,
+    on_bindings: Callable[[str], None] | None = None,
+) -> Registrar:
     """Agents' logins from the config; the nonce secret is new each start (old nonces come back stale)."""
     reg = config.registrar
     settings = RegistrarSettings(
@@ -107,7 +112,7 @@ def registrar_for(config: Config, on_change: Callable[[str, bool], None] | None 
     )
     agents = {name: Credential(a.ha1, a.display_name) for name, a in config.agents.items()}
     throttle = AuthThrottle(ThrottleSettings(**config.security.auth.model_dump()), config.security.trusts)
-    return Registrar(settings, agents, secrets.token_bytes(32), on_change, throttle)
+    return Registrar(settings, agents, secrets.token_bytes(32), on_change, throttle, on_bindings)
 
 
 def router_settings(config: Config) -> RouterSettings:
@@ -171,15 +176,24 @@ def live_queues(
     config: Config, ua: UserAgent, media: MediaShell, wake: Callable[[], None], stack: AsyncExitStack
 ) -> LiveQueues:
     loop = asyncio.get_running_loop()
+    model = model_from_config(config)
+    cluster = None
+    if config.cluster.enabled:
+        # cluster mode: the engine is this node's replica of the shared log (docs/cluster.md), on the wall clock
+        from ivr.cluster.coordinator import Coordinator
+        from ivr.cluster.log import ClusterLog
+
+        cluster = ClusterLog(config.cluster, lambda: Coordinator(model), lambda *entry: queues.on_applied(*entry))
     queues = LiveQueues(
-        Engine(model_from_config(config)),
+        Engine(model),
         ua,
         media,
-        loop.time,
+        loop.time if cluster is None else time.time,
         loop,
         lambda queue, groups: tier_of(config.queues[queue], groups),
         wake=wake,
         connected_line=config.sip.connected_line,
+        cluster=cluster,
     )
     stack.callback(queues.close)
     return queues
@@ -237,8 +251,18 @@ def register_collectors(
 ) -> None:
     registry.register(SipCollector(ua, lambda: recorder.backlog, lambda: recorder.write_errors))
     registry.register(IvrCollector(ivr.metrics, ivr.media))
-    registry.register(QueueCollector(lambda: queues.engine, lambda: queues.outbound_paused, queues.counters))
-    registry.register(CallbackCollector(desk.counters))
+    cluster = queues.cluster
+    if cluster is None:
+        registry.register(QueueCollector(lambda: queues.engine, lambda: queues.outbound_paused, queues.counters))
+    else:
+        assert isinstance(registry, NodeRegistry)
+        # the replica's queue families once, from the timekeeper; this node's own counts with its node label
+        exporting = lambda: cluster.is_timekeeper  # noqa: E731
+        registry.register_shared(QueueCollector(lambda: queues.engine, lambda: queues.outbound_paused, None, exporting))
+        registry.register_shared(LostCallersCollector(cluster))
+        registry.register(AgentCallCollector(queues.counters))
+        registry.register(ClusterCollector(cluster))
+    registry.register(CallbackCollector(desk.counters, None if cluster is None else lambda: cluster.is_timekeeper))
 
 
 def start_task(stack: AsyncExitStack, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -262,7 +286,7 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         engine = await open_storage(config, stack)
         notices = NoticeBoard.from_settings(engine, config.ivr)
         await notices.load()
-        registry = CollectorRegistry()
+        registry = NodeRegistry(config.cluster.node_id) if config.cluster.node_id else CollectorRegistry()
         outbox, send_text = start_texts(config, engine, registry, stack)
         texts = text_gate(config.security, send_text, loop.time)  # every text, whoever asks, within its cap
         send_text = texts.send
@@ -274,13 +298,18 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
 
         wake = asyncio.Event()  # what the SIP core queued outside the shell's turn waits to be sent
         registrations: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
+        on_change = lambda agent, up: registrations.put_nowait((agent, up))  # noqa: E731
+        on_bindings = lambda agent: registrations.put_nowait((agent, True))  # noqa: E731
         ua = UserAgent(
             ua_config(config),
             rng=random.Random(),
-            registrar=registrar_for(config, lambda agent, up: registrations.put_nowait((agent, up))),
+            registrar=registrar_for(config, on_change, on_bindings if config.cluster.enabled else None),
         )
         media = media_shell(config, MediaEventSink(loop.time, wake.set, drop=ua.drop), stack)
         queues = live_queues(config, ua, media, wake.set, stack)
+        if queues.cluster is not None:
+            await queues.cluster.start()  # the replica is up to date before this node takes a call
+            stack.push_async_callback(queues.cluster.stop)
         start_task(stack, _registrations(registrations, queues), "registrations")
         store = callback_store(engine, config.callbacks)
         desk = CallbackDesk(store, config.callbacks, queues, ua, media, loop, send_text, wake.set, trust=texts.counters)
@@ -334,7 +363,10 @@ async def _registrations(changes: asyncio.Queue[tuple[str, bool]], queues: LiveQ
     while True:
         agent, up = await changes.get()
         try:
-            queues.on_registration(agent, up)
+            if queues.cluster is not None:
+                queues.publish_bindings(agent)  # every replica applies the login rule to every node's phones
+            else:
+                queues.on_registration(agent, up)
         except Exception:
             log.exception("registration change of %s not applied", agent)
 

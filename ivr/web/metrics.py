@@ -5,7 +5,9 @@ per-message path pays for a dict update, not for a metrics library; this
 collector turns them into metric families when Prometheus scrapes. The queue
 engine keeps its own counters (``queueing.stats.QueueStats``), read the
 same way by :class:`QueueCollector`.
-All names share the ``frontdesk_`` prefix and use base units.
+All names share the ``frontdesk_`` prefix and use base units. The module is
+long because it holds one collector per part of the server, each a list of
+families that the README's metrics table documents one by one.
 """
 
 from __future__ import annotations
@@ -345,12 +347,18 @@ class QueueCollector(Collector):
         engine_getter: Callable[[], Engine],
         outbound_paused: Callable[[], bool],
         router_counts: AgentCallCounts | None = None,
+        exporting: Callable[[], bool] | None = None,
     ) -> None:
         self.engine_getter = engine_getter
         self.outbound_paused = outbound_paused
         self.router_counts = router_counts
+        # cluster mode: every node holds the same replica, so only one (the timekeeper) exports these
+        # families and sums over nodes stay right (the node's own AgentCallCollector is always exported)
+        self.exporting = exporting
 
     def collect(self) -> Iterator[object]:  # type: ignore[override]
+        if self.exporting is not None and not self.exporting():
+            return
         engine = self.engine_getter()
         scrape = _Scrape(engine, engine.snapshot(), sorted(engine.queues))
         yield from self._queue_counters(scrape)
@@ -361,7 +369,7 @@ class QueueCollector(Collector):
         yield from self._surge(scrape)
         yield self._outbound_paused()
         if self.router_counts is not None:
-            yield from self._agent_calls(self.router_counts)
+            yield from agent_call_families(self.router_counts)
 
     @staticmethod
     def _queue_counters(s: _Scrape) -> Iterator[CounterMetricFamily]:
@@ -424,19 +432,20 @@ class QueueCollector(Collector):
         g.add_metric([], 1 if self.outbound_paused() else 0)
         return g
 
-    @staticmethod
-    def _agent_calls(counts: AgentCallCounts) -> Iterator[CounterMetricFamily]:
-        c = CounterMetricFamily(
-            "frontdesk_queue_agent_calls", "Calls placed to agents' phones, by result", labels=["result"]
-        )
-        for result, n in sorted(counts.agent_calls.items()):
-            c.add_metric([result], n)
-        yield c
-        c = CounterMetricFamily(
-            "frontdesk_queue_agent_unreachable", "Rings asked for an agent whose phone is not registered"
-        )
-        c.add_metric([], counts.unreachable)
-        yield c
+
+def agent_call_families(counts: AgentCallCounts) -> Iterator[CounterMetricFamily]:
+    """Calls placed to agents' phones by result, and rings for agents with no phone registered."""
+    c = CounterMetricFamily(
+        "frontdesk_queue_agent_calls", "Calls placed to agents' phones, by result", labels=["result"]
+    )
+    for result, n in sorted(counts.agent_calls.items()):
+        c.add_metric([result], n)
+    yield c
+    c = CounterMetricFamily(
+        "frontdesk_queue_agent_unreachable", "Rings asked for an agent whose phone is not registered"
+    )
+    c.add_metric([], counts.unreachable)
+    yield c
 
 
 class CallbackCollector(Collector):
@@ -446,11 +455,28 @@ class CallbackCollector(Collector):
     ``callbacks.dispatch_interval`` seconds); counters run from start-up.
     """
 
-    def __init__(self, counters: Any) -> None:
+    def __init__(self, counters: Any, dispatching: Callable[[], bool] | None = None) -> None:
         self.c = counters  # ivr.calls.dialer.DeskCounters
+        # cluster mode: the list's gauges come from the dispatcher's passes, which run on the timekeeper only;
+        # another node would export the last values it saw as the timekeeper
+        self.dispatching = dispatching
 
     def collect(self) -> Iterator[object]:  # type: ignore[override]
         c = self.c
+        if self.dispatching is None or self.dispatching():
+            yield from self._list(c)
+        yield CounterMetricFamily(
+            "frontdesk_callback_promises_missed", "Callbacks whose promised time passed before they started",
+            value=c.promises_missed,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "frontdesk_callback_promise_warnings", "Texts sent to callers whose promise was at risk",
+            value=c.promises_warned,
+        )  # fmt: skip
+        yield from self._own(c)
+
+    @staticmethod
+    def _list(c: Any) -> Iterator[GaugeMetricFamily]:
         g = GaugeMetricFamily("frontdesk_callbacks", "Callbacks in the list, by state", labels=["state"])
         for state, n in c.by_state.items():
             g.add_metric([state], n)
@@ -465,18 +491,13 @@ class CallbackCollector(Collector):
             "Open callbacks the forecast says will start after the time promised to the caller",
             value=c.at_risk,
         )
-        yield CounterMetricFamily(
-            "frontdesk_callback_promises_missed", "Callbacks whose promised time passed before they started",
-            value=c.promises_missed,
-        )  # fmt: skip
-        yield CounterMetricFamily(
-            "frontdesk_callback_promise_warnings", "Texts sent to callers whose promise was at risk",
-            value=c.promises_warned,
-        )  # fmt: skip
         yield GaugeMetricFamily(
             "frontdesk_callback_dispatch_paused", "1 while outbound callbacks are paused (surge, R15)",
             value=1 if c.dispatch_paused else 0,
         )  # fmt: skip
+
+    @staticmethod
+    def _own(c: Any) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily("frontdesk_callback_bookings", "Callbacks booked (committed)", value=c.bookings)
         yield CounterMetricFamily(
             "frontdesk_callback_booking_errors", "Bookings that failed (the caller was told)", value=c.booking_errors

@@ -33,7 +33,7 @@ from aiohttp import web
 from pydantic import ConfigDict, Field, WithJsonSchema
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from ivr.calls.queues import LiveQueues
+from ivr.calls.queues import ClusterUnavailable, LiveQueues
 from ivr.settings.queues import (
     QUEUE_RUNTIME_KEYS,
     SURGE_RUNTIME_KEYS,
@@ -69,7 +69,7 @@ def agent_json(queues: LiveQueues, agent: Agent) -> dict[str, Any]:
         "reason": agent.reason,
         "call": agent.call,
         "skills": dict(agent.spec.skills),
-        "registered": bool(queues.ua.registrar.lookup(agent.id, queues.now())),
+        "registered": queues.registered(agent.id),
     }
 
 
@@ -134,7 +134,7 @@ async def agent_context(request: web.Request) -> tuple[LiveQueues, str]:
     if given is None:
         raise ApiError(401, "log in with your SIP name and password (HTTP Basic)", headers=AGENT_CHALLENGE)
     name, password = given
-    if not agent_password_ok(queues.ua.registrar, request, "basic", name, password, queues.now()):
+    if not agent_password_ok(queues.ua.registrar, request, "basic", name, password, queues.sip_now()):
         raise ApiError(401, "wrong agent name or password", headers=AGENT_CHALLENGE)
     if name not in queues.engine.agents:
         raise ApiError(403, f"{name} has a SIP login but is not an agent of any queue")
@@ -150,11 +150,13 @@ class NotReadyBody(RequestBody):
     reason: str = Field("", max_length=64, description='shown to supervisors; empty means "busy"')
 
 
-def _agent_answer(queues: LiveQueues, name: str, action: str, reason: str | None) -> web.StreamResponse:
+async def _agent_answer(queues: LiveQueues, name: str, action: str, reason: str | None) -> web.StreamResponse:
     try:
-        queues.agent_event(name, action, reason)
+        await queues.agent_request(name, action, reason)
     except PolicyError as exc:
         raise ApiError(409, str(exc)) from None
+    except ClusterUnavailable as exc:
+        raise ApiError(503, str(exc)) from None
     return web.json_response(agent_json(queues, queues.engine.agents[name]))
 
 
@@ -165,24 +167,24 @@ async def agent_state(request: web.Request, queues: LiveQueues, name: str) -> we
 
 async def agent_login(request: web.Request, queues: LiveQueues, name: str) -> web.StreamResponse:
     """Log in: the agent becomes ready."""
-    return _agent_answer(queues, name, "login", None)
+    return await _agent_answer(queues, name, "login", None)
 
 
 async def agent_ready(request: web.Request, queues: LiveQueues, name: str) -> web.StreamResponse:
     """Ready for the next caller."""
-    return _agent_answer(queues, name, "ready", None)
+    return await _agent_answer(queues, name, "ready", None)
 
 
 async def agent_not_ready(
     request: web.Request, queues: LiveQueues, name: str, body: NotReadyBody
 ) -> web.StreamResponse:
     """Not ready, with a reason."""
-    return _agent_answer(queues, name, "not_ready", body.reason or "busy")
+    return await _agent_answer(queues, name, "not_ready", body.reason or "busy")
 
 
 async def agent_logout(request: web.Request, queues: LiveQueues, name: str) -> web.StreamResponse:
     """Log out."""
-    return _agent_answer(queues, name, "logout", None)
+    return await _agent_answer(queues, name, "logout", None)
 
 
 # -- admin ----------------------------------------------------------------------------------
@@ -283,6 +285,7 @@ async def put_surge(request: web.Request, state: AdminState, actor: str, body: S
 async def patch_surge(request: web.Request, state: AdminState, actor: str, body: SurgePatch) -> web.StreamResponse:
     """The surge thresholds (audited)."""
     queues = _queues(request)
+    _no_live_change_in_cluster(queues)
     changes = body.model_dump(exclude_unset=True)
     try:
         spec = surge_for_runtime_update(queues.engine.model.surge, changes)
@@ -296,6 +299,7 @@ async def patch_surge(request: web.Request, state: AdminState, actor: str, body:
 async def patch_queue(request: web.Request, state: AdminState, actor: str, body: QueuePatch) -> web.StreamResponse:
     """One queue's limits (audited)."""
     queues = _queues(request)
+    _no_live_change_in_cluster(queues)
     name = request.match_info["name"]
     spec = queues.engine.queues.get(name)
     if spec is None:
@@ -309,6 +313,13 @@ async def patch_queue(request: web.Request, state: AdminState, actor: str, body:
     await _audited(state.engine, actor, "queue_settings", name, changes)
     queues.feed(QueueReconfigured(spec=new, now=queues.now()))
     return web.json_response(queues_json(queues)["queues"][name])
+
+
+def _no_live_change_in_cluster(queues: LiveQueues) -> None:
+    if queues.cluster is not None:
+        raise ApiError(
+            409, "cluster mode: change queue and surge settings in every node's config and restart the nodes"
+        )
 
 
 async def admin_agents(request: web.Request, state: AdminState, actor: str) -> web.StreamResponse:
@@ -331,10 +342,12 @@ async def put_agent_state(
         action = "login"  # logging in makes the agent ready
     await _audited(state.engine, actor, "agent_state", agent_id, body.model_dump(exclude_unset=True))
     try:
-        queues.agent_event(agent_id, action, body.reason)
+        await queues.agent_request(agent_id, action, body.reason)
     except PolicyError as exc:
         raise ApiError(409, str(exc)) from None
-    return web.json_response(agent_json(queues, agent))
+    except ClusterUnavailable as exc:
+        raise ApiError(503, str(exc)) from None
+    return web.json_response(agent_json(queues, queues.engine.agents[agent_id]))
 
 
 __all__ = ["QUEUES", "agent_context", "agent_json", "queues_json"]

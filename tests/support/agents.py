@@ -31,7 +31,7 @@ from support.waiting import wait_until
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # pyVoIP imports audioop (deprecated in 3.11)
-    from pyVoIP.VoIP import PhoneStatus, VoIPCall, VoIPPhone
+    from pyVoIP.VoIP import CallState, InvalidStateError, PhoneStatus, VoIPCall, VoIPPhone
 
 REALM = "frontdesk"
 ADMIN_TOKEN = "queue-live-admin-token-0123456789"
@@ -133,6 +133,23 @@ class AgentSoftphone:
 
     def cancels(self) -> list[tuple[float, str, str, str]]:
         return [r for r in self.requests if r[1] == "CANCEL"]
+
+
+def answers_then_hangs_up(talks: list[str], talk: float) -> Callable[[VoIPCall], None]:
+    """An agent who answers, notes the caller's number in ``talks``, talks ``talk`` s and hangs up first."""
+
+    def on_call(call: VoIPCall) -> None:
+        call.answer()
+        talks.append(call.request.headers["From"]["number"])
+        deadline = time.monotonic() + talk
+        while call.state == CallState.ANSWERED and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            call.hangup()  # the agent ends the talk; the server hangs up the caller
+        except InvalidStateError:
+            pass  # the caller was gone first
+
+    return on_call
 
 
 def _never_answer(call: VoIPCall) -> None:
