@@ -64,9 +64,11 @@ def _serve(args: argparse.Namespace) -> int:
     from callback import logmask as log_privacy
     from ivr.transport.tcp import raise_file_limit
     from ivr.web.app import create_app
+    from queueing import native_status
 
     config = _config(args)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("ivr.cli").info("queue engine: %s", native_status())  # compiled build or pure Python, and why
     log_privacy.install(config.security.log_numbers)  # customers' numbers and texts masked unless set clear
     # every TCP connection and every call's RTP socket is a descriptor: take all the system allows
     raise_file_limit(config.security.tcp.max_connections)
@@ -231,6 +233,7 @@ BENCHMARKS = {
     "bench-sim": "benchmark the traffic simulator in simulated calls per second, against Ciw (sim/simbench.py)",
     "bench-fuzz": "feed 10^6 mutated SIP datagrams through the user agent: no escape, no state left (ivr/fuzz/run.py)",
     "load": "play a scenario to a running server over SIP and compare with the simulator (sim/live/load.py)",
+    "cluster": "run a local cluster on 127.0.0.1: PostgreSQL, Redis, Kamailio and N nodes (sim/live/cluster.py)",
 }
 BENCHMARK_MODULES = {
     "bench-sip": "sim.live.sipbench",
@@ -241,6 +244,7 @@ BENCHMARK_MODULES = {
     "bench-sim": "sim.simbench",
     "bench-fuzz": "ivr.fuzz.run",
     "load": "sim.live.load",
+    "cluster": "sim.live.cluster",
 }
 
 
