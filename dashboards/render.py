@@ -129,6 +129,7 @@ UNIT_AXIS = {
     "pps": "packets/s",
     "short": "",
     "bool_on_off": "off / on",
+    "bool_yes_no": "no / yes",
 }
 
 
@@ -247,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dashboards", type=Path, default=HERE / "grafana", help="folder of dashboard JSON")
     ap.add_argument("--out", type=Path, default=Path("."), help="folder for the PNGs")
     ap.add_argument("--var", action="append", default=[], help="NAME=VALUE for a variable (else from its query)")
+    ap.add_argument("--only", action="append", default=[], help="UID of a dashboard to draw (default: all)")
+    ap.add_argument("--suffix", default="", help="added to each PNG's name (frontdesk-overview<suffix>.png)")
     args = ap.parse_args(argv)
     matplotlib.use("Agg")  # files only, no display
     now = time.time()
@@ -258,8 +261,10 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for path in sorted(args.dashboards.glob("*.json")):
         board = json.loads(path.read_text())
+        if args.only and board["uid"] not in args.only:
+            continue
         fig = render(prom, board, start, end, args.scrape_interval, given)
-        out = args.out / f"{path.stem}.png"
+        out = args.out / f"{path.stem}{args.suffix}.png"
         fig.savefig(out, dpi=110, facecolor=BACKGROUND)
         plt.close(fig)
         print(out)

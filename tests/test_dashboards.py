@@ -42,6 +42,7 @@ from support.dashboards import (
     RULE_TESTS_DIR,
     RULES_DIR,
     all_panels,
+    cluster_metrics,
     dashboard_paths,
     documented_metrics,
     load_rules,
@@ -103,6 +104,11 @@ def test_every_alert_has_severity_summary_and_runbook_with_its_section_in_the_op
         "frontdesk_surge_active",
         "frontdesk_text_message_send_errors_total",
         "up",
+        # cluster mode: a node lost, the timekeeper's lease, the log's lag, Redis
+        "frontdesk_cluster_nodes_lost_appended_total",
+        "frontdesk_cluster_timekeeper",
+        "frontdesk_cluster_apply_lag_seconds_sum",
+        "frontdesk_cluster_redis_outages_total",
     ):
         assert metric in metric_names(watched), f"no alert on {metric}"
     headings = {
@@ -269,6 +275,29 @@ def test_documented_metrics_expand_the_readme_table() -> None:
     assert {"frontdesk_queue_calls_offered_total", "frontdesk_queue_calls_abandoned_total"} <= names
     assert "frontdesk_sip_answer_latency_seconds_bucket" in names
     assert "frontdesk_queue_answer_wait_seconds_sum" in names
+
+
+def test_the_overview_has_a_cluster_nodes_row_per_node_id() -> None:
+    board = json.loads((GRAFANA_DIR / "frontdesk-overview.json").read_text())
+    panels = list(all_panels(board))
+    [row] = [p for p in panels if p["type"] == "row" and p["title"] == "Cluster nodes"]
+    below = [p for p in panels if p["gridPos"]["y"] > row["gridPos"]["y"]]
+    read = {n for p in below for t in p["targets"] for n in metric_names(t["expr"])}
+    for family in (
+        "timekeeper",
+        "log_applied_total",
+        "apply_lag_seconds_sum",
+        "log_appends_total",
+        "redis_outages_total",
+    ):
+        assert f"frontdesk_cluster_{family}" in read, f"the Cluster nodes row does not show {family}"
+    assert "frontdesk_cluster_callers_lost_total" in read
+    # per node, but for the cluster-wide figures: callers lost (the timekeeper's, without node_id), nodes lost
+    cluster_wide = {"frontdesk_cluster_callers_lost_total", "frontdesk_cluster_nodes_lost_appended_total"}
+    for p in below:
+        for t in p["targets"]:
+            if metric_names(t["expr"]) <= cluster_metrics() - cluster_wide:
+                assert "by (node_id)" in t["expr"], f"{p['title']!r} {t['refId']}: not by node_id"
 
 
 # -- provisioning ---------------------------------------------------------------------------------------------

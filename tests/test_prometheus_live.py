@@ -18,13 +18,16 @@ The load, about 15 s:
   the targeted notice;
 - ops switch surge on and off by hand (the Overview's annotation).
 
-Then every PromQL expression of every dashboard (panel targets, the surge
-annotation, the variables' ``label_values``) and every rule is checked:
+Then every PromQL expression of every dashboard (panel targets, the
+annotations, the variables' ``label_values``) and every rule is checked:
 
 - every metric name it reads is one the server exports on /metrics, a
   recording rule of dashboards/rules/ or Prometheus' own ``up`` — except the
   callback-list metrics of issue 5, which are expected missing until that
-  lands (their queries are skipped while the server lacks them);
+  lands (their queries are skipped while the server lacks them), and the
+  cluster-mode families (``frontdesk_cluster_*``), which a single node does
+  not export: their queries must be accepted by Prometheus and return no
+  data, as Grafana's "No data";
 - with Grafana's variables substituted as Grafana would (``$job``,
   ``$instance`` and ``$queue`` from the variables' own queries, ``$__range``
   the time since the test started, ``$__rate_interval`` a minute), it
@@ -33,9 +36,19 @@ annotation, the variables' ``label_values``) and every rule is checked:
 - every rule is healthy in ``/api/v1/rules``, every recorded series has
   values, and no alert fires on this healthy system.
 
+A second test does the same for cluster mode (docs/cluster.md): two nodes
+sharing a real redis-server and PostgreSQL, both scraped, an agent registered
+on node-b and not ready, a SIPp caller waiting on node-a, the timekeeper; then
+node-a is killed with SIGKILL. Once node-b has taken the lease and announced
+node-a lost, every query of the Cluster nodes row and the "Node lost"
+annotation returns data, the cluster families node-b exports are exactly
+those of README's metrics table, and the cluster alerts firing are exactly
+FrontdeskClusterNodeLost and FrontdeskClusterTimekeeperChanged. About 25 s.
+
 Prometheus is stopped at the end whatever happens. With ``FRONTDESK_RENDER_DIR``
 set, dashboards/render.py draws the dashboards from this Prometheus into that
-folder first (matplotlib needed; README "Ops view").
+folder first (the cluster test: the Overview as ``frontdesk-overview-cluster.png``;
+matplotlib needed; README "Ops view").
 """
 
 from __future__ import annotations
@@ -43,6 +56,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -59,13 +73,14 @@ from typing import Any
 
 import pytest
 import yaml
-from support.agents import agent_phone, http, server_config
+from support.agents import admin_queue, agent_phone, http, server_config
 from support.callers import caller_media
 from support.dashboards import (
     DASHBOARDS,
     ISSUE_5_CALLBACK_METRICS,
     PROMETHEUS_METRICS,
     Query,
+    cluster_metrics,
     load_dashboards,
     load_rules,
     metric_names,
@@ -75,7 +90,8 @@ from support.dashboards import (
 )
 from support.demo import CALLER, GROUP_CALLER
 from support.ports import free_port, release
-from support.server import ROOT, Server, stop_process
+from support.redis import RedisServer
+from support.server import ROOT, Server, start_server, stop_process
 from support.sipp import dial, run_callers
 from support.waiting import wait_until
 
@@ -92,6 +108,9 @@ ServerFactory = Callable[[dict[str, object]], Server]
 # panels and the alert FrontdeskCallbackPromisesAtRisk read them). Queries reading them are
 # skipped while they are missing, and checked like every other as soon as the server exports them.
 EXPECTED_MISSING = ISSUE_5_CALLBACK_METRICS
+# This server is one node without a cluster: section, so it exports no frontdesk_cluster_* family.
+# Queries reading only those must be accepted by Prometheus and answer "no data" (what Grafana shows).
+CLUSTER_ONLY = cluster_metrics()
 
 AGENTS = ("8001", "8002")
 QUEUE = {
@@ -162,22 +181,22 @@ def prometheus_bin() -> str:
     return path
 
 
-def prometheus_config(target: str) -> dict[str, Any]:
-    """dashboards/prometheus.yml, scraping ``target`` every second, its rules by absolute path."""
+def prometheus_config(*targets: str) -> dict[str, Any]:
+    """dashboards/prometheus.yml, scraping ``targets`` every second, its rules by absolute path."""
     config: dict[str, Any] = yaml.safe_load((DASHBOARDS / "prometheus.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(DASHBOARDS / path) for path in config["rule_files"]]
     [job] = config["scrape_configs"]
-    job["static_configs"] = [{"targets": [target]}]
+    job["static_configs"] = [{"targets": list(targets)}]
     return config
 
 
 @contextmanager
-def run_prometheus(binary: str, workdir: Path, target: str) -> Iterator[PrometheusServer]:
+def run_prometheus(binary: str, workdir: Path, *targets: str) -> Iterator[PrometheusServer]:
     """A Prometheus of our own on a free port with its storage under ``workdir``; stopped on the way out."""
     workdir.mkdir(parents=True)
     config_path = workdir / "prometheus.yml"
-    config_path.write_text(yaml.safe_dump(prometheus_config(target)))
+    config_path.write_text(yaml.safe_dump(prometheus_config(*targets)))
     port = free_port()
     log_path = workdir / "prometheus.log"
     with log_path.open("wb") as log:
@@ -257,11 +276,17 @@ class Checker:
     def check(self, q: Query, values: Mapping[str, str]) -> str | None:
         """What is wrong with one query, or None; queries of expected-missing metrics are skipped."""
         unknown = self.unknown_metrics(q.expr)
+        if unknown and unknown <= CLUSTER_ONLY:
+            return self.check_data(q, values, expected=False)
         if unknown - EXPECTED_MISSING:
             return f"{q}\n    reads metrics the server does not export: {sorted(unknown - EXPECTED_MISSING)}"
         if unknown:
             self.skipped.append(q)
             return None
+        return self.check_data(q, values)
+
+    def check_data(self, q: Query, values: Mapping[str, str], expected: bool = True) -> str | None:
+        """Run ``q`` as Grafana would: refused, or without data (with data, when none is ``expected``), is wrong."""
         expr = substitute(q.expr, values)
         data: list[Any]
         try:
@@ -273,8 +298,10 @@ class Checker:
                 data = self.prom.query(expr)
         except PrometheusError as exc:
             return f"{q}\n    as sent: {expr}\n    Prometheus refused it: {exc}"
-        if not data:
+        if expected and not data:
             return f"{q}\n    as sent: {expr}\n    no data"
+        if data and not expected:
+            return f"{q}\n    as sent: {expr}\n    data where none is expected: {data[:2]}"
         return None
 
     def variable_values(self, board: Mapping[str, Any]) -> dict[str, str]:
@@ -305,7 +332,7 @@ class Checker:
             name = rule.get("record") or rule.get("alert")
             q = Query("rules", str(name), rule["expr"], "record" if "record" in rule else "alert")
             unknown = self.unknown_metrics(rule["expr"])
-            if unknown - EXPECTED_MISSING:
+            if unknown - EXPECTED_MISSING - CLUSTER_ONLY:
                 problems.append(f"{q}\n    reads metrics the server does not export: {sorted(unknown)}")
             elif "record" in rule:
                 # the expression, and the series Prometheus recorded from it
@@ -374,21 +401,100 @@ def test_every_dashboard_query_and_rule_has_data_from_the_live_server(
         assert prom.query('ALERTS{alertstate="firing"}') == []
 
         if render_dir := os.environ.get("FRONTDESK_RENDER_DIR"):
-            subprocess.run(
-                [
-                    sys.executable,
-                    str(DASHBOARDS / "render.py"),
-                    "--prometheus",
-                    prom.url,
-                    "--start",
-                    str(started),
-                    "--end",
-                    str(time.time()),
-                    "--scrape-interval",
-                    "1s",
-                    "--out",
-                    str(ROOT / render_dir),
-                ],
-                check=True,
-                timeout=120,
+            render(prom, started, ROOT / render_dir)
+
+
+def render(prom: PrometheusServer, started: float, out: Path, *args: str) -> None:
+    """dashboards/render.py: the dashboards as PNGs from ``prom``, since ``started``."""
+    command = [sys.executable, str(DASHBOARDS / "render.py"), "--prometheus", prom.url, "--start", str(started)]
+    command += ["--end", str(time.time()), "--scrape-interval", "1s", "--out", str(out), *args]
+    subprocess.run(command, check=True, timeout=120)
+
+
+# -- cluster mode -------------------------------------------------------------------------------------------
+
+CLUSTER_TIMING = {"heartbeat": 0.5, "node_timeout": 1.5, "lease": 1.5}
+# a node killed while a caller waits on it: what the cluster alerts must say, and no more
+CLUSTER_ALERTS_FIRING = {"FrontdeskClusterNodeLost", "FrontdeskClusterTimekeeperChanged"}
+
+
+def test_the_cluster_panels_and_alerts_have_data_from_a_live_two_node_cluster(
+    sipp: str, prometheus_bin: str, pg_url: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Two nodes, a caller waiting on the timekeeper, the timekeeper killed: the Cluster nodes row and alerts."""
+    started = time.time()
+    nodes: list[Server] = []
+    try:
+        for node_id in ("node-a", "node-b"):
+            overrides = server_config(QUEUE, AGENTS[:1])
+            overrides["storage"] = {"url": pg_url}
+            overrides["cluster"] = {"redis_url": redis_server.url, "node_id": node_id, **CLUSTER_TIMING}
+            (tmp_path / node_id).mkdir()
+            nodes.append(start_server(tmp_path / node_id, overrides))
+        a, b = nodes
+        wait_until("node-a to be the timekeeper", lambda: a.metric("frontdesk_cluster_timekeeper") == 1, 5)
+        targets = [f"127.0.0.1:{n.http_port}" for n in nodes]
+        with (
+            run_prometheus(prometheus_bin, tmp_path / "prometheus", *targets) as prom,
+            agent_phone(b, AGENTS[0], None),
+            caller_media(1) as media,
+            ThreadPoolExecutor(1) as pool,
+        ):
+            wait_until("Prometheus to scrape both nodes", lambda: len(prom.query('up{job="frontdesk"} == 1')) == 2, 10)
+            # the agent is busy elsewhere: the caller on node-a waits in line
+            status, body = http(b, "POST", "/agent/not-ready", agent=AGENTS[0], body={"reason": "briefing"})
+            assert status == 200, body
+            rows = [("4447001", media[0].port, None)]
+            doomed = pool.submit(
+                run_callers, sipp, a, tmp_path / "doomed", rows, scenario="queue_caller_until_bye.xml", timeout=30
             )
+            wait_until("the caller in line", lambda: admin_queue(b)["waiting"] == 1, 8)
+            time.sleep(2)  # two scrapes of node-a as the timekeeper with its caller
+
+            os.kill(a.proc.pid, signal.SIGKILL)
+            a.proc.wait(5)
+            wait_until(
+                "node-b to announce node-a lost", lambda: b.metric("frontdesk_cluster_callers_lost_total") == 1, 6
+            )
+            assert b.metric("frontdesk_cluster_timekeeper") == 1
+            doomed.result(timeout=40)  # its node is gone: the call fails, and must not hang the test
+
+            # the README's table has every cluster family node-b (the timekeeper now) exports, and no other
+            exported = {n for n in exported_names(b) if n.startswith("frontdesk_cluster_")}
+            assert exported - CLUSTER_ONLY == set(), "not in README's metrics table"
+            table = {n for n in CLUSTER_ONLY if not n.endswith(("_bucket", "_sum", "_count"))}
+            assert {n for n in table if n not in exported and f"{n}_count" not in exported} == set()
+
+            checker = Checker(prom, exported, started, [])
+            cluster_queries = [
+                q
+                for board in load_dashboards().values()
+                for q in queries(board)
+                if metric_names(q.expr) and metric_names(q.expr) <= CLUSTER_ONLY
+            ]
+            assert len(cluster_queries) >= 10
+
+            def problems() -> list[str]:
+                out = []
+                for board in load_dashboards().values():
+                    values = checker.variable_values(board)
+                    for q in cluster_queries:
+                        if q.dashboard == board["uid"] and (problem := checker.check_data(q, values)) is not None:
+                            out.append(problem)
+                return out
+
+            def firing() -> set[str]:
+                alerts = prom.query('ALERTS{alertstate="firing", alertname=~"FrontdeskCluster.*"}')
+                return {alert["metric"]["alertname"] for alert in alerts}
+
+            wait_until("the cluster alerts of a lost node", lambda: firing() >= CLUSTER_ALERTS_FIRING, 10)
+            assert firing() == CLUSTER_ALERTS_FIRING
+            deadline = time.monotonic() + 10
+            while (found := problems()) and time.monotonic() < deadline:
+                time.sleep(1)
+            assert found == [], "\n".join(found)
+            if render_dir := os.environ.get("FRONTDESK_RENDER_DIR"):
+                render(prom, started, ROOT / render_dir, "--only", "frontdesk-overview", "--suffix=-cluster")
+    finally:
+        for node in nodes:
+            node.stop()

@@ -172,3 +172,8 @@ def documented_metrics() -> set[str]:
             m = re.fullmatch(r"(\w*)\{([\w,]+)\}(\w*)", name)
             names.update(m[1] + part + m[3] for part in m[2].split(",")) if m else names.add(name)
     return names | {f"{n}{suffix}" for n in names for suffix in ("_bucket", "_sum", "_count")}
+
+
+def cluster_metrics() -> set[str]:
+    """The README's ``frontdesk_cluster_*`` names: exported in cluster mode only (docs/cluster.md)."""
+    return {n for n in documented_metrics() if n.startswith("frontdesk_cluster_")}
