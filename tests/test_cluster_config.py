@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
+from support.sip import PEER, Caller, responses
 
 from ivr.settings.config import ConfigError, parse_config
+from ivr.sip.ua import IncomingCall, UserAgent
+from ivr.web.app import ua_config
 
 PG = "storage:\n  url: postgresql+asyncpg://frontdesk@127.0.0.1/frontdesk\n"
 NODE = "cluster:\n  redis_url: redis://127.0.0.1:6379/0\n  node_id: node-1\n"
@@ -56,3 +61,26 @@ def test_a_node_of_a_cluster() -> None:
 )
 def test_mistakes_are_named(text: str, expected: str) -> None:
     assert expected in error_of(text)
+
+
+def test_a_node_writes_its_advertised_addresses_in_contact_and_sdp() -> None:
+    text = PG + NODE + "  advertise_sip: 10.0.0.11:5071\n  advertise_rtp: 10.0.1.11\n"
+    ua = UserAgent(ua_config(parse_config(text, "node.yaml")), rng=random.Random(3))
+    ua.receive(Caller().invite(), PEER, 0.0)
+    [call] = [e.call for e in ua.events() if isinstance(e, IncomingCall)]
+    ua.answer(call, 0.0, rtp_port=20000)
+    ok = next(r for r in responses([d for d, _ in ua.datagrams_to_send()]) if r.status == 200)
+    assert ok.get("contact") == "<sip:frontdesk@10.0.0.11:5071>"
+    assert b"c=IN IP4 10.0.1.11" in ok.body
+    # alone (no cluster), the same settings are not read: public_address or listen, as before
+    single = ua_config(parse_config("cluster:\n  advertise_sip: 10.0.0.11:5071\n", "node.yaml"))
+    assert (single.host, single.port, single.media_host) == ("127.0.0.1", 5060, None)
+
+
+def test_an_advertised_address_must_be_an_ip_address() -> None:
+    assert "cluster.advertise_sip: 'node-1' is not an IP address" in error_of(
+        PG + NODE + "  advertise_sip: node-1:5060\n"
+    )
+    assert "cluster.advertise_rtp: 'rtp.example' is not an IP address" in error_of(
+        PG + NODE + "  advertise_rtp: rtp.example\n"
+    )

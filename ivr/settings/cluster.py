@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationInfo, field_validator
 
 from ivr.settings.base import Strict, not_shorter_than
+from ivr.settings.server import _check_host
 from ivr.settings.values import Name
 
 
@@ -22,6 +23,7 @@ def _hostport(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"{value!r} is not HOST:PORT (for example 127.0.0.1:5070)")
+    _check_host(host.removeprefix("[").removesuffix("]"))
     return value
 
 
@@ -32,9 +34,13 @@ class ClusterSettings(Strict):
     name: Name = Field("frontdesk", description="the cluster's name: the prefix of every Redis key it uses")
     node_id: Name | None = Field(None, validate_default=True, description="this node's id, unique in the cluster")
     advertise_sip: str | None = Field(
-        None, description="HOST:PORT other nodes and Kamailio reach this node's SIP at; default: sip.listen:sip.port"
+        None,
+        description="HOST:PORT Kamailio reaches this node's SIP at, written in its Contact and Via; "
+        "default: sip.public_address (or listen) and sip.port",
     )
-    advertise_rtp: str | None = Field(None, description="address of this node's RTP; default: sip.public_address")
+    advertise_rtp: str | None = Field(
+        None, description="address written in this node's SDP for its RTP; default: sip.public_address (or listen)"
+    )
     heartbeat: float = Field(1.0, gt=0, le=10, description="seconds between a node's heartbeats and lease renewals")
     node_timeout: float = Field(
         3.0,
@@ -72,4 +78,5 @@ class ClusterSettings(Strict):
         return v
 
     _advertise = field_validator("advertise_sip")(lambda v: v if v is None else _hostport(v))
+    _rtp = field_validator("advertise_rtp")(lambda v: v if v is None else _check_host(v))
     _timeout = field_validator("node_timeout", "lease")(not_shorter_than("heartbeat"))

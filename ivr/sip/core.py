@@ -27,12 +27,18 @@ MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 branches start with it; others are RFC 2543
 class UaConfig:
     host: str = "127.0.0.1"  # address written in Via, Contact and SDP
     port: int = 5060
+    media_host: str | None = None  # address written in SDP instead of ``host`` (a cluster node's advertised RTP)
     user_agent: str = "frontdesk"
     timers: TimerValues = field(default_factory=TimerValues)
     max_calls: int = 20000  # beyond this, new INVITEs get 503
     max_transactions: int = 200_000  # server transactions held at once; beyond, new requests are dropped
     rtp_port_min: int = 20000
     rtp_port_max: int = 30000
+
+
+def sdp_host(config: UaConfig) -> str:
+    """The address our SDP offers and answers name for our RTP."""
+    return config.media_host or config.host
 
 
 class UaCore:

@@ -21,7 +21,7 @@ same bytes. The user agent (``ua.py``) routes each message here or to
 
 from __future__ import annotations
 
-from ivr.sip.core import ALLOW_HEADER, UaCore, contact_uri, reason
+from ivr.sip.core import ALLOW_HEADER, UaCore, contact_uri, reason, sdp_host
 from ivr.sip.dialogs import InboundCall, InboundState, Outcome
 from ivr.sip.events import CallConfirmed, CallTerminated, CallTimer, IncomingCall, ReferAnswered
 from ivr.sip.message import Request, parse_decimal, split_list, uri_user, usable_target
@@ -330,7 +330,7 @@ class InboundDialogs:
 
     def _local_sdp(self, call: InboundCall) -> bytes:
         return build_sdp(
-            self.core.config.host,
+            sdp_host(self.core.config),
             call.rtp_port or self.core.rtp_ports.next(),
             session_id=abs(hash(call.call_id)) % 10**9,
             version=call.sdp_version,

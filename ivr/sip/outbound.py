@@ -21,7 +21,7 @@ call lingers 64*T1 to answer copies. Once answered, the peer may re-INVITE
 
 from __future__ import annotations
 
-from ivr.sip.core import ALLOW_HEADER, UaCore, contact_uri, reason
+from ivr.sip.core import ALLOW_HEADER, UaCore, contact_uri, reason, sdp_host
 from ivr.sip.dialogs import OutCall, OutState
 from ivr.sip.events import OutAnswered, OutEnded, OutFailed, OutRinging
 from ivr.sip.message import Request, Response, split_list, usable_target
@@ -367,7 +367,7 @@ class OutboundDialogs:
 
         def build() -> bytes:
             return build_sdp(
-                self.core.config.host,
+                sdp_host(self.core.config),
                 call.rtp_port,
                 session_id=abs(hash(call.call_id)) % 10**9,
                 version=call.sdp_version,

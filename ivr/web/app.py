@@ -83,10 +83,17 @@ SendText = Callable[[str, str, str], None]  # (to, body, reason): handed over at
 
 # -- settings to parts ---------------------------------------------------------------------------
 def ua_config(config: Config) -> UaConfig:
-    sip = config.sip
+    """Where our SIP says we are: sip.public_address (or listen), or a cluster node's advertised addresses."""
+    sip, cluster = config.sip, config.cluster
+    host, port = sip.public_address or sip.listen, sip.port
+    if cluster.enabled and cluster.advertise_sip is not None:
+        # in-dialog requests come back through Kamailio to this Contact: the address it reaches this node at
+        host, _, number = cluster.advertise_sip.rpartition(":")
+        host, port = host.strip("[]"), int(number)
     return UaConfig(
-        host=sip.public_address or sip.listen,
-        port=sip.port,
+        host=host,
+        port=port,
+        media_host=cluster.advertise_rtp if cluster.enabled else None,
         user_agent=sip.user_agent,
         timers=TimerValues(sip.timers.t1, sip.timers.t2, sip.timers.t4),
         max_calls=sip.max_calls,
@@ -235,7 +242,7 @@ async def start_sip(config: Config, ua: UserAgent, router: CallRouter, stack: As
     )
     stack.push_async_callback(shell.stop)
     await shell.start(sip.listen, sip.port, list(sip.transports))
-    if sip.port == 0:
+    if sip.port == 0 and not (config.cluster.enabled and config.cluster.advertise_sip):
         # an ephemeral port (tests): write the real one into Contact/Via
         ua.set_local_port(shell.udp_port or shell.tcp_port or 0)
     return shell
