@@ -90,6 +90,26 @@ def test_asserted_identity_can_be_ignored_by_setting() -> None:
     assert (who.number, who.trusted) == ("4445001", True)
 
 
+@pytest.mark.parametrize(
+    ("extra", "number", "trusted"),
+    [
+        (("P-Asserted-Identity: <sip:+4930123@trunk.example>",), "+4930123", True),  # a trunk's call, asserted
+        ((), "4445001", False),  # anyone else relayed by the proxy: its From is only a claim
+        (("P-Asserted-Identity: <sip:broken",), "4445001", False),
+    ],
+)
+def test_behind_a_proxy_only_an_asserted_identity_is_believed(
+    extra: tuple[str, ...], number: str, trusted: bool
+) -> None:
+    security = SecuritySettings.model_validate(
+        {"trusted_networks": ["192.0.2.0/24"], "caller_id": {"require_asserted_identity": True}}
+    )
+    who = identify(call_from(TRUNK, invite("4445001", *extra)), security)
+    assert (who.number, who.trusted) == (number, trusted)
+    # from an untrusted peer nothing changes: served, not believed
+    assert identify(call_from(STRANGER, invite("4445001", *extra)), security).trusted is False
+
+
 def test_nobody_is_trusted_by_default() -> None:
     who = identify(call_from("127.0.0.1", invite()), SecuritySettings())
     assert who.trusted is False

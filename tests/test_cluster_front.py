@@ -553,3 +553,37 @@ def test_callers_waiting_on_both_nodes_reach_the_agent_in_arrival_order(sipp: st
         release(running.ports)
         release(running.sip_port)
     assert status == 0, running.report()
+
+
+@pytest.mark.slow
+@pytest.mark.sipp
+def test_a_callers_asserted_identity_through_kamailio_is_not_believed_unless_from_a_trunk(
+    sipp: str, tmp_path: Path
+) -> None:
+    """Kamailio removes a non-trunk caller's P-Asserted-Identity; the nodes then believe no From alone."""
+    running = start_cluster(tmp_path, base=server_config({"ring_timeout": 5, "max_wait": 30}, []))
+    text = through_proxy("ivr_hotkey.xml")
+    spoofed = "      From: caller <sip:[field0]@[local_ip]:[local_port]>;tag=[pid]IVR[call_number]\n"
+    assert spoofed in text
+    # a caller claiming, by an asserted identity too, to be the number whose texts it wants
+    text = text.replace(spoofed, spoofed + "      P-Asserted-Identity: <sip:4449999@trunk.example>\n", 1)
+    scenario = tmp_path / "ivr_hotkey_spoofed.xml"
+    scenario.write_text(text)
+    try:
+        csv = tmp_path / "callers.csv"
+        csv.write_text("SEQUENTIAL\n4449999;\n")
+        run = run_sipp(
+            sipp, running.target, tmp_path / "sipp", scenario=str(scenario), calls=1, rate=1, timeout=20,
+            extra=["-inf", str(csv)],
+        )  # fmt: skip
+        assert run.returncode == 0 and run.successful == 1, run.report()
+        nodes = ("node-1", "node-2")
+        # key 2 asks for the hot-topic text: refused for a caller whose number is only claimed
+        refused = sum(running.metric(n, "frontdesk_untrusted_caller_id_total", action="text") for n in nodes)
+        assert refused == 1
+        assert sum(running.metric(n, "frontdesk_text_messages_sent_total") for n in nodes) == 0
+    finally:
+        status = running.stop()
+        release(running.ports)
+        release(running.sip_port)
+    assert status == 0, running.report()

@@ -67,11 +67,12 @@ def identify(call: InboundCall, security: SecuritySettings) -> CallerIdentity:
     """Whose call this is: the asserted number from a trusted peer, the claimed one (not believed) otherwise."""
     if not security.trusts(call.peer[1]):
         return CallerIdentity(call.caller, trusted=False)
-    if security.caller_id.use_asserted_identity:
+    if security.caller_id.use_asserted_identity or security.caller_id.require_asserted_identity:
         asserted = _asserted(call)
         if asserted and len(asserted) <= MAX_NUMBER:
             return CallerIdentity(asserted, trusted=True)
-    return CallerIdentity(call.caller, trusted=True)
+    # behind a proxy that relays everyone but asserts only its trunks' callers, From is only a claim
+    return CallerIdentity(call.caller, trusted=not security.caller_id.require_asserted_identity)
 
 
 @dataclass

@@ -23,6 +23,11 @@ class CallerIdSettings(Strict):
     use_asserted_identity: bool = Field(
         True, description="take the number from P-Asserted-Identity (from a trusted peer) when present, else From"
     )
+    require_asserted_identity: bool = Field(
+        False,
+        description="from a trusted peer, believe only a P-Asserted-Identity, never From: for a proxy in front "
+        "(the cluster's Kamailio) that relays every caller but asserts only its trunks' numbers",
+    )
     texts_per_number: int = Field(
         5, ge=0, le=10_000, description="text messages one number may be sent within text_window; 0 sends none"
     )

@@ -157,7 +157,8 @@ def node_config(plan: ClusterPlan, node: NodePlan, base: dict[str, Any], databas
         "media": {"rtp_port_min": node.rtp.start, "rtp_port_max": node.rtp.stop - 1},
         "storage": {"url": database_url},
         "cluster": {"redis_url": plan.redis_url, "node_id": node.node_id, "advertise_sip": node.sip},
-        "security": {"trusted_networks": trusted},
+        # Kamailio relays every caller but asserts only its trunks' numbers: From alone is not believed
+        "security": {"trusted_networks": trusted, "caller_id": {"require_asserted_identity": True}},
     }
     return merge_config(merge_config(defaults, base), decided)
 
