@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?=
 
-.PHONY: run test lint deps test-deps native system-deps system-test-deps bench-sip bench-media bench-hold bench-flood bench-fuzz cluster clean
+.PHONY: run test lint deps test-deps native system-deps system-test-deps bench-sip bench-media bench-hold bench-flood bench-fuzz bench-cluster cluster clean
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need Python 3.11 ($(PY))"; exit 1; }
@@ -74,6 +74,9 @@ bench-flood: deps system-test-deps
 
 bench-fuzz: deps
 	$(BIN)/frontdesk bench-fuzz
+
+bench-cluster: deps system-test-deps
+	$(BIN)/frontdesk bench-cluster
 
 # a local cluster on 127.0.0.1: PostgreSQL, Redis, Kamailio on :5060 and NODES nodes (default 2), until Ctrl-C
 cluster: deps system-test-deps

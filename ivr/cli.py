@@ -226,6 +226,8 @@ def _sim(args: argparse.Namespace) -> int:
 
 BENCHMARKS = {
     "bench-sip": "benchmark SIP answering against SIPp's own UAS and Kamailio (sim/live/sipbench.py)",
+    "bench-cluster": "one node against one and two cluster nodes behind Kamailio; queue decision latency "
+    "(sim/live/clusterbench.py)",
     "bench-flood": "legitimate calls through a SIP INVITE flood from another address (sim/live/floodbench.py)",
     "bench-media": "benchmark RTP pacing with many concurrent IVR calls (sim/live/mediabench.py)",
     "bench-hold": "new calls answered while thousands of callers hold in line (sim/live/holdbench.py)",
@@ -237,6 +239,7 @@ BENCHMARKS = {
 }
 BENCHMARK_MODULES = {
     "bench-sip": "sim.live.sipbench",
+    "bench-cluster": "sim.live.clusterbench",
     "bench-flood": "sim.live.floodbench",
     "bench-media": "sim.live.mediabench",
     "bench-hold": "sim.live.holdbench",

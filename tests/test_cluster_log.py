@@ -25,6 +25,7 @@ from ivr.cluster import log as cluster_log
 from ivr.cluster.coordinator import Applied, ClusterEvent, Coordinator, NodeJoined, NodeLost
 from ivr.cluster.log import ClusterLog, ClusterLogError
 from ivr.cluster.wire import decode, encode
+from ivr.web.clustermetrics import ClusterCollector
 from queueing.events import (
     AgentLoggedIn,
     AgentReady,
@@ -187,6 +188,31 @@ async def test_a_malformed_entry_is_skipped_alike_everywhere(redis_server: Redis
         await eventually("B applied the entry after the junk", lambda: "A-after" in b.log.coordinator.engine.calls)
         assert a.log.stats.malformed == b.log.stats.malformed == 2
         assert view(a.log.coordinator) == view(b.log.coordinator)
+    finally:
+        await stop_all(a, b)
+
+
+async def test_the_decision_latency_counts_each_own_event_once(redis_server: RedisServer) -> None:
+    a, b = await started(Node(redis_server.url, "A"), Node(redis_server.url, "B"))
+    n = 40
+    try:
+        count_a, sum_a, count_b = a.log.stats.decision_count, a.log.stats.decision_sum, b.log.stats.decision_count
+        assert count_a == 1  # its NodeJoined, a request()
+        began = time.monotonic()
+        for i in range(n):
+            a.log.submit(arrival(f"s{i}"))  # submitted, not awaited
+            assert (await a.log.request(arrival(f"r{i}"))).error is None
+        took = time.monotonic() - began
+        await eventually("B applied them all", lambda: b.log.last_id == a.log.last_id)
+        st = a.log.stats
+        assert st.decision_count - count_a == 2 * n
+        assert 0 < st.decision_sum - sum_a <= 2 * n * took  # none took longer than the whole run
+        assert b.log.stats.decision_count == count_b  # another node's entries are not this node's decisions
+        [family] = [f for f in ClusterCollector(a.log).collect() if f.name == "frontdesk_cluster_decision_seconds"]
+        buckets = [s.value for s in family.samples if s.name.endswith("_bucket")]
+        assert buckets == sorted(buckets) and len(buckets) == len(cluster_log.DECISION_BUCKETS) + 1
+        assert buckets[-1] == {s.name: s.value for s in family.samples}["frontdesk_cluster_decision_seconds_count"]
+        assert buckets[-1] == st.decision_count
     finally:
         await stop_all(a, b)
 

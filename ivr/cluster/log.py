@@ -19,7 +19,10 @@ a hash (``id``, ``fingerprint``, ``state``, ``trimmed``) of the latest checkpoin
   entry is decoded and applied to :attr:`ClusterLog.coordinator` in stream
   order, then ``on_applied`` runs. A malformed entry is counted and skipped,
   the same on every node. :meth:`ClusterLog.request` waits for its own
-  entry's result.
+  entry's result. The time from each ``submit()``/``request()`` to this
+  node's replica applying that entry (the round trip through Redis that a
+  queue decision pays here over a single node) goes into a histogram of
+  fixed buckets in :class:`LogStats`.
 * **Heartbeat** (one task, every ``heartbeat``): ``SET name:node:ID PX
   node_timeout`` and ``SADD name:nodes``; renew or try to take the lease
   (ivr/cluster/scripts.py). The lease holder is the **timekeeper**: it arms
@@ -59,12 +62,13 @@ step); split apart they would pass that state back and forth.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import pickle
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -90,6 +94,9 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0  # seconds between retries while Redis is
 _READ_BLOCK_MS = 1000
 JOIN_TIMEOUT = 10.0  # seconds start() waits for this node's NodeJoined to come back applied
 _STOP_FLUSH = 2.0  # seconds stop() waits for queued submissions to be appended
+
+# upper bounds (seconds) of the decision-latency histogram's buckets; one more bucket counts the rest (+Inf)
+DECISION_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 
 Fields = dict[bytes | str, bytes | str]
 OnApplied = Callable[[str, str, Event | ClusterEvent, Applied], None]
@@ -122,6 +129,23 @@ class LogStats:
     checkpoints_written: int = 0
     checkpoints_loaded: int = 0
     outages: int = 0  # times Redis became unreachable
+    # the decision latency: submit()/request() of an event here to this node's replica applying its entry
+    decision_counts: list[int] = field(default_factory=lambda: [0] * (len(DECISION_BUCKETS) + 1))  # per bucket
+    decision_sum: float = 0.0  # seconds, over every event counted
+
+    @property
+    def decision_buckets(self) -> tuple[float, ...]:
+        """Upper bounds (seconds) of :attr:`decision_counts` but its last (+Inf)."""
+        return DECISION_BUCKETS
+
+    @property
+    def decision_count(self) -> int:
+        return sum(self.decision_counts)
+
+    def decided(self, seconds: float) -> None:
+        """Count one event's round trip (one bisect over the fixed buckets)."""
+        self.decision_counts[bisect.bisect_left(DECISION_BUCKETS, seconds)] += 1
+        self.decision_sum += seconds
 
 
 @dataclass(slots=True)
@@ -130,6 +154,7 @@ class _Append:
     fenced: bool = False  # the timekeeper's: only while the lease holds its token
     applied: asyncio.Future[Applied] | None = None  # request(): resolved once this node applied the entry
     on_done: Callable[[str | None], None] | None = None  # fenced: called with the entry id, or None if refused
+    submitted: float = 0.0  # time.monotonic() at submit()/request(); 0 for the timekeeper's own appends
 
 
 def _honour_cancel() -> None:
@@ -201,6 +226,8 @@ class ClusterLog:
         self._waiters: dict[str, asyncio.Future[Applied]] = {}
         self._early: dict[str, Applied] = {}  # own entries applied before their XADD's answer came back
         self._unresolved = 0  # request() entries whose id is not known yet
+        self._sent: dict[str, float] = {}  # own entry id -> when it was submitted, until applied here
+        self._applied_first: dict[str, float] = {}  # own entries applied before their XADD's answer came back
         self._tasks: list[asyncio.Task[None]] = []
         self._token: str | None = None
         self._lease_until = 0.0  # loop time by which the lease must be renewed to still count as ours
@@ -321,12 +348,12 @@ class ClusterLog:
 
     def submit(self, event: Event | ClusterEvent) -> None:
         """Append ``event`` after everything submitted before it; returns at once."""
-        self._enqueue(_Append(encode(self.node, event)))
+        self._enqueue(_Append(encode(self.node, event), submitted=time.monotonic()))
 
     async def request(self, event: Event | ClusterEvent) -> Applied:
         """Append ``event`` and wait until this node's replica has applied it; its result."""
         fut: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
-        if not self._enqueue(_Append(encode(self.node, event), applied=fut)):
+        if not self._enqueue(_Append(encode(self.node, event), applied=fut, submitted=time.monotonic())):
             raise ClusterLogError(f"{MAX_QUEUED} submissions are waiting for Redis: this one was dropped")
         self._unresolved += 1
         return await fut
@@ -353,6 +380,7 @@ class ClusterLog:
             if not self._queue:
                 self._empty.set()
                 self._dropping = False
+                self._applied_first.clear()  # every id is known now: what is left was not submitted here
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -424,6 +452,14 @@ class ClusterLog:
         self._appended(item, _text(result))
 
     def _appended(self, item: _Append, entry_id: str) -> None:
+        if item.submitted:
+            applied_at = self._applied_first.pop(entry_id, None)
+            if applied_at is not None:
+                self.stats.decided(applied_at - item.submitted)
+            else:
+                if len(self._sent) >= MAX_QUEUED:  # entries never applied here (skipped by a checkpoint reload)
+                    self._sent.clear()
+                self._sent[entry_id] = item.submitted
         if item.on_done is not None:
             item.on_done(entry_id)
         if item.applied is not None:
@@ -515,6 +551,13 @@ class ClusterLog:
             if type(event) is NodeLost and event.node == self.node:
                 log.error("cluster log: node %s was declared lost (no heartbeat in time); its callers left", self.node)
             stats.applied += 1
+            if origin == self.node:
+                applied_at = time.monotonic()
+                submitted = self._sent.pop(entry_id, None)
+                if submitted is not None:
+                    stats.decided(applied_at - submitted)
+                elif self._queue:  # its XADD's answer is still on its way
+                    self._applied_first[entry_id] = applied_at
             lag = self._clock() - event.now
             stats.lag_last = lag
             stats.lag_sum += lag
@@ -761,6 +804,7 @@ class ClusterLog:
         self.stats.checkpoints_loaded += 1
         if not at_start:
             log.warning("cluster log: node %s reloaded the checkpoint at %s", self.node, entry_id)
+            self._sent.clear()  # the entries it skipped are not applied here
             self._cancel_timer()
             self._tick_busy = False
             self._tick_after = None

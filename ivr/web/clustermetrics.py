@@ -7,16 +7,24 @@ the replicas are equal they run on without a jump when the lease changes
 hands. Everything else is this node's own and gets ``node_id="<node>"``
 (``node`` is taken: it names IVR flow nodes). ``ClusterCollector`` shows the
 log working: entries appended and applied, the apply lag, the lease, timers
-and lost nodes appended, checkpoints, Redis outages.
+and lost nodes appended, checkpoints, Redis outages, and the decision
+latency (``frontdesk_cluster_decision_seconds``: an event submitted here
+until this node's replica applied it, what a queue decision pays over a
+single node).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    SummaryMetricFamily,
+)
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -96,12 +104,27 @@ class ClusterCollector(Collector):
         )
         lag.add_metric([], st.applied, st.lag_sum)
         yield lag
+        yield decision_family(st.decision_buckets, st.decision_counts, st.decision_sum)
         g = GaugeMetricFamily("frontdesk_cluster_apply_lag_max_seconds", "Longest apply lag since start")
         g.add_metric([], st.lag_max)
         yield g
         g = GaugeMetricFamily("frontdesk_cluster_timekeeper", "1 while this node holds the timekeeper's lease")
         g.add_metric([], 1 if self.log.is_timekeeper else 0)
         yield g
+
+
+def decision_family(bounds: Sequence[float], counts: Sequence[int], total: float) -> HistogramMetricFamily:
+    """The decision-latency histogram from per-bucket counts (one more count than bounds: above every bound)."""
+    cumulative, buckets = 0, []
+    for bound, n in zip((*map(repr, bounds), "+Inf"), counts, strict=True):
+        cumulative += n
+        buckets.append((bound, cumulative))
+    h = HistogramMetricFamily(
+        "frontdesk_cluster_decision_seconds",
+        "From an event submitted on this node to this node's replica applying it (its round trip through Redis)",
+    )
+    h.add_metric([], buckets, total)
+    return h
 
 
 class LostCallersCollector(Collector):

@@ -39,7 +39,7 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,7 @@ from sim.benchkit import (
     verdict,
     work_directory,
 )
-from sim.live.sipprun import MIN_RATE_SHARE, Run, run_uac
+from sim.live.sipprun import BUILTIN_UAC, MIN_RATE_SHARE, Run, UacScenario, run_uac
 from sim.live.targets import (
     Frontdesk,
     Kamailio,
@@ -111,10 +111,13 @@ class SipBenchOptions:
 
 
 class Bench:
-    def __init__(self, opts: SipBenchOptions, target: Target, workdir: Path) -> None:
+    """One target's search; ``uac`` is SIPp's call scenario for it (bench-cluster's go through Kamailio)."""
+
+    def __init__(self, opts: SipBenchOptions, target: Target, workdir: Path, uac: UacScenario = BUILTIN_UAC) -> None:
         self.opts = opts
         self.target = target
         self.workdir = workdir
+        self.uac = uac
         self.steps: list[SipStep] = []
         self.best: SipStep | None = None
         self.restarts = 0
@@ -127,8 +130,9 @@ class Bench:
     def _run(self, rate: int, *, rtt: bool = False) -> Run:
         if not self.target.alive():
             self._restart()
+        o = self.opts
         run = run_uac(
-            self.opts.sipp, self.target, rate, self.opts.step_seconds, self.workdir, rtt=rtt, grace=self.opts.grace
+            o.sipp, self.target, rate, o.step_seconds, self.workdir, rtt=rtt, grace=o.grace, scenario=self.uac
         )
         if not run.clean:
             # overload leaves half-done transactions behind: start the next run on a fresh target
@@ -215,12 +219,20 @@ class TargetResult:
     latency_runs: list[dict[str, Any]] = field(default_factory=list)
 
 
-def measure(opts: SipBenchOptions, targets: Sequence[Target], workdir: Path) -> dict[str, TargetResult]:
-    """Search every target's highest clean rate (interleaved), then time each at 80% of its own."""
+def measure(
+    opts: SipBenchOptions,
+    targets: Sequence[Target],
+    workdir: Path,
+    uac: Mapping[str, UacScenario] | None = None,
+) -> dict[str, TargetResult]:
+    """Search every target's highest clean rate (interleaved), then time each at 80% of its own.
+
+    ``uac``: SIPp's call scenario by target name (default ``-sn uac -d 0``).
+    """
     names = ", ".join(t.name for t in targets)
     log(f"{names}: stepping the call rate up ({opts.start_rate}..{opts.max_rate}/s, "
         f"{opts.step_seconds:g} s per run, {opts.repeat} run(s) per step, rates interleaved)")  # fmt: skip
-    benches = [Bench(opts, target, workdir) for target in targets]
+    benches = [Bench(opts, target, workdir, (uac or {}).get(target.name, BUILTIN_UAC)) for target in targets]
     for target in targets:
         target.start()
     interleave(benches)
@@ -267,7 +279,8 @@ def latency(bench: Bench) -> TargetResult:
 # --------------------------------------------------------------------------- report
 
 
-def render(results: dict[str, TargetResult], summary: dict[str, Any]) -> str:
+def results_table(results: Mapping[str, TargetResult]) -> list[str]:
+    """One row per target: highest clean rate, first dirty step, and the 80% run's response times and CPU per call."""
     head = ("target", "max clean/s", "(asked)", "first dirty", "80% load/s", "p50 ms", "p99 ms", "CPU ms/call")
     rows = [
         (
@@ -282,7 +295,11 @@ def render(results: dict[str, TargetResult], summary: dict[str, Any]) -> str:
         )
         for r in results.values()
     ]
-    out = table(head, rows)
+    return table(head, rows)
+
+
+def render(results: dict[str, TargetResult], summary: dict[str, Any]) -> str:
+    out = results_table(results)
     for ref in REFERENCES:
         if ref in results and "frontdesk" in results:
             goal = f"  (goal >= {RATIO_GOAL:g}: {verdict(summary['ratio_met'])})" if ref == GOAL_REFERENCE else ""
@@ -294,10 +311,15 @@ def render(results: dict[str, TargetResult], summary: dict[str, Any]) -> str:
         f"frontdesk p99 INVITE->200 at {LATENCY_LOAD:.0%} load: {shown(summary['frontdesk_p99_ms'], '.0f')} ms  "
         f"(goal <= {P99_GOAL_MS:g} ms: {verdict(summary['p99_met'])})"
     )
+    out.extend(result_notes(results))
+    return "\n".join(out)
+
+
+def result_notes(results: Mapping[str, TargetResult]) -> list[str]:
+    """A line for each target whose ladder never went dirty or whose 80% run was not clean."""
     notes = [f"{r.name}: {r.limit}" for r in results.values() if r.first_dirty_requested is None]
     notes += [f"{r.name}: the 80% run was not clean" for r in results.values() if r.latency_clean is False]
-    out.extend(f"note: {n}" for n in notes)
-    return "\n".join(out)
+    return [f"note: {n}" for n in notes]
 
 
 # --------------------------------------------------------------------------- entry point

@@ -1,4 +1,4 @@
-"""One SIPp UAC run (``-sn uac -d 0``) against a target, and the reading of SIPp's statistics files.
+"""One SIPp UAC run (``-sn uac -d 0``, or a scenario file) against a target, and the reading of SIPp's statistics.
 
 A run is *clean* when no call failed, nothing was retransmitted, every call
 completed, SIPp exited 0 and it offered at least ``MIN_RATE_SHARE`` of the
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sim.live.targets import HOST, Target, free_port, stop_process
 
+UAC_BUILTIN = ("-sn", "uac", "-d", "0")  # SIPp's own caller: INVITE, 200, ACK, BYE at once
 MIN_RATE_SHARE = 0.9  # a run that offered less than this share of the asked rate is not clean
 
 # SIPp exit codes (sipp -h)
@@ -30,6 +31,17 @@ SIPP_EXIT = {
     255: "fatal error",
     254: "fatal error binding a socket",
 }
+
+
+@dataclass(frozen=True)
+class UacScenario:
+    """SIPp's arguments naming the call (``-sn uac`` or ``-sf FILE`` and its options); its RTD 1 is INVITE -> 200."""
+
+    args: tuple[str, ...] = UAC_BUILTIN
+    linger: float = 0.0  # seconds every call stays after its last message (a timewait): not part of the offered rate
+
+
+BUILTIN_UAC = UacScenario()
 
 
 @dataclass
@@ -114,8 +126,9 @@ def run_uac(
     *,
     rtt: bool = False,
     grace: float = 5.0,
+    scenario: UacScenario = BUILTIN_UAC,
 ) -> Run:
-    """One SIPp UAC run at ``rate`` calls/s for ``seconds`` against ``target``."""
+    """One SIPp UAC run of ``scenario`` at ``rate`` calls/s for ``seconds`` against ``target``."""
     calls = max(1, round(rate * seconds))
     run = Run(requested=rate, calls=calls, rc=None)
     timeout = math.ceil(seconds + grace)
@@ -125,14 +138,13 @@ def run_uac(
         cmd = [
             sipp,
             f"{HOST}:{target.port}",
-            "-sn", "uac",
+            *scenario.args,
             "-i", HOST,
             "-p", str(free_port()),
             "-nostdin",
             "-r", str(rate),
             "-m", str(calls),
             "-l", str(calls),  # no concurrency cap: keep the load open-loop
-            "-d", "0",
             "-timeout", f"{timeout}s",
             "-timeout_error",
             "-trace_stat", "-stf", str(stat), "-fd", "1",
@@ -166,7 +178,7 @@ def run_uac(
     run.retransmissions = int(st.get("Retransmissions(C)", 0))
     run.created = int(st.get("OutgoingCall(C)", 0))
     try:
-        run.elapsed_s = _epoch(st["CurrentTime"]) - _epoch(st["StartTime"])
+        run.elapsed_s = _epoch(st["CurrentTime"]) - _epoch(st["StartTime"]) - scenario.linger
     except (KeyError, ValueError):
         run.elapsed_s = 0.0
     if run.elapsed_s > 0:
