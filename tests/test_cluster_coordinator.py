@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from support.models import STATEFUL_MODEL, skills
 
 from ivr.cluster.coordinator import (
     UNREGISTERED,
@@ -58,31 +59,8 @@ BROADCAST = (SurgeChanged, PauseOutbound, ResumeOutbound)
 PEER = ("udp", "127.0.0.1", 5062)
 
 
-def skills(**levels: int) -> MappingProxyType[str, int]:
-    return MappingProxyType(dict(levels))
-
-
-# the model of the engine's own property test (tests/test_queueing.py): two queues, skills, ring-all, auto surge
-MODEL = Model(
-    queues=(
-        QueueSpec("sales", strategy="longest_idle", max_length=Limit(4, 2), ring_timeout=8.0, wrap_up=3.0),
-        QueueSpec(
-            "billing",
-            skills=skills(billing=1),
-            strategy="ring_all",
-            max_length=Limit(3, 2),
-            ring_timeout=6.0,
-            overflow="peak_shaving",
-        ),
-    ),
-    agents=(
-        AgentSpec("a1"),
-        AgentSpec("a2", skills=skills(billing=1)),
-        AgentSpec("a3", skills=skills(billing=2), max_misses=1),
-        AgentSpec("a4", skills=skills(fr=1)),
-    ),
-    surge=SurgeSpec(auto=True, ewt_on=200.0, ewt_off=60.0, queue_length_on=3, queue_length_off=1, min_dwell=20.0),
-)
+# the model of the engine's own property test (tests/support/models.py): two queues, skills, ring-all, auto surge
+MODEL = STATEFUL_MODEL
 
 
 def simple(agents: int = 3, **queue: object) -> Model:

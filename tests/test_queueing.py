@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from types import MappingProxyType
 
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from support.models import STATEFUL_MODEL, skills
 
 from queueing.agents import AgentState
 from queueing.engine import Engine
@@ -45,10 +45,6 @@ from queueing.line import QueuedCallState
 from queueing.model import AgentSpec, Limit, Model, ModelError, QueueSpec, SurgeSpec
 from queueing.surge import SurgeControl
 from queueing.timers import Timers
-
-
-def skills(**levels: int) -> MappingProxyType[str, int]:
-    return MappingProxyType(dict(levels))
 
 
 def make(
@@ -447,26 +443,7 @@ def test_model_is_validated() -> None:
 
 QUEUES = ("sales", "billing")
 AGENTS = ("a1", "a2", "a3", "a4")
-MODEL = Model(
-    queues=(
-        QueueSpec("sales", strategy="longest_idle", max_length=Limit(4, 2), ring_timeout=8.0, wrap_up=3.0),
-        QueueSpec(
-            "billing",
-            skills=skills(billing=1),
-            strategy="ring_all",
-            max_length=Limit(3, 2),
-            ring_timeout=6.0,
-            overflow="peak_shaving",
-        ),
-    ),
-    agents=(
-        AgentSpec("a1"),
-        AgentSpec("a2", skills=skills(billing=1)),
-        AgentSpec("a3", skills=skills(billing=2), max_misses=1),
-        AgentSpec("a4", skills=skills(fr=1)),
-    ),
-    surge=SurgeSpec(auto=True, ewt_on=200.0, ewt_off=60.0, queue_length_on=3, queue_length_off=1, min_dwell=20.0),
-)
+MODEL = STATEFUL_MODEL
 
 
 class EngineMachine(RuleBasedStateMachine):
