@@ -449,7 +449,7 @@ class Registrar:
         for key, uri, exp, instance in changes:
             if exp == 0:
                 if key in mine:
-                    self._remove(username, key)
+                    self._remove(username, key, notify=False)  # told once, below
                 continue
             old = mine.get(key)
             b = Binding(
@@ -491,7 +491,7 @@ class Registrar:
         heapq.heapify(entries)
         self._expiry = entries
 
-    def _remove(self, username: str, key: str) -> None:
+    def _remove(self, username: str, key: str, *, notify: bool = True) -> None:
         mine = self._bindings.get(username)
         if mine is not None and mine.pop(key, None) is not None:
             self._count -= 1
@@ -499,7 +499,7 @@ class Registrar:
                 del self._bindings[username]
                 if self.on_change is not None:
                     self.on_change(username, False)
-            if self.on_bindings is not None:
+            if notify and self.on_bindings is not None:
                 self.on_bindings(username)
 
     def _contact_headers(self, username: str, now: float) -> tuple[tuple[str, str], ...]:

@@ -310,7 +310,9 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         ua = UserAgent(
             ua_config(config),
             rng=random.Random(),
-            registrar=registrar_for(config, on_change, on_bindings if config.cluster.enabled else None),
+            # one node: a phone's first and last binding log its agent in and out; a cluster node publishes
+            # every change of its bindings and the replicas apply that rule to every node's phones
+            registrar=registrar_for(config, *((None, on_bindings) if config.cluster.enabled else (on_change, None))),
         )
         media = media_shell(config, MediaEventSink(loop.time, wake.set, drop=ua.drop), stack)
         queues = live_queues(config, ua, media, wake.set, stack)
