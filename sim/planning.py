@@ -13,18 +13,36 @@ queue's skills, no reserves) with the scenario's own policies and callers;
 every block and queue whose replications are clearly short of its target (the whole 95 % interval below the
 service-level target, or above the abandonment cap) gets one more agent, and
 it runs again, up to ``rounds`` times.
+
+Sizing (``--sizing``, and after ``--staffing``): the cluster nodes the
+busiest block needs. Per block, the SIP calls begun per second (callers at
+the block's busiest arrival step, redials, agents' and callback legs), the
+concurrent media streams (the longest line plus two streams per call
+talking) and the engine events per second; SIP and media share a node's
+capacity, while every node's replica applies every event, so the engine's
+share is paid on each node and more nodes do not lower it. Headroom and
+spare nodes come on top. docs/sim.md ("Sizing the cluster") gives the
+formula and where the default capacities were measured.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
+from pydantic import ValidationError
+
+from ivr.settings.base import read_yaml
 from queueing.model import Model
 from sim.erlang import ErlangError, Metrics, agents_needed
-from sim.plan import Callbacks, Plan, SurgeCommand, Team, agent_specs
+from sim.plan import Callbacks, Plan, Source, SurgeCommand, Team, agent_specs
+from sim.scenario_schema import SizingSettings
 from sim.stats import Estimate, Progress, Summary, replicate
 
 # ------------------------------------------------------------------ what-ifs
@@ -209,3 +227,215 @@ def _queue_block(summary: Summary, queue: str, block: int) -> tuple[Estimate, Es
         offered = b[f"{queue}.offered"]
         rates.append(b[f"{queue}.abandoned"] / offered if offered else 0.0)
     return Estimate.of(levels), Estimate.of(rates)
+
+
+# ------------------------------------------------------------------ sizing
+
+
+@dataclass(frozen=True, slots=True)
+class BlockLoad:
+    """What one block asks of the nodes at its peak (cluster-wide figures)."""
+
+    block: int
+    calls_per_s: (
+        float  # SIP calls begun per second: callers (at the block's busiest step), redials, agents' and callback legs
+    )
+    streams: float  # concurrent media streams: the longest line plus two per call talking (caller's and agent's leg)
+    events_per_s: float  # queue engine events per second, applied by every node's replica
+
+
+@dataclass(frozen=True, slots=True)
+class Sizing:
+    """Nodes for the day's most demanding block (docs/sim.md, "Sizing the cluster")."""
+
+    capacities: SizingSettings
+    blocks: tuple[BlockLoad, ...]
+    peak: BlockLoad  # the block that needs the most nodes
+    events_per_call: float
+    nodes_for_load: int | None  # None: one log's events alone fill a node (split the queues over several logs)
+    nodes: int | None  # with the spare nodes
+    limit: str  # "SIP", "media", "engine" or "none" (no traffic)
+    shares: Mapping[str, float]  # at the peak block on nodes_for_load nodes: share of one node's capacity used
+    logs_needed: int  # logs (groups of queues with their own Redis stream) for the engine's share to fit
+    kamailio_workers: int
+
+
+LIMITS = ("SIP", "media", "engine")
+
+
+def _ceil(x: float) -> int:
+    """``math.ceil`` that does not turn 2.0000000000000004 into 3."""
+    return math.ceil(round(x, 9))
+
+
+def size_blocks(blocks: Sequence[BlockLoad], caps: SizingSettings, events_per_call: float) -> Sizing:
+    """Nodes for the most demanding block: SIP and media share each node's capacity, the engine runs on every node.
+
+    On ``n`` nodes one node carries ``calls/s / (n · sip) + streams / (n · media) + events/s / engine`` of its
+    capacity, and may carry ``1 - headroom``: so ``n = ceil((calls/s / sip + streams / media) / (1 - headroom -
+    events/s / engine))``, at least 1, plus ``spare_nodes``.
+    """
+    usable = 1.0 - caps.headroom
+    best: tuple[int, float, BlockLoad] | None = None
+    impossible: BlockLoad | None = None
+    for b in blocks:
+        work = b.calls_per_s / caps.sip_calls_per_node + b.streams / caps.media_streams_per_node
+        room = usable - b.events_per_s / caps.engine_events_per_replica
+        if room <= 0:
+            if impossible is None or b.events_per_s > impossible.events_per_s:
+                impossible = b
+            continue
+        n = max(1, _ceil(work / room))
+        if best is None or (n, work) > (best[0], best[1]):
+            best = (n, work, b)
+    top_events = max((b.events_per_s for b in blocks), default=0.0)
+    logs = max(1, _ceil(top_events / (caps.engine_events_per_replica * usable)))
+    top_calls = max((b.calls_per_s for b in blocks), default=0.0)
+    workers = max(1, _ceil(top_calls / (caps.kamailio_calls_per_worker * usable)))
+    n_load: int | None
+    if impossible is not None:
+        n_load, peak = None, impossible
+    elif best is None:  # no blocks at all
+        n_load, peak = 1, BlockLoad(0, 0.0, 0.0, 0.0)
+    else:
+        n_load, _, peak = best
+    on = n_load or 1
+    shares = {
+        "SIP": peak.calls_per_s / caps.sip_calls_per_node / on,
+        "media": peak.streams / caps.media_streams_per_node / on,
+        "engine": peak.events_per_s / caps.engine_events_per_replica,
+    }
+    if n_load is None:
+        limit = "engine"
+    elif not any(shares.values()):
+        limit = "none"
+    else:
+        limit = max(LIMITS, key=lambda k: shares[k])
+    return Sizing(
+        capacities=caps,
+        blocks=tuple(blocks),
+        peak=peak,
+        events_per_call=events_per_call,
+        nodes_for_load=n_load,
+        nodes=None if n_load is None else n_load + caps.spare_nodes,
+        limit=limit,
+        shares=MappingProxyType(shares),
+        logs_needed=logs,
+        kamailio_workers=workers,
+    )
+
+
+def peak_arrival_rates(plan: Plan) -> list[float]:
+    """Per block, the highest total arrival rate (calls/s reaching the IVR, every source) at any instant of it."""
+    b = plan.block_seconds
+    out = []
+    for i in range(plan.blocks):
+        lo, hi = i * b, (i + 1) * b
+        instants = {lo} | {s.start for src in plan.sources for s in src.steps if lo < s.start < hi}
+        out.append(max(sum(_rate_at(src, t) for src in plan.sources) for t in instants))
+    return out
+
+
+def _rate_at(source: Source, t: float) -> float:
+    return sum(s.rate for s in source.steps if s.start <= t < s.end)
+
+
+def block_loads(summary: Summary, events_per_call: float | None = None) -> tuple[list[BlockLoad], float]:
+    """Each block's load from the plan's arrival steps and the replications' means; and the events per call used.
+
+    ``events_per_call`` defaults to the simulation's own: engine events over calls, all runs.
+    """
+    plan = summary.plan
+    runs = summary.runs
+    calls = sum(r.calls for r in runs)
+    if events_per_call is None:
+        events_per_call = sum(r.events for r in runs) / calls if calls else 0.0
+    queues = [q.name for q in plan.model.queues]
+    talk = {q: plan.handle_time[q].expected for q in queues}
+    mix_talk = sum(share * talk[q] for q, share in plan.queue_mix)
+    b = plan.block_seconds
+    out = []
+    for i, arrival in enumerate(peak_arrival_rates(plan)):
+
+        def mean(key: str, i: int = i) -> float:
+            return sum(r.blocks[i].get(key, 0.0) for r in runs) / len(runs)
+
+        callers = arrival + mean("redials") / b
+        served = mean("callbacks_served")
+        legs = mean("answered") + sum(mean(f"{q}.ring_no_answer") for q in queues) + 2 * served
+        legs += mean("callback_no_answer")
+        talking = (sum(mean(f"{q}.answered") * talk[q] for q in queues) + served * mix_talk) / b
+        out.append(
+            BlockLoad(
+                block=i,
+                calls_per_s=callers + legs / b,
+                streams=mean("queue_length_max") + 2 * talking,
+                events_per_s=events_per_call * callers,
+            )
+        )
+    return out, events_per_call
+
+
+def sizing(summary: Summary, caps: SizingSettings) -> Sizing:
+    """Nodes for a simulated day (``summary``: the scenario's replications, or the staffing roster's)."""
+    loads, per_call = block_loads(summary, caps.events_per_call)
+    return size_blocks(loads, caps, per_call)
+
+
+SIZING_FLAGS = (
+    "headroom",
+    "spare_nodes",
+    "sip_calls_per_node",
+    "media_streams_per_node",
+    "engine_events_per_replica",
+    "kamailio_calls_per_worker",
+    "events_per_call",
+)
+
+
+class SizingError(Exception):
+    """A capacity given on the command line is out of range (the message names the option and the field)."""
+
+
+def sizing_settings(scenario: str | Path, args: argparse.Namespace | None = None) -> SizingSettings:
+    """The scenario's ``sizing`` section with the command line's capacities over it.
+
+    Call it on a scenario that loaded: its own section was checked then (with its line) and cannot fail here.
+    """
+    path = Path(scenario)
+    _, data = read_yaml(path.read_text(encoding="utf-8"), str(path), SizingError)
+    fields = dict(data.get("sizing") or {}) if isinstance(data, dict) else {}
+    given = {k: getattr(args, k) for k in SIZING_FLAGS if args is not None and getattr(args, k, None) is not None}
+    try:
+        return SizingSettings.model_validate({**fields, **given})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            where = f"--{field.replace('_', '-')} (sizing.{field})" if field in given else f"{path}: sizing.{field}"
+            problems.append(f"{where}: {err['msg']}")
+        raise SizingError("sim: " + "; ".join(problems)) from None
+
+
+def sizing_json(result: Sizing, plan: Plan) -> dict[str, Any]:
+    return {
+        "capacities": result.capacities.model_dump(),
+        "events_per_call": result.events_per_call,
+        "nodes_for_load": result.nodes_for_load,
+        "nodes": result.nodes,
+        "limit": result.limit,
+        "shares": dict(result.shares),
+        "logs_needed": result.logs_needed,
+        "kamailio_workers": result.kamailio_workers,
+        "peak_block": {"block": result.peak.block, "start": plan.block_label(result.peak.block)},
+        "blocks": [
+            {
+                "block": b.block,
+                "start": plan.block_label(b.block),
+                "calls_per_s": b.calls_per_s,
+                "streams": b.streams,
+                "events_per_s": b.events_per_s,
+            }
+            for b in result.blocks
+        ],
+    }

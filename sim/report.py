@@ -8,7 +8,8 @@ The folder (``--out DIR``) holds:
 - plots: ``arrivals_vs_capacity.png``, ``queue_length.png``, ``service_level.png``,
   ``callbacks_owed.png``, ``surge.png``;
 - with ``--what-if``: ``what_if.csv``, ``what_if.json``, ``what_if.png``;
-- with ``--staffing``: ``staffing.csv``, ``staffing.json``, ``staffing.png``.
+- with ``--staffing``: ``staffing.csv``, ``staffing.json``, ``staffing.png``;
+- with ``--staffing`` or ``--sizing``: ``sizing.json`` (cluster nodes for the busiest block, per block loads).
 
 docs/sim.md explains how to read them; sim/plots.py draws the plots.
 """
@@ -27,6 +28,7 @@ from typing import IO, Any
 
 from queueing.model import OVERFLOW_TARGETS
 from sim.plan import Plan
+from sim.planning import LIMITS, SIZING_FLAGS, Sizing, SizingError, sizing_json, sizing_settings
 from sim.plots import plot_staffing, plot_summary, plot_what_if
 from sim.stats import BLOCK_METRICS, TOTAL_METRICS, Estimate, Summary, replicate
 
@@ -230,6 +232,42 @@ def staffing_table(result: Any) -> str:
     return "\n".join(lines)
 
 
+def _share(x: float) -> str:
+    return f"{x:.2%}"
+
+
+def sizing_table(result: Sizing, plan: Plan) -> str:
+    caps = result.capacities
+    peak = result.peak
+    spare = f"{caps.spare_nodes} spare node{'s' if caps.spare_nodes != 1 else ''}"
+    lines = [
+        f"sizing: cluster nodes for the busiest block (headroom {caps.headroom:.0%}, {spare})",
+        f"  per node: {caps.sip_calls_per_node:,.0f} SIP calls/s, {caps.media_streams_per_node:,.0f} media streams, "
+        f"{caps.engine_events_per_replica:,.0f} engine events/s in its replica; "
+        f"Kamailio {caps.kamailio_calls_per_worker:,.0f} calls/s per worker",
+        f"  busiest block {plan.block_label(peak.block)}: {peak.calls_per_s:,.2f} SIP calls/s, "
+        f"{peak.streams:,.0f} media streams, {peak.events_per_s:,.1f} engine events/s "
+        f"({result.events_per_call:.2f} per call; every node applies every event)",
+    ]
+    shares = result.shares
+    used = ", ".join(f"{k} {_share(shares[k])}" for k in LIMITS)
+    if result.nodes_for_load is None:
+        lines.append(
+            f"  one log's engine events alone take {_share(shares['engine'])} of every node, over the "
+            f"{1 - caps.headroom:.0%} allowed: no number of nodes carries it; split the queues over at least "
+            f"{result.logs_needed} logs (clusters)"
+        )
+    else:
+        n = result.nodes_for_load
+        limit = "no traffic" if result.limit == "none" else f"{result.limit} limits"
+        lines.append(f"  on {n} node{'s' if n != 1 else ''} each carries: {used} ({limit})")
+        lines.append(
+            f"  nodes: {n} for the load + {caps.spare_nodes} spare = {result.nodes}; "
+            f"Kamailio: {result.kamailio_workers} worker{'s' if result.kamailio_workers != 1 else ''}"
+        )
+    return "\n".join(lines)
+
+
 # -------------------------------------------------------------- files
 
 
@@ -383,7 +421,7 @@ def write_staffing(result: Any, out: Path, *, plots: bool = True) -> list[Path]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from sim.planning import staffing, what_if
+    from sim.planning import sizing, staffing, what_if
     from sim.scenario import ScenarioError, load_scenario
 
     try:
@@ -391,6 +429,13 @@ def main(args: argparse.Namespace) -> int:
     except ScenarioError as exc:
         print(exc, file=sys.stderr)
         return 2
+    caps = None
+    if getattr(args, "sizing", False) or args.staffing or any(getattr(args, k, None) is not None for k in SIZING_FLAGS):
+        try:
+            caps = sizing_settings(args.scenario, args)
+        except SizingError as exc:
+            print(exc, file=sys.stderr)
+            return 2
     if args.seed is not None:
         plan = plan.with_changes(seed=args.seed)
     reps = args.replications or plan.replications
@@ -423,4 +468,12 @@ def main(args: argparse.Namespace) -> int:
         print(staffing_table(result))
         if out is not None:
             write_staffing(result, out, plots=not args.no_plots)
+        summary = result.summary  # the staffed roster: the traffic it answers sizes the cluster
+    if caps is not None:
+        sized = sizing(summary, caps)
+        print()
+        print(sizing_table(sized, summary.plan))
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "sizing.json").write_text(json.dumps(sizing_json(sized, summary.plan), indent=1))
     return 0

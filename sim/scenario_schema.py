@@ -249,6 +249,37 @@ class LoadSettings(Strict):
     first_number: int = Field(4470000000, ge=0, lt=10**14, description="callers' numbers count up from this one")
 
 
+# Per-node capacities measured on this project's 2-core machine (the README's Performance section, 2026-12-02):
+# frontdesk's highest clean SIP rate (bench-sip), the media streams one node paced with p99 <= 5 ms
+# (bench-media), the compiled engine's events/s on the overloaded model (bench-sim), Kamailio with one worker.
+SIP_CALLS_PER_NODE = 1177.0
+MEDIA_STREAMS_PER_NODE = 1000.0
+ENGINE_EVENTS_PER_REPLICA = 149843.0
+KAMAILIO_CALLS_PER_WORKER = 2055.0
+
+
+class SizingSettings(Strict):
+    """Cluster sizing: what a node carries, and the margin kept (docs/sim.md, "Sizing the cluster")."""
+
+    headroom: float = Field(0.3, ge=0, lt=1, allow_inf_nan=False, description="share of each node kept free")
+    spare_nodes: int = Field(1, ge=0, le=100, description="nodes beyond the peak's need: 1 for N+1")
+    sip_calls_per_node: float = Field(
+        SIP_CALLS_PER_NODE, gt=0, allow_inf_nan=False, description="SIP calls a node begins per second"
+    )
+    media_streams_per_node: float = Field(
+        MEDIA_STREAMS_PER_NODE, gt=0, allow_inf_nan=False, description="concurrent RTP streams a node paces"
+    )
+    engine_events_per_replica: float = Field(
+        ENGINE_EVENTS_PER_REPLICA, gt=0, allow_inf_nan=False, description="queue events a node's replica applies/s"
+    )
+    kamailio_calls_per_worker: float = Field(
+        KAMAILIO_CALLS_PER_WORKER, gt=0, allow_inf_nan=False, description="calls/s one Kamailio UDP worker routes"
+    )
+    events_per_call: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="engine events per call; default: the simulation's own"
+    )
+
+
 class SurgeSwitchSettings(Strict):
     at: Minutes = Field(description='"HH:MM"')
     on: bool | None = Field(description="true, false, or null to release the manual switch")
@@ -273,3 +304,4 @@ class Scenario(Strict):
     agents: AgentsSettings
     callbacks: CallbackSimSettings = CallbackSimSettings()
     load: LoadSettings | None = Field(None, description="for `frontdesk load`: what callers dial, who the agents are")
+    sizing: SizingSettings = Field(default_factory=SizingSettings, description="cluster sizing: node capacities")
