@@ -42,6 +42,8 @@ class CallbackRow(Base):
         Index("ix_callbacks_state_next_attempt", "state", "next_attempt_at"),
         Index("ix_callbacks_claimed_by", "claimed_by"),
         Index("ix_callbacks_parent_id", "parent_id"),
+        # the booking's idempotency key: a booking retried after a commit of unknown outcome finds its row
+        Index("uq_callbacks_booking_key", "booking_key", unique=True),
         CheckConstraint(_in("state", STATES), name="ck_callbacks_state"),
         CheckConstraint(_in("kind", KINDS), name="ck_callbacks_kind"),
     )
@@ -70,6 +72,7 @@ class CallbackRow(Base):
     close_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     promise_warned: Mapped[bool] = mapped_column(Boolean)
     version: Mapped[int] = mapped_column(Integer)
+    booking_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 __all__ = ["ACTIVE_WHERE", "CallbackRow"]

@@ -21,6 +21,15 @@ message ``id`` so the gateway can drop such a copy.
 Recovery returns every ``sending`` row to ``queued``. That is right for one
 dispatcher per database (the embedded default); several router nodes sharing
 PostgreSQL must run the dispatcher on one node only.
+
+Calls hand texts over with :meth:`Outbox.submit`, which never waits: the
+intake task writes them in order, and while the database is down they wait in
+memory up to a cap (docs/callbacks.md, "When the database is down").
+
+The module is long because a text's whole life is here: the table, the
+intake that waits through an outage, the dispatcher's claim and retries, the
+senders and their metrics; split, the states they share would be spread over
+several files.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -38,11 +49,14 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import DateTime, Index, Integer, String, Text, func, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from callback import logmask
 from callback.base import Base, utcnow
+from callback.health import RETRY_INTERVAL, describe, health_for, is_outage
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +73,11 @@ _MAX_ERROR = 500
 class TextMessage(Base):
     __tablename__ = "text_messages"
     # the dispatcher's poll: state = 'queued' AND next_attempt_at <= now
-    __table_args__ = (Index("ix_text_messages_due", "state", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_text_messages_due", "state", "next_attempt_at"),
+        # written again after a commit of unknown outcome, a text is not doubled
+        Index("uq_text_messages_intake_key", "intake_key", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     to_number: Mapped[str] = mapped_column(String(64))
@@ -71,6 +89,7 @@ class TextMessage(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    intake_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 # -- metrics --------------------------------------------------------------------
@@ -181,26 +200,66 @@ def build_sender(
 # -- the outbox -------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Handed:
+    """A text handed over with :meth:`Outbox.submit`, not yet written."""
+
+    to: str
+    body: str
+    reason: str
+    at: datetime
+    key: str
+
+
+def _check_text(to: str, body: str, reason: str) -> None:
+    if not to or len(to) > 64:
+        raise ValueError(f"bad destination number {to!r}")
+    if not body:
+        raise ValueError("empty text message")
+    if not _REASON.fullmatch(reason):
+        raise ValueError(f"reason {reason!r} must be a short lower-case word (it is a metric label)")
+
+
 class Outbox:
-    """Accepts text messages durably; wakes the dispatcher."""
+    """Accepts text messages durably; wakes the dispatcher.
+
+    :meth:`enqueue` commits before it returns. :meth:`submit` does not wait: the
+    text joins an in-memory line that :meth:`run_intake` writes in order; while
+    the database is down the line waits (at most ``max_waiting`` texts, beyond
+    that new ones are dropped and counted) and is written once it is back. Each
+    handed-over text carries an idempotency key, so a batch written again after a
+    COMMIT whose outcome was unknown is not doubled.
+    """
 
     def __init__(
-        self, engine: AsyncEngine, metrics: OutboxMetrics | None = None, clock: Callable[[], datetime] = utcnow
+        self,
+        engine: AsyncEngine,
+        metrics: OutboxMetrics | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        *,
+        max_waiting: int = 10_000,
+        retry_interval: float = RETRY_INTERVAL,
+        write_timeout: float = 10.0,
     ) -> None:
         self.engine = engine
         self.metrics = metrics or OutboxMetrics()
         self.clock = clock
+        self.max_waiting = max_waiting
+        self.retry_interval = retry_interval
+        self.write_timeout = write_timeout
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._work = asyncio.Event()
+        self._handed: deque[_Handed] = deque()
+        self._handed_ready = asyncio.Event()
+        self.dropped = 0
+        self.health = health_for(engine)
+        self.health.waiting["texts"] = lambda: len(self._handed)
+        insert = sqlite_insert if engine.dialect.name == "sqlite" else postgresql_insert
+        self._insert_handed = insert(TextMessage).on_conflict_do_nothing(index_elements=[TextMessage.intake_key])
 
     async def enqueue(self, to: str, body: str, reason: str) -> int:
         """Store a message for sending; it is committed when this returns. Returns its id."""
-        if not to or len(to) > 64:
-            raise ValueError(f"bad destination number {to!r}")
-        if not body:
-            raise ValueError("empty text message")
-        if not _REASON.fullmatch(reason):
-            raise ValueError(f"reason {reason!r} must be a short lower-case word (it is a metric label)")
+        _check_text(to, body, reason)
         now = self.clock()
         msg = TextMessage(
             to_number=to, body=body, reason=reason, created_at=now, state=QUEUED, attempts=0, next_attempt_at=now
@@ -210,6 +269,82 @@ class Outbox:
         self.metrics.queued[reason] = self.metrics.queued.get(reason, 0) + 1
         self._work.set()
         return msg.id
+
+    def submit(self, to: str, body: str, reason: str) -> None:
+        """Hand a text over without waiting (calls, the agents' API); :meth:`run_intake` writes it.
+
+        A text that cannot be sent (bad number, empty body) gets a log line; one beyond
+        ``max_waiting`` while the database is down is dropped and counted.
+        """
+        try:
+            _check_text(to, body, reason)
+        except ValueError as exc:
+            log.warning("text message to %s not queued: %s", logmask.number(to), exc)
+            return
+        if len(self._handed) >= self.max_waiting:
+            self.dropped += 1
+            self.health.dropped("texts", 1, self.max_waiting)
+            return
+        self._handed.append(_Handed(to, body, reason, self.clock(), secrets.token_hex(16)))
+        self._handed_ready.set()
+
+    @property
+    def waiting(self) -> int:
+        """Texts handed over with :meth:`submit` and not yet written."""
+        return len(self._handed)
+
+    async def write_handed(self, limit: int = 200) -> int:
+        """Write the oldest handed-over texts (up to ``limit``) in one transaction. Returns how many."""
+        batch = [self._handed[i] for i in range(min(limit, len(self._handed)))]
+        if not batch:
+            return 0
+        rows = [
+            {
+                "to_number": t.to,
+                "body": t.body,
+                "reason": t.reason,
+                "created_at": t.at,
+                "state": QUEUED,
+                "attempts": 0,
+                "next_attempt_at": t.at,
+                "intake_key": t.key,
+            }
+            for t in batch
+        ]
+        async with asyncio.timeout(self.write_timeout), self._sessions() as session, session.begin():
+            await session.execute(self._insert_handed, rows)
+        for t in batch:
+            self._handed.popleft()  # only this task removes from the left: the batch is still at the front
+            self.metrics.queued[t.reason] = self.metrics.queued.get(t.reason, 0) + 1
+        self._work.set()
+        return len(batch)
+
+    async def run_intake(self) -> None:
+        """Write handed-over texts in order until cancelled (then once more); while the database is down they wait."""
+        try:
+            await self._intake()
+        finally:
+            if self._handed:
+                try:
+                    await asyncio.shield(self.write_handed(len(self._handed)))
+                except Exception as exc:  # noqa: BLE001 - shutting down: say what is lost, once
+                    log.error("stopping with %d text message(s) unwritten: %s", len(self._handed), describe(exc))
+
+    async def _intake(self) -> None:
+        while True:
+            if not self._handed:
+                self._handed_ready.clear()
+                await self._handed_ready.wait()
+            try:
+                await self.write_handed()
+            except Exception as exc:
+                if is_outage(exc):
+                    self.health.failed("texts", exc)  # once per outage
+                else:
+                    log.exception("writing %d text message(s) failed; will retry", len(self._handed))
+                await asyncio.sleep(self.retry_interval)
+                continue
+            self.health.ok()
 
     async def get(self, message_id: int) -> TextMessage | None:
         async with self._sessions() as session:
@@ -328,8 +463,12 @@ class OutboxDispatcher:
                     recovered = True
                 claimed = await self.dispatch_due()
                 await self.refresh_pending()
-            except Exception:
-                log.exception("text outbox round failed; retrying in %.1f s", self.poll_interval)
+                self.outbox.health.ok()
+            except Exception as exc:
+                if is_outage(exc):
+                    self.outbox.health.failed("text_sending", exc)  # the outage's one log line, not one a round
+                else:
+                    log.exception("text outbox round failed; retrying in %.1f s", self.poll_interval)
                 # a status write may have failed mid-round; nothing of ours is in flight now,
                 # so put anything stuck in 'sending' back in the queue first thing next round
                 recovered = False

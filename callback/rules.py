@@ -85,6 +85,7 @@ class Callback:
     close_reason: str | None
     promise_warned: bool
     version: int
+    booking_key: str | None = None  # the IVR's idempotency key (a retried booking finds its own row)
 
     @property
     def active(self) -> bool:

@@ -12,6 +12,9 @@ The states and the rules that move a callback between them are in
   partial index allows one active callback per number and queue, so two
   simultaneous bookings cannot both succeed; the loser gets
   :class:`AlreadyBooked` with the one that exists.
+- A booking from the IVR carries an idempotency key (``booking_key``, unique):
+  tried again after a COMMIT whose outcome was unknown, it returns the row the
+  first try wrote instead of writing a second.
 - A change to one callback reads it (``SELECT ... FOR UPDATE`` on
   PostgreSQL), lets the rules decide, and writes it with
   ``UPDATE ... WHERE id = ? AND version = ?``. SQLite has no row locks, so
@@ -47,13 +50,13 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, DateTime, Row, Table, and_, bindparam, func, or_, select, text, true, update
+from sqlalchemy import ColumnElement, DateTime, Row, Table, and_, bindparam, func, or_, select, true, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from callback.base import utc
-from callback.models import ACTIVE_WHERE, CallbackRow
+from callback.models import CallbackRow
 from callback.rules import (
     ACTIVE_STATES,
     BOOKED,
@@ -89,6 +92,7 @@ _EXISTS = select(T.c.id).where(T.c.id == bindparam("id"))
 _ACTIVE_FOR = select(*COLUMNS).where(
     T.c.number == bindparam("number"), T.c.queue == bindparam("queue"), T.c.state.in_(ACTIVE_STATES)
 )
+_BY_KEY = select(*COLUMNS).where(T.c.booking_key == bindparam("booking_key"))
 DEFAULT_RETRY = RetryPolicy()
 
 
@@ -205,12 +209,9 @@ class CallbackStore:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._sqlite = engine.dialect.name == "sqlite"
         dialect_insert = sqlite_insert if self._sqlite else postgresql_insert
-        # a second active booking for the number and queue is not an error here: book() reports it
-        self._insert = (
-            dialect_insert(T)
-            .on_conflict_do_nothing(index_elements=[T.c.number, T.c.queue], index_where=text(ACTIVE_WHERE))
-            .returning(*COLUMNS)
-        )
+        # a second active booking for the number and queue, or a booking key already written, is not an
+        # error here: book() reports the one that exists (no conflict target: every unique index counts)
+        self._insert = dialect_insert(T).on_conflict_do_nothing().returning(*COLUMNS)
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -289,8 +290,12 @@ class CallbackStore:
         kind: str = CALLBACK,
         parent_id: int | None = None,
         created_by: str = "ivr",
+        key: str | None = None,
     ) -> Callback:
         """Book a callback; it is committed when this returns (only then may the caller hear "booked").
+
+        ``key`` makes the booking idempotent: booked again with the same key (a retry after
+        a commit whose outcome was unknown), it returns the row the first attempt wrote.
 
         ``not_before`` is the slot's start (default ``now``: as soon as possible);
         a callback whose slot has come is due at once. Raises :class:`AlreadyBooked`
@@ -332,6 +337,7 @@ class CallbackStore:
             "close_reason": None,
             "promise_warned": False,
             "version": 1,
+            "booking_key": _check_name(key, "key") if key is not None else None,
         }
         for _ in range(3):
             if self._sqlite:
@@ -357,6 +363,11 @@ class CallbackStore:
                 out.append(NotFound(f"there is no callback #{parent} to follow up"))
                 continue
             row = (await session.execute(self._insert, values)).first()
+            if row is None and values["booking_key"] is not None:
+                row = (await session.execute(_BY_KEY, values)).first()  # our own, written by an earlier try
+                if row is not None:
+                    out.append(_to_callback(row))
+                    continue
             if row is None:
                 row = (await session.execute(_ACTIVE_FOR, values)).first()
                 out.append(None if row is None else AlreadyBooked(_to_callback(row)))

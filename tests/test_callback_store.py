@@ -73,7 +73,7 @@ async def test_migration_matches_the_models_and_runs_twice(db_url: str) -> None:
         await db.init_schema(eng)  # idempotent: nothing left to do
         async with eng.connect() as conn:
             assert await conn.run_sync(_schema_diff) == []
-            assert (await conn.execute(text(f"SELECT version_num FROM {db.VERSION_TABLE}"))).scalar_one() == "0001"
+            assert (await conn.execute(text(f"SELECT version_num FROM {db.VERSION_TABLE}"))).scalar_one() == "0002"
             assert "uq_callbacks_active_number" in await conn.run_sync(_index_names, "callbacks")
     finally:
         await eng.dispose()

@@ -31,6 +31,14 @@ module connects it to calls:
   no inbound caller waits in that queue and more than ``reserve_agents``
   agents are ready (inbound keeps its share), and never while the surge
   switch pauses outbound work.
+
+A booking gets :data:`BOOKING_DEADLINE`; a database that is down or does not
+answer makes it ``failed``, and the caller hears so (docs/callbacks.md, "When
+the database is down").
+
+The module is long because the desk is where a callback meets the calls:
+booking, closing, the two legs of a dial and the dispatcher share its jobs
+and counters, and each is short.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import secrets
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -45,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from callback import logmask
 from callback.base import utcnow
+from callback.health import describe, health_for, is_outage
 from callback.rules import STATES, WAITING_STATES
 from callback.store import AlreadyBooked, Callback, CallbackStore, Conflict, NotFound
 from ivr.calls.callers import BookingCaller
@@ -67,6 +77,8 @@ log = logging.getLogger(__name__)
 
 AGENT_RING_TIMEOUT = 20.0  # seconds the agent's phone may ring for a callback
 CUSTOMER_RING_TIMEOUT = 30.0  # seconds the customer's phone may ring
+BOOKING_DEADLINE = 3.0  # seconds a caller waits, in silence, for the store's answer before hearing "failed"
+BOOKING_RETRY = 0.25  # seconds between tries of a booking whose connection failed (same idempotency key)
 
 
 class DialError(Exception):
@@ -143,6 +155,7 @@ class CallbackDesk:
         self.trust = trust or TrustCounters()  # texts withheld from numbers an untrusted caller claimed
         self.jobs: dict[str, Job] = {}  # agent -> job
         self.forecast = Forecast(queues, settings)
+        self.health = health_for(store.engine)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -170,15 +183,17 @@ class CallbackDesk:
             if not number or not number.lstrip("+").isdigit():
                 result = "failed"
             elif act.cancel:
-                existing = await self.store.active_for(number, act.queue)
-                if existing is None:
-                    result = "none"
-                else:
-                    await self.store.cancel(existing.id, now=now, by="caller")
-                    result = "cancelled"
+                async with asyncio.timeout(BOOKING_DEADLINE):
+                    existing = await self.store.active_for(number, act.queue)
+                    if existing is None:
+                        result = "none"
+                    else:
+                        await self.store.cancel(existing.id, now=now, by="caller")
+                        result = "cancelled"
+                self.health.ok()
             else:
                 start, end, promised = self.forecast.promise(act.queue, act.slot, now)
-                await self.store.book(
+                await self._commit_booking(
                     queue=act.queue,
                     number=number,
                     arrived_at=ivr.queue_entered_at or now,
@@ -190,6 +205,7 @@ class CallbackDesk:
                     call_id=ivr.call.call_id,
                     # a number an untrusted peer claimed still gets its callback, but no text about it
                     created_by=UNVERIFIED_BOOKER if ivr.unverified(number) else "ivr",
+                    key=secrets.token_hex(16),
                 )
                 self.counters.bookings += 1
                 result = "booked"
@@ -200,12 +216,40 @@ class CallbackDesk:
             log.warning("callback request of %s not done: %s", logmask.number(number), exc)
             self.counters.booking_errors += 1
             result = "failed"
-        except Exception:  # the database is down: the caller is told, nothing is promised
-            log.exception("callback booking failed")
+        except Exception as exc:  # the database is down or did not answer in time: the caller is told, nothing promised
+            if is_outage(exc):
+                self.health.failed("bookings", exc)  # logged once per outage, not per caller
+            else:
+                log.exception("callback booking failed")
             self.counters.booking_errors += 1
             result = "failed"
         ivr.feed(fa.CallbackDone(result, minutes), self.loop.time())
         self.wake()
+
+    async def _commit_booking(self, **booking: Any) -> Callback:
+        """``store.book`` within :data:`BOOKING_DEADLINE`, tried again (same key) while the connection fails.
+
+        A commit whose outcome is unknown (the connection dropped during COMMIT, or
+        the deadline passed) is retried with the same idempotency key: the store
+        returns the row the first try wrote instead of writing a second. When the
+        deadline passes first, the caller is told the booking failed; a row that a
+        lost COMMIT did write stays, and the caller's next try hears it exists.
+        """
+        async with asyncio.timeout(BOOKING_DEADLINE):
+            while True:
+                try:
+                    booked = await self.store.book(**booking)
+                except AlreadyBooked:
+                    self.health.ok()
+                    raise
+                except Exception as exc:
+                    if not is_outage(exc) or not self.health.up:
+                        raise  # during a known outage, one try: the caller is not kept waiting in silence
+                    self.health.failed("bookings", exc)
+                    await asyncio.sleep(BOOKING_RETRY)
+                    continue
+                self.health.ok()
+                return booked
 
     def reached_agent(self, number: str, queue: str) -> None:
         """R10: the caller got through; their callback for this queue is closed, and they are told."""
@@ -214,8 +258,12 @@ class CallbackDesk:
     async def _close_for(self, number: str, queue: str) -> None:
         try:
             closed = await self.store.close_for_number(number, queue, now=self.clock(), reason="reached_agent")
-        except Exception:
-            log.exception("could not close the callbacks of %s", logmask.number(number))
+        except Exception as exc:
+            if not is_outage(exc):
+                log.exception("could not close the callbacks of %s", logmask.number(number))
+                return
+            self.health.failed("callback_closings", exc)
+            log.error("could not close the callbacks of %s: %s", logmask.number(number), describe(exc))
             return
         if closed:
             self.counters.closed_reached_agent += len(closed)
@@ -381,8 +429,11 @@ class CallbackDesk:
                 continue
             try:
                 await self.dispatch_once()
-            except Exception:
-                log.exception("callback dispatcher pass failed")
+            except Exception as exc:
+                if is_outage(exc):
+                    self.health.failed("dispatcher", exc)  # the outage's one log line; the next pass tries again
+                else:
+                    log.exception("callback dispatcher pass failed")
             await asyncio.sleep(self.settings.dispatch_interval)
 
     async def dispatch_once(self) -> None:

@@ -3,7 +3,8 @@
 Writing never sits between INVITE and 200 OK: the router appends a plain
 tuple to an in-memory batch when a call ends, and :class:`CallRecorder`'s
 background task writes batches every ``flush_interval`` seconds (and on
-shutdown) in one transaction. On SQLite a batch goes straight to the driver
+shutdown) in one transaction. While the database is down the records wait in
+memory, in order and up to a cap, and are written once it is back. On SQLite a batch goes straight to the driver
 (one ``executemany`` run in aiosqlite's thread, times pre-formatted as
 SQLAlchemy stores them): SQLAlchemy's statement compilation and per-value
 bind processing would otherwise run on the event loop, beside the SIP path,
@@ -16,6 +17,7 @@ import asyncio
 import dataclasses
 import logging
 import math
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 
@@ -24,6 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionma
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from callback.base import create_engine as create_engine  # one engine factory for records and callbacks alike
+from callback.base import utc
+from callback.health import RETRY_INTERVAL, health_for, is_outage
 
 log = logging.getLogger(__name__)
 
@@ -160,16 +164,44 @@ async def init_schema(engine: AsyncEngine) -> None:
 
 
 class CallRecorder:
-    """Batches call summaries and writes them off the call path."""
+    """Batches call summaries and writes them off the call path; they wait, in order, while the database is down.
 
-    def __init__(self, engine: AsyncEngine, flush_interval: float = 0.2) -> None:
+    While the database is unreachable the summaries stay in memory, at most
+    ``max_waiting`` of them (beyond that each new one is dropped and counted,
+    logged once per outage), and a write is tried every ``retry_interval``
+    seconds. A batch whose COMMIT failed may have been written: before it is
+    written again, the records already in the table (same Call-ID and INVITE
+    time) are taken out of it, so none is written twice.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        flush_interval: float = 0.2,
+        *,
+        max_waiting: int = 100_000,
+        retry_interval: float = RETRY_INTERVAL,
+        write_timeout: float = 10.0,
+    ) -> None:
         self.engine = engine
         self.flush_interval = flush_interval
+        self.max_waiting = max_waiting
+        self.retry_interval = retry_interval
+        self.write_timeout = write_timeout
         self._pending: list[CallSummary] = []
         self.written = 0
         self.write_errors = 0
+        self.dropped = 0
+        self.health = health_for(engine)
+        self.health.waiting["call_records"] = lambda: len(self._pending)
+        self._unsure: set[tuple[str, float]] = set()  # (call_id, invite_at) of a batch whose COMMIT failed
+        self._retry_at = 0.0
 
     def add(self, summary: CallSummary) -> None:
+        if len(self._pending) >= self.max_waiting:
+            self.dropped += 1
+            self.health.dropped("call_records", 1, self.max_waiting)
+            return
         self._pending.append(summary)
 
     @property
@@ -177,22 +209,56 @@ class CallRecorder:
         return len(self._pending)
 
     async def flush(self) -> int:
-        batch, self._pending = self._pending, []
-        if not batch:
+        if not self._pending:
             return 0
-        # one executemany, not ORM objects: a flush of a few hundred records
-        # must not hold the event loop (it sits beside the SIP path)
+        if not self.health.up and time.monotonic() < self._retry_at:
+            return 0  # the database is down: one try per retry_interval, not one per flush
+        batch, self._pending = self._pending, []
+        committing = False
         try:
-            async with self.engine.begin() as conn:
-                await _write(conn, batch)
-        except Exception:
+            async with asyncio.timeout(self.write_timeout), self.engine.connect() as conn:
+                transaction = await conn.begin()
+                if self._unsure:
+                    batch = await self._not_yet_written(conn, batch)
+                # one executemany, not ORM objects: a flush of a few hundred records
+                # must not hold the event loop (it sits beside the SIP path)
+                if batch:
+                    await _write(conn, batch)
+                committing = True
+                await transaction.commit()
+        except Exception as exc:
             # keep the batch: it is retried on the next flush, nothing is lost
             self._pending[:0] = batch
             self.write_errors += 1
-            log.exception("writing %d call records failed; will retry", len(batch))
+            if committing:
+                self._unsure.update((s.call_id, s.invite_at) for s in batch)
+            if is_outage(exc):
+                self.health.failed("call_records", exc)  # once per outage: no log line per flush
+                self._retry_at = time.monotonic() + self.retry_interval
+            else:
+                log.exception("writing %d call records failed; will retry", len(batch))
             return 0
+        self._unsure.clear()
+        self.health.ok()
         self.written += len(batch)
         return len(batch)
+
+    async def _not_yet_written(self, conn: AsyncConnection, batch: list[CallSummary]) -> list[CallSummary]:
+        """``batch`` less the records a COMMIT that failed (as far as we could tell) did write."""
+        doubtful = sorted({s.call_id for s in batch if (s.call_id, s.invite_at) in self._unsure})
+        present: set[tuple[str, int]] = set()
+        for i in range(0, len(doubtful), 500):
+            rows = await conn.execute(
+                select(CallRecord.call_id, CallRecord.invite_at).where(CallRecord.call_id.in_(doubtful[i : i + 500]))
+            )
+            present.update((call_id, _ms(utc(at).timestamp())) for call_id, at in rows.all())
+        if not present:
+            return batch
+        kept = [s for s in batch if (s.call_id, _ms(s.invite_at)) not in present]
+        log.info(
+            "%d call record(s) were written before the connection broke; not writing them again", len(batch) - len(kept)
+        )
+        return kept
 
     async def run(self) -> None:
         """Flush every ``flush_interval`` until cancelled, then flush once more."""
@@ -201,7 +267,14 @@ class CallRecorder:
                 await asyncio.sleep(self.flush_interval)
                 await self.flush()
         finally:
+            self._retry_at = 0.0
             await asyncio.shield(self.flush())
+            if self._pending:  # the database is still down: say what is lost, once
+                log.error("stopping with %d call record(s) unwritten: the database is unreachable", len(self._pending))
+
+
+def _ms(t: float) -> int:
+    return round(t * 1000)
 
 
 async def count_records(engine: AsyncEngine) -> dict[str, int]:

@@ -3,7 +3,9 @@
 Every route needs ``Authorization: Bearer <admin.token>``. With no token in
 the config the API answers 503: an admin API nobody secured stays shut.
 Every change is written to the audit log in the same transaction as the
-change itself. Errors are the one error body of ``ivr/web/common.py``, worded for the operator.
+change itself; while the database is unreachable the routes that need it
+answer 503 (the change is not made, so there is no audit entry to keep).
+Errors are the one error body of ``ivr/web/common.py``, worded for the operator.
 
     GET    /admin/notices                    all notices, active or not
     PUT    /admin/notices/{id}               {"group", "prompt", "active"} publish / change
@@ -16,15 +18,18 @@ The routes themselves are listed in ``ivr/web/routes.py``.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from aiohttp import web
 from pydantic import Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from callback.health import describe, is_outage
 from ivr.storage.audit import read_audit
 from ivr.storage.notices import NoticeBoard, NoticeError, UnknownNotice
 from ivr.storage.records import complaint_counts
@@ -43,6 +48,28 @@ ADMIN = web.AppKey("admin", AdminState)
 
 ACTOR = "admin"  # one token, one name in the audit log
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_RETRY_AFTER = "5"  # seconds, for a request refused while the database is down
+
+
+def needs_database(handler: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
+    """A handler whose database is unreachable answers 503 with a message (and Retry-After), not 500."""
+
+    @functools.wraps(handler)
+    async def handle(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await handler(*args, **kwargs)
+        except ApiError:
+            raise
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            message = "the database is unreachable just now: nothing was changed; try again in a moment"
+            raise ApiError(503, message, [("database", describe(exc))], headers={"Retry-After": _RETRY_AFTER}) from None
+
+    return handle
 
 
 async def admin_context(request: web.Request, token: str | None) -> tuple[AdminState, str]:
@@ -96,6 +123,7 @@ async def list_notices(request: web.Request, state: AdminState, actor: str) -> w
     return web.json_response({"notices": [_notice_json(state, n.id) for n in state.notices.notices()]})
 
 
+@needs_database
 async def put_notice(request: web.Request, state: AdminState, actor: str, body: NoticeBody) -> web.StreamResponse:
     """Publish or change a notice (audited)."""
     notice_id = request.match_info["id"]
@@ -110,6 +138,7 @@ async def put_notice(request: web.Request, state: AdminState, actor: str, body: 
     return web.json_response(_notice_json(state, notice_id))
 
 
+@needs_database
 async def delete_notice(request: web.Request, state: AdminState, actor: str) -> web.StreamResponse:
     """Withdraw a notice (audited); it stays listed, inactive."""
     notice_id = request.match_info["id"]
@@ -120,11 +149,13 @@ async def delete_notice(request: web.Request, state: AdminState, actor: str) -> 
     return web.json_response(_notice_json(state, notice_id))
 
 
+@needs_database
 async def get_audit(request: web.Request, state: AdminState, actor: str, query: AuditQuery) -> web.StreamResponse:
     """The audit log, newest first."""
     return web.json_response({"entries": await read_audit(state.engine, query.limit, query.before)})
 
 
+@needs_database
 async def get_complaints(
     request: web.Request, state: AdminState, actor: str, query: ComplaintsQuery
 ) -> web.StreamResponse:
@@ -135,4 +166,4 @@ async def get_complaints(
     return web.json_response({"month": month_text, "counts": counts, "total": sum(counts.values())})
 
 
-__all__ = ["ADMIN", "AdminState", "admin_context"]
+__all__ = ["ADMIN", "AdminState", "admin_context", "needs_database"]

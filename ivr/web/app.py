@@ -39,10 +39,10 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callback import db as callback_db
-from callback import logmask
 from callback import rules as callback_rules
 from callback.base import Base as CallbacksBase
 from callback.base import create_engine
+from callback.health import DatabaseCollector, health_for
 from callback.outbox import Backoff, Outbox, OutboxDispatcher, OutboxMetrics, build_sender
 from callback.store import CallbackStore
 from ivr.calls.dialer import CallbackDesk
@@ -158,9 +158,9 @@ def start_texts(
     retry = Backoff(texts.retry.base, texts.retry.factor, texts.retry.max_delay, texts.retry.max_attempts)
     dispatcher = OutboxDispatcher(outbox, sender, retry, poll_interval=texts.poll_interval)
     start_task(stack, dispatcher.run(), "text-outbox")
-    texts_in: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
-    start_task(stack, _text_intake(texts_in, outbox), "text-intake")
-    return outbox, lambda to, body, reason: texts_in.put_nowait((to, body, reason))
+    registry.register(DatabaseCollector(health_for(engine)))  # frontdesk_database_*: up, writes waiting
+    start_task(stack, outbox.run_intake(), "text-intake")  # texts wait, in order, while the database is down
+    return outbox, outbox.submit
 
 
 def media_shell(config: Config, sink: MediaEventSink, stack: AsyncExitStack) -> MediaShell:
@@ -391,15 +391,6 @@ async def _surge_schedule(config: Config, queues: LiveQueues, every: float = 15.
             inside = now_inside
             queues.surge_switch(inside, "schedule")
         await asyncio.sleep(every)
-
-
-async def _text_intake(queue: asyncio.Queue[tuple[str, str, str]], outbox: Outbox) -> None:
-    while True:
-        to, body, reason = await queue.get()
-        try:
-            await outbox.enqueue(to, body, reason)
-        except ValueError as exc:
-            log.warning("text message to %s not queued: %s", logmask.number(to), exc)
 
 
 def create_app(config: Config, prompts: PromptStore | None = None) -> web.Application:

@@ -19,8 +19,13 @@ An agent sees the callbacks waiting (booked, due) and its own claimed ones,
 and acts only on callbacks it holds; supervisors see and act on all. The
 claim itself (a lease) is the store's: two agents never hold one callback.
 Errors are the one error body of ``ivr/web/common.py``, worded for the agent; a
-failed click-to-call is a 502 carrying the dialer's reason and the callback as it stays.
+failed click-to-call is a 502 carrying the dialer's reason and the callback as it stays. While the
+database is unreachable every route that reads or writes it answers 503 with ``Retry-After``
+(:func:`needs_database`), never 500.
 The routes are listed in ``ivr/web/routes.py``, the page in ``ivr/web/page.py``.
+
+The module is long because it has one small handler per agent action, each
+with its own refusals, and they share the holder checks kept here.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from callback.handover import handover_json
 from callback.rules import ACTIVE_STATES, BOOKED, DUE, FOLLOW_UP, IN_PROGRESS, OFFERED, STATES
 from callback.store import AlreadyBooked, Callback, Conflict, NotFound
 from ivr.calls.dialer import DialError
+from ivr.web.admin import needs_database
 from ivr.web.common import ApiError, QueryString, RequestBody, field_error
 from ivr.web.queueapi import QUEUES
 from ivr.web.sessions import CallbackService, Who, iso, registrar_of
@@ -181,6 +187,7 @@ def _split(text: str) -> list[str]:
 # -- the list -------------------------------------------------------------------------------
 
 
+@needs_database
 async def list_callbacks(request: web.Request, service: CallbackService, who: Who, query: ListQuery) -> web.Response:
     """The callbacks waiting and those you hold (supervisors: any, by state, agent and queue)."""
     wanted, mine, queue, limit = query.states, query.only_mine, query.queue or None, query.limit
@@ -213,6 +220,7 @@ async def list_callbacks(request: web.Request, service: CallbackService, who: Wh
     )
 
 
+@needs_database
 async def create(request: web.Request, service: CallbackService, who: Who, body: BookBody) -> web.StreamResponse:
     """An agent books a callback for a complex enquiry (R2, R14), from now or from the time they pick."""
     live = request.app.get(QUEUES)
@@ -307,17 +315,20 @@ async def _run(action: Awaitable[Callback]) -> Callback:
         raise ApiError(400, str(exc)) from None
 
 
+@needs_database
 async def claim(request: web.Request, service: CallbackService, who: Who) -> web.StreamResponse:
     """Claim a callback: a lease of callbacks.lease_seconds; two agents never hold one."""
     return _done(await _run(service.store.claim(_id(request), agent=who.agent, now=service.clock())))
 
 
+@needs_database
 async def release(request: web.Request, service: CallbackService, who: Who) -> web.StreamResponse:
     """Put it back for anyone."""
     cb = await _held(request, service, who, "release it")
     return _done(await _run(service.store.release(cb.id, agent=_actor(cb, who), now=service.clock())))
 
 
+@needs_database
 async def call(request: web.Request, service: CallbackService, who: Who) -> web.StreamResponse:
     """Click-to-call: your phone rings, then the customer's (502 with the dialer's reason when it cannot)."""
     cb = await _get(service, _id(request))
@@ -342,6 +353,7 @@ async def call(request: web.Request, service: CallbackService, who: Who) -> web.
     return _done(await _get(service, cb.id), calling=True)
 
 
+@needs_database
 async def outcome(request: web.Request, service: CallbackService, who: Who, body: OutcomeBody) -> web.StreamResponse:
     """Record how the call went (R10: a callback that fails for good sends the customer a text)."""
     cb = await _held(request, service, who, "record the outcome")
@@ -404,6 +416,7 @@ def _tell_not_reached(service: CallbackService, cb: Callback) -> None:
         log.exception("could not queue the text for callback %s", cb.id)
 
 
+@needs_database
 async def reschedule(
     request: web.Request, service: CallbackService, who: Who, body: RescheduleBody
 ) -> web.StreamResponse:
@@ -422,6 +435,7 @@ async def reschedule(
     return _done(done)
 
 
+@needs_database
 async def give_up(request: web.Request, service: CallbackService, who: Who, body: GiveUpBody) -> web.StreamResponse:
     """Close it unreached (R10: the customer gets a text)."""
     cb = await _held(request, service, who, "give it up")
@@ -432,6 +446,7 @@ async def give_up(request: web.Request, service: CallbackService, who: Who, body
     return _done(done)
 
 
+@needs_database
 async def add_notes(request: web.Request, service: CallbackService, who: Who, body: NotesBody) -> web.StreamResponse:
     """Add notes, kept with who wrote them."""
     cb = await _held(request, service, who, "add notes")
@@ -443,6 +458,7 @@ async def add_notes(request: web.Request, service: CallbackService, who: Who, bo
     return _done(await _run(service.store.add_notes(cb.id, agent=actor, now=service.clock(), notes=notes)))
 
 
+@needs_database
 async def reassign(request: web.Request, service: CallbackService, who: Who, body: ReassignBody) -> web.StreamResponse:
     """Supervisors hand a callback to another agent."""
     if not who.supervisor:
@@ -468,6 +484,7 @@ def message_file(recordings_dir: Path, message_path: str) -> Path | None:
     return None
 
 
+@needs_database
 async def message(request: web.Request, service: CallbackService, who: Who) -> web.StreamResponse:
     """The caller's recorded message (audio/wav), for its claimer or a supervisor."""
     cb = await _held(request, service, who, "play the message")
@@ -485,6 +502,7 @@ async def message(request: web.Request, service: CallbackService, who: Who) -> w
     )
 
 
+@needs_database
 async def handover(request: web.Request, service: CallbackService, who: Who) -> web.StreamResponse:
     """R19: every open callback and its promise, for the next shift (supervisors)."""
     if not who.supervisor:

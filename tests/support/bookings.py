@@ -1,9 +1,10 @@
 """The set-up of the booking-burst tests: callers overflowed to the demo's callback offer within seconds.
 
 Shared by tests/test_callback_durability.py (one node killed and restarted on
-its SQLite file) and tests/test_cluster_live.py (one of two cluster nodes killed):
-the server overrides and the prompt store whose "callback booked" frames tell
-which callers began to hear their booking confirmed.
+its SQLite file), tests/test_cluster_live.py (one of two cluster nodes killed)
+and tests/test_pg_outage_live.py (PostgreSQL stopped and started): the server
+overrides and the prompt store whose "callback booked" (and "could not book")
+frames tell which callers began to hear their booking confirmed (or refused).
 """
 
 from __future__ import annotations
@@ -37,3 +38,11 @@ def booking_overrides(tmp_path: Path) -> tuple[dict[str, object], PromptStore]:
 def confirmation(store: PromptStore) -> list[bytes]:
     """The first 20 ms of "your callback is booked": a caller who got it heard the booking confirmed."""
     return list(store.frames("callback_booked", get_codec("PCMU")))[:1]
+
+
+def refusal(store: PromptStore) -> list[bytes]:
+    """The first 20 ms of "Sorry, we could not book your callback just now": the caller heard the failure branch."""
+    frames = list(store.frames("callback_failed", get_codec("PCMU")))
+    # the prompt opens with a little silence, which every prompt has: from its first sound on, 3 frames
+    first = next(i for i, frame in enumerate(frames) if len(set(frame) - {0xFF, 0x7F}) > 8)
+    return frames[first : first + 3]
