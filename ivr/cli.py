@@ -59,11 +59,10 @@ def _database_url(config: Config, what: str) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
     from callback import logmask as log_privacy
     from ivr.transport.tcp import raise_file_limit
     from ivr.web.app import create_app
+    from ivr.web.lifecycle import serve
     from queueing import native_status
 
     config = _config(args)
@@ -90,8 +89,8 @@ def _serve(args: argparse.Namespace) -> int:
         f"HTTP on http://{config.http.listen}:{config.http.port}",
         flush=True,
     )
-    web.run_app(create_app(config, prompts), host=config.http.listen, port=config.http.port, print=None)
-    return 0
+    # until SIGTERM (drain, then stop: ivr/web/lifecycle.py) or SIGINT (stop at once)
+    return asyncio.run(serve(create_app(config, prompts), config))
 
 
 def _check_config(args: argparse.Namespace) -> int:

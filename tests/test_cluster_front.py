@@ -289,6 +289,14 @@ def test_launcher_names_the_line_of_a_bad_base_config(tmp_path: Path) -> None:
     assert f"{base}:2: sip.max_calls" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+def test_launcher_refuses_a_negative_rolling_restart_delay(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "ivr.cli", "cluster", "--rolling-restart", "-1", "--dir", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--rolling-restart: give a number of seconds, 0 or more" in proc.stderr, proc.stderr
+    assert not (tmp_path / "run").exists(), "nothing was started"
+
+
 @pytest.mark.slow
 def test_launcher_shows_the_log_of_a_node_that_fails_and_stops_the_rest(tmp_path: Path) -> None:
     # a prompt that is no audio file: the config is valid, but a node cannot render it and exits
@@ -587,3 +595,53 @@ def test_a_callers_asserted_identity_through_kamailio_is_not_believed_unless_fro
         release(running.ports)
         release(running.sip_port)
     assert status == 0, running.report()
+
+
+# -- a rolling restart under load ------------------------------------------------------------------
+
+
+def output_line(cluster: RunningCluster, text: str) -> str | None:
+    return next((line for line in cluster.output if text in line), None)
+
+
+@pytest.mark.slow
+@pytest.mark.sipp
+def test_a_rolling_restart_of_every_node_under_load_drops_no_call(
+    cluster: RunningCluster, sipp: str, tmp_path: Path
+) -> None:
+    """SIGHUP to the launcher: each node in turn drains (503 to OPTIONS and new calls), exits 0, starts again."""
+    uris = {n["name"]: f"sip:127.0.0.1:{n['sip_port']}" for n in cluster.nodes}
+    pids = {n["name"]: n["pid"] for n in cluster.nodes}
+    calls, rate = 250, 10  # 25 s of callers, 1 s each: some are always in progress on the node that drains
+    with ThreadPoolExecutor(1) as pool:
+        load: Future[SippRun] = pool.submit(
+            run_sipp, sipp, cluster.target, tmp_path / "load", scenario=CALLER, calls=calls, rate=rate,
+            timeout=calls / rate + 20, extra=["-d", "1000", "-l", str(calls + 1)],
+        )  # fmt: skip
+        time.sleep(2.0)
+        os.kill(cluster.state["launcher_pid"], signal.SIGHUP)
+        wait_until("the rolling restart done", lambda: output_line(cluster, "rolling restart done"), timeout=50)
+        restarted_before_the_load_ended = not load.done()
+        run = load.result(timeout=60)
+    print("\n" + "\n".join(line for line in cluster.output if "restart" in line))
+    assert run.returncode == 0 and run.failed == 0 and run.successful == calls, run.report()
+    assert restarted_before_the_load_ended, "the load covered the whole restart"
+    state = json.loads((cluster.workdir / "cluster.json").read_text())
+    cluster.state = state
+    for name, uri in uris.items():
+        line = output_line(cluster, f"{name} restarted:")
+        assert line is not None and "exited with status 0" in line, cluster.report()
+        assert "out of the rotation" in line, f"Kamailio took {name} out at its 503 before it exited: {line}"
+        new_pid = cluster.part(name)["pid"]
+        assert new_pid != pids[name] and alive(new_pid)
+        assert cluster.dispatcher_flags()[uri].startswith("A")
+    log = cluster.kamailio_log()
+    # while draining, new calls sent to a node were refused 503 and retried on the other: none was lost
+    for name in uris:
+        node_log = Path(cluster.part(name)["log"]).read_text(errors="replace")
+        assert "drain done" in node_log and "0 call(s) hung up by the drain" in node_log, node_log[-3000:]
+    assert re.search(r"node sip:127\.0\.0\.1:\d+ down at", log), log[-3000:]
+    # both nodes take calls again after the restart
+    after = call(sipp, cluster, tmp_path / "after", 20, rate=10)
+    assert after.returncode == 0 and after.successful == 20, after.report()
+    assert {uri for _, uri, _ in cluster.calls_routed()[-20:]} == set(uris.values())

@@ -27,6 +27,7 @@ from ivr.settings.server import (
     HttpSettings,
     MediaSettings,
     RegistrarConfig,
+    ShutdownSettings,
     SipSettings,
     StorageSettings,
     TextSettings,
@@ -56,6 +57,7 @@ class Config(Strict):
     callbacks: CallbackSettings = CallbackSettings()
     security: SecuritySettings = SecuritySettings()
     cluster: ClusterSettings = ClusterSettings()
+    shutdown: ShutdownSettings = ShutdownSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")

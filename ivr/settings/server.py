@@ -1,4 +1,4 @@
-"""The server's own sections of the config file: SIP, media, HTTP, storage, texts, admin, registrar.
+"""The server's own sections of the config file: SIP, media, HTTP, storage, texts, admin, registrar, shutdown.
 
 Where the server listens and keeps its data, the SIP timers and the
 registrar's expiry rules, how text messages leave the building, and the admin
@@ -195,3 +195,22 @@ class RegistrarConfig(Strict):
         if low is not None and high is not None and not low <= v <= high:
             raise ValueError(f"default_expires ({v} s) must lie between min_expires ({low}) and max_expires ({high})")
         return v
+
+
+class ShutdownSettings(Strict):
+    """What SIGTERM does: drain (take no new call, let the calls in progress end), then stop."""
+
+    drain_seconds: float = Field(
+        600.0,
+        ge=0,
+        le=86400,
+        description="longest a SIGTERM waits for the calls in progress to end before hanging up the rest, seconds "
+        "(0: hang up at once); a second SIGTERM or a SIGINT stops at once",
+    )
+    drain_min_seconds: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="shortest drain, even with no call in progress: OPTIONS and /healthz answer 503 this long, so "
+        "that a proxy's or load balancer's probe (Kamailio's: one a second) takes the node out before it goes",
+    )

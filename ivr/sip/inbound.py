@@ -3,9 +3,9 @@
 Theory of operation
 -------------------
 A new INVITE becomes an :class:`InboundCall` (or is refused at once: 400,
-415, 416, 420, 482, 483, 488, 503, and recorded as rejected). The
-transaction user then rings, answers, rejects or hangs up; the caller's
-ACK, CANCEL and BYE move the call on::
+415, 416, 420, 482, 483, 488, 503 at the call limit or while draining, and
+recorded as rejected). The transaction user then rings, answers, rejects or
+hangs up; the caller's ACK, CANCEL and BYE move the call on::
 
     RINGING --answer--> ANSWERED --ACK--> CONFIRMED --BYE either way--> ENDED
     RINGING --CANCEL / reject / early BYE--> ENDED
@@ -37,6 +37,7 @@ from ivr.sip.transaction import (
 )
 
 SUPPORTED_OPTIONS: frozenset[str] = frozenset()  # option tags for Require
+DRAIN_RETRY_AFTER = 5  # seconds, in the 503 a draining user agent gives a new call: the next node takes it
 
 
 class InboundDialogs:
@@ -46,6 +47,7 @@ class InboundDialogs:
         self.core = core
         self.calls: dict[str, InboundCall] = {}
         self._refers: dict[TxKey, InboundCall] = {}  # our REFERs awaiting their final response
+        self.draining = False  # set by UserAgent.drain: new INVITEs get 503
 
     def dialog_for(self, req: Request) -> InboundCall | None:
         """The live call an in-dialog request belongs to (Call-ID and both tags match)."""
@@ -121,6 +123,9 @@ class InboundDialogs:
                 call.negotiated = negotiate(parse_sdp(req.body))
             except SdpError as exc:
                 return exc.status, reason(exc.status, exc.reason), ()
+        if self.draining:
+            # shutting down: a proxy in front tries its next node (its failure route takes any 5xx)
+            return 503, None, (("Retry-After", str(DRAIN_RETRY_AFTER)),)
         if len(self.calls) >= self.core.config.max_calls:
             self.core.stats.calls_rejected_overload += 1
             return 503, None, (("Retry-After", "5"),)

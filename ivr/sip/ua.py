@@ -10,7 +10,8 @@ Bytes in, bytes and events out, time passed in::
 
 The transaction user (the call router) reacts to events by calling
 ``ring``, ``answer``, ``reject``, ``hangup``, ``set_call_timer``, ``place_call``
-and ``drop``; those only queue datagrams and events too. A ``peer`` is
+and ``drop``; those only queue datagrams and events too. ``drain`` stops it
+taking new dialogs (503 to OPTIONS and new INVITEs) while the ones it has go on. A ``peer`` is
 ``(transport, host, port)``; the asyncio shell (ivr/transport/sip.py) maps
 it back to a socket or a TCP connection.
 
@@ -48,7 +49,7 @@ from ivr.sip.events import (
     OutRinging,
     ReferAnswered,
 )
-from ivr.sip.inbound import InboundDialogs
+from ivr.sip.inbound import DRAIN_RETRY_AFTER, InboundDialogs
 from ivr.sip.message import Request, Response, SipParseError, build_response, parse_headers_only, parse_message
 from ivr.sip.outbound import OutboundDialogs
 from ivr.sip.registrar import Registrar, RegistrarSettings
@@ -103,10 +104,28 @@ class UserAgent:
         self._outbound = OutboundDialogs(core)
         self.calls: dict[str, InboundCall] = self._inbound.calls  # live inbound calls by Call-ID
         self.out_calls: dict[str, OutCall] = self._outbound.calls  # calls we placed, by Call-ID, until they end
+        self._refuse_register = False  # while draining in a cluster: REGISTER goes to another node
 
     @property
     def config(self) -> UaConfig:
         return self._core.config
+
+    @property
+    def draining(self) -> bool:
+        """Whether :meth:`drain` was called: no new dialog is taken."""
+        return self._inbound.draining
+
+    def drain(self, *, refuse_register: bool = False) -> None:
+        """Take no new call: OPTIONS and dialog-creating INVITEs get 503 with Retry-After.
+
+        Requests inside a dialog (ACK, BYE, re-INVITE, INFO, CANCEL) and the
+        calls we place go on as before. With ``refuse_register`` a REGISTER
+        gets 503 too, so that a proxy in front takes the phone to another
+        node; without it the registrar keeps serving, and agents stay
+        reachable for the callers still waiting here.
+        """
+        self._inbound.draining = True
+        self._refuse_register = refuse_register
 
     def set_local_port(self, port: int) -> None:
         """The port actually bound (when the config asked for an ephemeral one)."""
@@ -262,7 +281,13 @@ class UserAgent:
             else:
                 core.respond(ntx, req, 481, now)
         elif method == "OPTIONS":
-            core.respond(ntx, req, 200, now, extra=_CAPABILITIES)
+            if inbound.draining:
+                # a proxy's probe: out of its rotation until this process is gone (and its successor answers 200)
+                core.respond(ntx, req, 503, now, extra=_DRAINING)
+            else:
+                core.respond(ntx, req, 200, now, extra=_CAPABILITIES)
+        elif method == "REGISTER" and self._refuse_register:
+            core.respond(ntx, req, 503, now, extra=_DRAINING)
         elif method == "REGISTER":
             reply = self.registrar.register(req, peer, now)
             core.respond(ntx, req, reply.status, now, extra=reply.headers, reason=reply.reason)
@@ -397,3 +422,4 @@ class UserAgent:
 
 
 _CAPABILITIES = (("Allow", ALLOW_HEADER), ("Accept", "application/sdp"), ("Accept-Language", "en"))
+_DRAINING = (("Retry-After", str(DRAIN_RETRY_AFTER)),)

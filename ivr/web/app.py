@@ -7,7 +7,8 @@ shell, the live queues, the callback dialer, the IVR services, the router,
 then the SIP shell that hands the router its events. Every long-lived task is
 started there and cancelled and awaited on the way out, in reverse order:
 the SIP listeners stop first, the last call records are flushed, the
-database engine is closed last.
+database engine is closed last. Before that way out, SIGTERM drains the
+server (``ivr/web/lifecycle.py``, which runs the application).
 
 Two knots are cut by a channel built before both ends:
 
@@ -70,6 +71,7 @@ from ivr.web import admin, queueapi, routes, sessions
 from ivr.web.clustermetrics import AgentCallCollector, ClusterCollector, LostCallersCollector, NodeRegistry
 from ivr.web.flood import FloodCollector, admission_for
 from ivr.web.keys import CONFIG, PROMPTS, RUNTIME, Runtime
+from ivr.web.lifecycle import DRAIN, Drain, DrainCollector
 from ivr.web.mapmetrics import TablesCollector, session_table, sip_tables
 from ivr.web.metrics import CallbackCollector, IvrCollector, QueueCollector, SipCollector
 from ivr.web.serverheader import set_server_header
@@ -272,9 +274,11 @@ def register_collectors(
     registry.register(CallbackCollector(desk.counters, None if cluster is None else lambda: cluster.is_timekeeper))
 
 
-def start_task(stack: AsyncExitStack, coro: Coroutine[Any, Any, None], name: str) -> None:
+def start_task(stack: AsyncExitStack, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
     """Run ``coro`` as a task until the runtime context ends; then it is cancelled and awaited."""
-    stack.push_async_callback(_cancel, asyncio.create_task(coro, name=name))
+    task = asyncio.create_task(coro, name=name)
+    stack.push_async_callback(_cancel, task)
+    return task
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
@@ -329,7 +333,7 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         shell = await start_sip(config, ua, router, stack)
         start_task(stack, _flush_when_woken(wake, shell), "sip-flush")
-        start_task(stack, desk.run(), "callback-dispatcher")
+        dispatcher = start_task(stack, desk.run(), "callback-dispatcher")
         start_task(stack, _surge_schedule(config, queues), "surge-schedule")
 
         register_collectors(registry, ua, recorder, ivr, queues, desk)
@@ -338,6 +342,10 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         registry.register(TcpCollector(shell.tcp))
         if shell.admission is not None:
             registry.register(FloodCollector(shell.admission, loop.time))
+        # SIGTERM (ivr/web/lifecycle.py): no new call, nor new callback; in a cluster REGISTERs go to another node
+        drain = Drain(ua, shell, refuse_register=config.cluster.enabled, on_start=dispatcher.cancel)
+        registry.register(DrainCollector(drain))
+        app[DRAIN] = drain
         app[RUNTIME] = Runtime(config, ua, router, shell, recorder, registry, outbox, notices)
         app[admin.ADMIN] = admin.AdminState(engine, notices)
         app[queueapi.QUEUES] = queues

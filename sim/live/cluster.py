@@ -9,12 +9,21 @@ shared database) laid over ``--config BASE.yaml``. It waits until each part
 answers (PING, ``/healthz``, every node active in Kamailio's dispatcher and
 OPTIONS through Kamailio answered by the nodes), prints one line per part,
 and runs until Ctrl-C, SIGTERM or ``--for`` seconds; then it stops everything
-in reverse order: nodes, Kamailio, Redis, PostgreSQL.
+in reverse order: nodes (SIGINT: at once), Kamailio, Redis, PostgreSQL.
+
+SIGHUP (or ``--rolling-restart AFTER``) restarts every node in turn, the way
+a deployment would: SIGTERM (the node drains: Kamailio takes it out at its
+503 to OPTIONS, its calls end), wait for its exit, start it again with the
+same config, wait until Kamailio has it back in the rotation, then the next.
+One line per node says how long each step took.
 
 A node that dies while the cluster runs is reported and the rest go on (that
 is what a cluster is for); if Kamailio, Redis or PostgreSQL dies, everything
 stops. Every part's log, the generated configs and ``cluster.json`` (ports,
 pids, logs of every part, for scripts and tests) stay in ``--dir``.
+
+The module is long because every part's start, watch, restart and stop
+belong together: each relies on how the others leave the parts.
 """
 
 from __future__ import annotations
@@ -60,6 +69,7 @@ KAMAILIO_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "cluster" /
 SHARED_MEMORY_MB = 256  # transactions wait in shared memory for their timers; 64 MB runs short in a load test
 NODE_START_SECONDS = 60.0  # a first start renders the prompts (espeak-ng)
 PART_START_SECONDS = 20.0
+NODE_STOP_SECONDS = 15.0  # a drained node's way out (listeners, the lease, the database) beyond its drain limit
 
 
 class Stop(Exception):
@@ -101,6 +111,22 @@ def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 10.0, grou
 
 def exit_text(code: int) -> str:
     return f"signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"status {code}"
+
+
+@dataclass(frozen=True)
+class Restart:
+    """One node's restart, seconds from its SIGTERM."""
+
+    node: str
+    code: int | None  # its exit status (None: it was not running)
+    out: float | None  # out of Kamailio's rotation (its 503 to OPTIONS); None: never seen out
+    exited: float
+    back: float  # in the rotation again
+
+    def line(self) -> str:
+        out = f"out of the rotation {self.out:.1f} s, " if self.out is not None else "never out of the rotation, "
+        status = "not running" if self.code is None else f"exited with {exit_text(self.code)}"
+        return f"{self.node} restarted: {out}{status} {self.exited:.1f} s, back in the rotation {self.back:.1f} s"
 
 
 # -- the parts ----------------------------------------------------------------------------
@@ -180,6 +206,8 @@ class LocalCluster:
         self.parts: list[Part] = []
         self.postgres: LocalPostgres | None = None
         self.ctl = f"unix:{plan.workdir / 'kamailio' / 'kamailio_ctl'}"
+        self.reported: set[str] = set()  # parts whose exit was reported
+        self.restart_wanted = False  # set by SIGHUP: watch() restarts every node in turn
 
     # -- start
 
@@ -292,22 +320,75 @@ class LocalCluster:
     def dispatcher_flags(self) -> dict[str, str]:
         return dispatcher_flags(self.binaries.kamcmd, self.ctl)
 
+    def _in_rotation(self, uris: set[str]) -> bool:
+        flags = self.dispatcher_flags()
+        return all(flags.get(u, "").startswith("A") for u in uris)
+
     def _wait_rotation(self) -> None:
         """Every node in Kamailio's rotation, and OPTIONS through Kamailio answered (round robin: by each node)."""
         kamailio = next(p for p in self.parts if p.name == "kamailio")
         uris = {f"sip:{n.sip}" for n in self.plan.nodes}
-
-        def in_rotation() -> bool:
-            flags = self.dispatcher_flags()
-            return all(flags.get(u, "").startswith("A") for u in uris)
-
+        in_rotation = functools.partial(self._in_rotation, uris)
         _wait("kamailio's dispatcher (every node active)", in_rotation, kamailio, PART_START_SECONDS)
         for _ in self.plan.nodes:
             _wait("OPTIONS through kamailio", lambda: sip_options(self.plan.sip_port) == 200, kamailio, 10)
 
+    # -- restarts
+
+    def restart_node(self, name: str) -> Restart:
+        """SIGTERM node ``name`` (it drains), wait for its exit, start it again, wait until Kamailio has it back."""
+        index, part = next((i, p) for i, p in enumerate(self.parts) if p.name == name)
+        node = next(n for n in self.plan.nodes if n.node_id == name)
+        uri = f"sip:{node.sip}"
+        config = Path(part.extra["config"])
+        start = time.monotonic()
+        out: float | None = None
+        code = part.exited()
+        if code is None and part.proc is not None:
+            part.proc.send_signal(signal.SIGTERM)
+            limit = load_config(config).shutdown.drain_seconds + NODE_STOP_SECONDS
+            while (code := part.exited()) is None:
+                if out is None and not self.dispatcher_flags().get(uri, "A").startswith("A"):
+                    out = time.monotonic() - start
+                if time.monotonic() - start > limit:
+                    stop_process(part.proc, grace=0)
+                    raise LaunchError(f"{name}: still running {limit:.0f} s after SIGTERM; killed")
+                time.sleep(0.1)
+        else:
+            code = None
+        exited = time.monotonic() - start
+        # Kamailio must have seen it go (else "back in the rotation" below would hold at once): a drained node
+        # lingers long enough for a probe to see its 503; a node that was not running misses its probes
+        wait_out = time.monotonic() + PART_START_SECONDS
+        while out is None and time.monotonic() < wait_out:
+            if not self.dispatcher_flags().get(uri, "A").startswith("A"):
+                out = time.monotonic() - start
+            else:
+                time.sleep(0.1)
+        new = self._start_node(node, config, part.log)  # appended last: stop() finds it whatever happens next
+        self.parts.remove(new)
+        self.parts[index] = new
+        self.reported.discard(name)
+        _wait(name, functools.partial(self._healthy, node.http_port), new, NODE_START_SECONDS)
+        _wait(f"{name} back in kamailio's rotation", lambda: self._in_rotation({uri}), new, PART_START_SECONDS)
+        self.write_state()
+        return Restart(name, code, out, exited, time.monotonic() - start)
+
+    def rolling_restart(self, say: Callable[[str], None]) -> list[Restart]:
+        """Every node in turn (the next one only once Kamailio has the last one back): no call is dropped."""
+        names = [p.name for p in self.parts if p.name.startswith("node-")]
+        say(f"rolling restart of {len(names)} node(s)")
+        done = []
+        for name in names:
+            done.append(self.restart_node(name))
+            say(done[-1].line())
+        say("rolling restart done")
+        return done
+
     def write_state(self) -> None:
         state = {
             "sip": f"{HOST}:{self.plan.sip_port}",
+            "launcher_pid": os.getpid(),  # SIGHUP to it restarts every node in turn
             "redis_url": self.plan.redis_url,
             "kamailio_ctl": self.ctl,
             "parts": [
@@ -318,11 +399,21 @@ class LocalCluster:
 
     # -- run and stop
 
-    def watch(self, say: Callable[[str], None], seconds: float | None) -> int:
-        """Run until ``seconds`` pass (None: until stopped); 1 when Kamailio, Redis or PostgreSQL died."""
-        deadline = None if seconds is None else time.monotonic() + seconds
-        reported: set[str] = set()
+    def watch(self, say: Callable[[str], None], seconds: float | None, restart_after: float | None = None) -> int:
+        """Run until ``seconds`` pass (None: until stopped); 1 when Kamailio, Redis or PostgreSQL died.
+
+        A rolling restart runs when SIGHUP asked for one, and once ``restart_after`` seconds in.
+        """
+        now = time.monotonic()
+        deadline = None if seconds is None else now + seconds
+        restart_at = None if restart_after is None else now + restart_after
+        reported = self.reported
         while deadline is None or time.monotonic() < deadline:
+            if restart_at is not None and time.monotonic() >= restart_at:
+                restart_at, self.restart_wanted = None, True
+            if self.restart_wanted:
+                self.restart_wanted = False
+                self.rolling_restart(say)
             for part in self.parts:
                 code = part.exited()
                 if part.name == "postgresql" and part.pid is None:
@@ -344,7 +435,7 @@ class LocalCluster:
         nodes = [p for p in self.parts if p.name.startswith("node-")]
         for p in nodes:
             if p.proc is not None and p.proc.poll() is None:
-                p.proc.terminate()
+                p.proc.send_signal(signal.SIGINT)  # at once: the whole cluster goes, no node is left to take calls
         for p in nodes:
             stop_process(p.proc, grace=10)
         for p in reversed(self.parts):
@@ -357,13 +448,18 @@ class LocalCluster:
 
 
 @contextlib.contextmanager
-def _stop_signals() -> Iterator[None]:
-    """SIGTERM and SIGINT raise :class:`Stop` in the main thread while the cluster starts or runs."""
+def _stop_signals(cluster: LocalCluster) -> Iterator[None]:
+    """SIGTERM and SIGINT raise :class:`Stop` in the main thread while the cluster starts or runs; SIGHUP asks
+    for a rolling restart."""
 
     def handler(signum: int, frame: object) -> None:
         raise Stop(signal.Signals(signum).name)
 
+    def restart(signum: int, frame: object) -> None:
+        cluster.restart_wanted = True
+
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, restart)
     try:
         yield
     finally:
@@ -372,7 +468,7 @@ def _stop_signals() -> Iterator[None]:
 
 
 def _ignore_signals() -> None:
-    for s in (signal.SIGTERM, signal.SIGINT):
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, signal.SIG_IGN)
 
 
@@ -394,6 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", metavar="BASE.yaml", help="config laid under the generated one (agents, queues)")
     p.add_argument("--dir", type=Path, help="where logs, configs and cluster.json go (default: a new temp dir)")
     p.add_argument("--for", dest="seconds", type=float, metavar="SECONDS", help="stop by itself after this long")
+    p.add_argument(
+        "--rolling-restart",
+        type=float,
+        metavar="AFTER",
+        help="AFTER seconds in, restart every node in turn (drain, exit, start, back in Kamailio's rotation); "
+        "SIGHUP does the same at any time",
+    )
     p.add_argument(
         "--kamailio-config",
         type=Path,
@@ -423,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--kamailio-config {args.kamailio_config}: no such file")
     if args.seconds is not None and args.seconds <= 0:
         return fail("--for: give a positive number of seconds")
+    if args.rolling_restart is not None and args.rolling_restart < 0:
+        return fail("--rolling-restart: give a number of seconds, 0 or more")
     workdir = args.dir.resolve() if args.dir else Path(tempfile.mkdtemp(prefix="frontdesk-cluster-"))
     try:
         if len(str(workdir)) > 80:  # Kamailio's control socket lives there: a Unix socket path has 107 bytes at most
@@ -438,14 +543,15 @@ def main(argv: list[str] | None = None) -> int:
     cluster = LocalCluster(plan, base, binaries, shm_mb=args.shm_mb, kamailio_config=args.kamailio_config)
     status = 0
     try:
-        with _stop_signals():
+        with _stop_signals(cluster):
             cluster.start(say)
             say(
                 f"frontdesk cluster ready: {args.nodes} node(s) behind sip:{HOST}:{plan.sip_port}; "
                 f"state in {workdir / 'cluster.json'}; "
                 + (f"stops in {args.seconds:g} s" if args.seconds else "Ctrl-C stops it")
+                + f"; kill -HUP {os.getpid()} restarts every node in turn"
             )
-            status = cluster.watch(say, args.seconds)
+            status = cluster.watch(say, args.seconds, args.rolling_restart)
     except LaunchError as exc:
         print(f"frontdesk cluster: {exc}", file=sys.stderr, flush=True)
         status = 1

@@ -142,11 +142,16 @@ def find_binaries() -> Binaries:
     return Binaries(kamailio, kamcmd, redis)
 
 
+LOCAL_DRAIN_SECONDS = 30.0  # a local cluster's nodes drain for this long at most, unless BASE.yaml says otherwise
+
+
 def node_config(plan: ClusterPlan, node: NodePlan, base: dict[str, Any], database_url: str) -> dict[str, Any]:
     """One node's config: run defaults, then ``base``, then what this run decides (ports, cluster, storage)."""
     defaults: dict[str, Any] = {
         "media": {"recordings_dir": str(plan.workdir / node.node_id / "recordings")},
         "log_level": "info",
+        # a rolling restart (SIGHUP to the launcher) waits this long at most for a node's calls
+        "shutdown": {"drain_seconds": LOCAL_DRAIN_SECONDS},
     }
     trusted = [str(n) for n in base.get("security", {}).get("trusted_networks", [])]
     if f"{HOST}/32" not in trusted:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -53,15 +54,20 @@ class Server:
         return total
 
     def stop(self) -> None:
-        stop_process(self.proc)
+        # SIGINT stops at once (SIGTERM would drain: wait for the test's calls still up, ivr/web/lifecycle.py)
+        stop_process(self.proc, signal.SIGINT)
         release(self.sip_port)
         release(self.http_port)
 
+    def terminate(self) -> None:
+        """SIGTERM: the server drains (503 to new calls and OPTIONS), then exits."""
+        self.proc.send_signal(signal.SIGTERM)
 
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after 10 s: a process a test started never outlives it."""
+
+def stop_process(proc: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM) -> None:
+    """``sig``, then SIGKILL after 10 s: a process a test started never outlives it."""
     if proc.poll() is None:
-        proc.terminate()
+        proc.send_signal(sig)
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
