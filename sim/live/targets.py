@@ -50,11 +50,11 @@ def udp_port_taken(port: int) -> bool:
     return False
 
 
-def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> None:
-    """Terminate, then kill: the process is gone when this returns."""
+def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 5.0, sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` (terminate), then kill: the process is gone when this returns."""
     if proc is None or proc.poll() is not None:
         return
-    proc.terminate()
+    proc.send_signal(sig)
     try:
         proc.wait(grace)
     except subprocess.TimeoutExpired:
@@ -344,7 +344,7 @@ class Frontdesk:
         raise RuntimeError(f"frontdesk did not come up in 30 s; see {self.log_path}")
 
     def stop(self) -> None:
-        stop_process(self.proc, grace=10)
+        stop_process(self.proc, grace=10, sig=signal.SIGINT)  # at once: SIGTERM would drain its calls first
         self.proc = None
 
     def alive(self) -> bool:
