@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from support.sip import PEER, Caller, responses
 
-from ivr.settings.config import ConfigError, parse_config
+from ivr.settings.config import ConfigError, load_config, parse_config
 from ivr.sip.ua import IncomingCall, UserAgent
 from ivr.web.app import ua_config
 
 PG = "storage:\n  url: postgresql+asyncpg://frontdesk@127.0.0.1/frontdesk\n"
-NODE = "cluster:\n  redis_url: redis://127.0.0.1:6379/0\n  node_id: node-1\n"
+SECRET = "  secret: 0123456789abcdef0123456789abcdef\n"
+NODE = "cluster:\n  redis_url: redis://127.0.0.1:6379/0\n  node_id: node-1\n" + SECRET
 
 
 def error_of(text: str) -> str:
@@ -45,7 +47,7 @@ def test_a_node_of_a_cluster() -> None:
         ),
         (
             PG + NODE + "  advertise_sip: 127.0.0.1\n",
-            "node.yaml:6: cluster.advertise_sip: '127.0.0.1' is not HOST:PORT",
+            "node.yaml:7: cluster.advertise_sip: '127.0.0.1' is not HOST:PORT",
         ),
         (PG + NODE + "  advertise_sip: 127.0.0.1:99999\n", "cluster.advertise_sip: '127.0.0.1:99999' is not HOST:PORT"),
         (
@@ -61,6 +63,35 @@ def test_a_node_of_a_cluster() -> None:
 )
 def test_mistakes_are_named(text: str, expected: str) -> None:
     assert expected in error_of(text)
+
+
+def test_a_node_needs_the_clusters_secret(tmp_path: Path) -> None:
+    bare = PG + "cluster:\n  redis_url: redis://127.0.0.1:6379/0\n  node_id: node-1\n"
+    assert "node.yaml:3: cluster.secret: a node of a cluster needs the cluster's secret" in error_of(bare)
+    assert "node.yaml:6: cluster.secret: the cluster's secret must be at least 32 characters" in error_of(
+        bare + "  secret: too-short\n"
+    )
+    assert "node.yaml:6: cluster.secret_file: cannot read" in error_of(bare + f"  secret_file: {tmp_path}/none\n")
+    (tmp_path / "short").write_text("abc\n")
+    assert "node.yaml:6: cluster.secret_file: the cluster's secret must be at least 32" in error_of(
+        bare + f"  secret_file: {tmp_path}/short\n"
+    )
+    both = bare + SECRET + f"  secret_file: {tmp_path}/short\n"
+    assert "cluster.secret_file: give secret or secret_file, not both" in error_of(both)
+
+
+def test_the_secret_comes_from_the_config_or_a_file_and_is_never_shown(tmp_path: Path) -> None:
+    secret = "0123456789abcdef0123456789abcdef"
+    cluster = parse_config(PG + NODE, "node.yaml").cluster
+    assert cluster.key == secret.encode()
+    assert secret not in repr(cluster) and secret not in cluster.model_dump_json() and secret not in str(cluster)
+    (tmp_path / "cluster.secret").write_text(secret + "\n")
+    (tmp_path / "node.yaml").write_text(
+        PG + "cluster:\n  redis_url: redis://127.0.0.1:6379/0\n  node_id: node-1\n  secret_file: cluster.secret\n"
+    )
+    from_file = load_config(tmp_path / "node.yaml").cluster  # relative to the config file's directory
+    assert from_file.key == secret.encode() and secret not in repr(from_file)
+    assert parse_config("").cluster.key == b""  # a node on its own needs none
 
 
 def test_a_node_writes_its_advertised_addresses_in_contact_and_sdp() -> None:

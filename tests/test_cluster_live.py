@@ -16,6 +16,10 @@ that each test decides which node a caller is on.
    middle (tests/sipp/queue_book_callback.xml, as tests/test_callback_durability.py
    does on one node): every booking a caller began to hear confirmed is in the
    shared PostgreSQL, no number twice, and every caller of the other node booked.
+3. Redis killed under load and started again empty: new calls keep being
+   answered on both nodes, a caller on node A reaches A's agent while the
+   nodes are degraded, and after the restart the callers both nodes took in
+   meanwhile are served in arrival order by one agent.
 """
 
 from __future__ import annotations
@@ -35,9 +39,9 @@ import pytest
 from support.agents import admin_agents, admin_queue, agent_phone, answers_then_hangs_up, http, server_config
 from support.bookings import booking_overrides, confirmation
 from support.callers import CallerEar, caller_media, find_all
-from support.redis import RedisServer
+from support.redis import CLUSTER_SECRET, RedisServer
 from support.server import Server, start_server
-from support.sipp import SippRun, run_callers
+from support.sipp import SippRun, run_callers, run_sipp
 from support.waiting import wait_until
 
 with warnings.catch_warnings():
@@ -61,6 +65,7 @@ def start_node(tmp_path: Path, pg_url: str, redis_server: RedisServer) -> Any:
             "heartbeat": 0.5,
             "node_timeout": 1.5,
             "lease": 1.5,
+            "secret": CLUSTER_SECRET,
         }
         (tmp_path / node_id).mkdir()
         node = start_server(tmp_path / node_id, overrides)
@@ -196,3 +201,100 @@ def test_a_burst_of_bookings_with_a_node_killed_loses_none_and_doubles_none(
     assert heard["a"] | heard["b"] <= set(numbers_booked), "confirmed but lost"
     assert set(numbers_booked) <= set(numbers["a"]) | set(numbers["b"])
     assert all(state in ("booked", "due") for _, state in rows), rows
+
+
+def own_callers_only(offers: list[str], prefix: str, talk: float) -> Callable[[Any], None]:
+    """A phone that notes every offer's number and answers only its own node's callers (numbers from ``prefix``).
+
+    pyVoIP answers its registrar's node only, so a ring from the other node is left ringing (it times out there).
+    """
+    answer = answers_then_hangs_up(offers, talk)
+
+    def on_call(call: Any) -> None:
+        number = call.request.headers["From"]["number"]
+        if number.startswith(prefix):
+            answer(call)
+        else:
+            offers.append(number)
+
+    return on_call
+
+
+def test_redis_killed_under_load_and_restarted_empty(
+    start_node: Callable[..., Server], sipp: str, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    config = server_config(QUEUE, ["8001", "8002"])
+    a, b = start_node("node-a", config), start_node("node-b", config)
+    offers_a: list[str] = []  # 8001, phone on node A
+    offers_b: list[str] = []  # 8002, phone on node B
+
+    def agent(node: Server, agent_id: str, action: str) -> None:
+        body = {"reason": "briefing"} if action == "not-ready" else None
+        status, answer = http(node, "POST", f"/agent/{action}", agent=agent_id, body=body)
+        assert status == 200, answer
+
+    def state(agent_id: str) -> str:
+        return str(admin_agents(a)[agent_id]["state"])
+
+    with (
+        agent_phone(a, "8001", own_callers_only(offers_a, "4441", 3.0)),
+        agent_phone(b, "8002", own_callers_only(offers_b, "4442", 3.0)),
+        caller_media(4) as media,
+        ThreadPoolExecutor(6) as pool,
+    ):
+        wait_until("both agents in", lambda: state("8001") == "ready" == state("8002"), 5)
+        agent(a, "8001", "not-ready")
+        agent(b, "8002", "not-ready")
+        redis_server.kill()
+        wait_until(
+            "both degraded",
+            lambda: a.metric("frontdesk_cluster_degraded") == 1 == b.metric("frontdesk_cluster_degraded"),
+            8,
+        )
+        load = [  # short calls into the IVR on both nodes, all through the outage and the rejoin
+            pool.submit(
+                run_sipp, sipp, n.sip_target, tmp_path / f"load-{i}", sn="uac", calls=24, rate=2, timeout=30,
+                extra=["-d", "500"],
+            )
+            for i, n in enumerate((a, b))
+        ]  # fmt: skip
+        agent(a, "8001", "ready")  # decided on A at once: no 503 while Redis is away
+        first = call_in(pool, sipp, a, tmp_path / "a-0", "4441000", media[0].port)
+        wait_until("A's caller reaches A's agent", lambda: offers_a == ["4441000"], 10)
+        wait_until("8001 talking", lambda: admin_agents(a)["8001"]["state"] == "talking", 5)
+        agent(a, "8001", "not-ready")  # after this talk
+        result = first.result(timeout=30)
+        assert result.returncode == 0 and result.successful == 1, result.report()
+        callers = []
+        for i, (node, number) in enumerate(((b, "4442001"), (a, "4441002"), (b, "4442003")), start=1):
+            callers.append(call_in(pool, sipp, node, tmp_path / f"w-{i}", number, media[i].port))
+            wait_until(f"caller {number} waiting", lambda k=i: waiting(a) + waiting(b) == k, 8)
+        assert (waiting(a), waiting(b)) == (1, 2)  # each node holds its own while degraded
+
+        redis_server.start()  # empty
+        wait_until(
+            "both rejoined",
+            lambda: a.metric("frontdesk_cluster_rejoins_total") >= 1 <= b.metric("frontdesk_cluster_rejoins_total"),
+            15,
+        )
+        wait_until("one line again", lambda: waiting(a) == 3 == waiting(b), 5)
+        assert a.metric("frontdesk_cluster_degraded") == 0 == b.metric("frontdesk_cluster_degraded")
+        # the line's head is B's caller, who came before A's own: A's agent is offered B's caller first
+        agent(a, "8001", "ready")
+        wait_until("8001 offered the longest waiting caller", lambda: offers_a[1:] == ["4442001"], 5)
+        agent(a, "8001", "not-ready")  # the ring is cancelled; the caller keeps the head of the line
+        # then each node's own agent serves the line in arrival order: B's, A's, B's
+        for agent_id, node, number in (("8002", b, "4442001"), ("8001", a, "4441002"), ("8002", b, "4442003")):
+            wait_until(f"{agent_id} free", lambda i=agent_id: state(i) == "not_ready", 8)
+            agent(node, agent_id, "ready")
+            wait_until(f"{agent_id} talking with {number}", lambda i=agent_id: state(i) == "talking", 8)
+            agent(node, agent_id, "not-ready")  # after this talk
+        for run in callers:
+            result = run.result(timeout=30)
+            assert result.returncode == 0 and result.successful == 1, result.report()
+        for run in load:
+            result = run.result(timeout=30)
+            assert result.returncode == 0 and result.successful == 24, result.report()
+
+    assert offers_a == ["4441000", "4442001", "4441002"], offers_a
+    assert offers_b == ["4442001", "4442003"], offers_b

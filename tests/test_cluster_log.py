@@ -192,6 +192,30 @@ async def test_a_malformed_entry_is_skipped_alike_everywhere(redis_server: Redis
         await stop_all(a, b)
 
 
+async def test_a_write_refused_for_want_of_replicas_is_retried_not_dropped(redis_server: RedisServer) -> None:
+    """``min-replicas-to-write`` with its replica gone: Redis answers NOREPLICAS until it is back; nothing is lost."""
+    (a,) = await started(Node(redis_server.url, "A", beat=0.2, timeout=5.0))
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await client.config_set("min-replicas-to-write", 1)  # no replica at all: every write is refused
+        for call in ("A-held-1", "A-held-2"):
+            a.log.submit(arrival(call))
+        await eventually("the refusals were seen", lambda: a.log.stats.append_errors >= 2, 5)
+        assert "A-held-1" not in a.log.coordinator.engine.calls
+        await client.config_set("min-replicas-to-write", 0)  # the replica is back
+        await eventually(
+            "both held entries applied, in order",
+            lambda: [c for c in a.log.coordinator.engine.calls if c.startswith("A-held")] == ["A-held-1", "A-held-2"],
+            10,
+        )
+        logged = [e for e in await stream_entries(redis_server.url) if isinstance(e[2], CallArrived)]
+        assert [e[2].call_id for e in logged] == ["A-held-1", "A-held-2"]  # once each
+    finally:
+        await client.config_set("min-replicas-to-write", 0)
+        await client.aclose()
+        await stop_all(a)
+
+
 async def test_the_decision_latency_counts_each_own_event_once(redis_server: RedisServer) -> None:
     a, b = await started(Node(redis_server.url, "A"), Node(redis_server.url, "B"))
     n = 40

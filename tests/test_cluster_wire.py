@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ivr.cluster.coordinator import NodeJoined, NodeLost, PhoneBindings
+from ivr.cluster.coordinator import NodeJoined, NodeLost, NodePart, PhoneBindings, Rebuild
 from ivr.cluster.wire import ACCEPTED, MAX_EVENT_BYTES, WireError, decode, encode
 from queueing.events import (
     AgentAnswered,
@@ -55,6 +55,39 @@ EVENTS = st.one_of(
     st.builds(PhoneBindings, node=text, agent=text, bindings=bindings, now=times),
     st.builds(NodeLost, node=text, now=times),
     st.builds(NodeJoined, node=text, now=times),
+    st.builds(
+        Rebuild,
+        generation=st.integers(1, 2**40),
+        parts=st.lists(
+            st.builds(
+                NodePart,
+                node=text,
+                callers=st.lists(
+                    st.tuples(
+                        text,
+                        text,
+                        text,
+                        st.frozensets(text).map(lambda s: tuple(sorted(s))),
+                        st.booleans(),
+                        times.map(float),
+                        st.none() | text,
+                    ),
+                    max_size=3,
+                ).map(tuple),
+                agents=st.lists(
+                    st.tuples(
+                        text,
+                        text,
+                        st.none() | text,
+                        st.lists(st.tuples(text, peers, times, times), max_size=2).map(tuple),
+                    ),
+                    max_size=3,
+                ).map(tuple),
+            ),
+            max_size=3,
+        ).map(tuple),
+        now=times,
+    ),
 )
 ORIGINS = st.text(min_size=1, max_size=30)
 
@@ -98,6 +131,7 @@ def test_the_log_carries_exactly_the_queue_events_of_a_node_and_the_cluster_even
         "PhoneBindings",
         "NodeLost",
         "NodeJoined",
+        "Rebuild",
     }
     for refused in (QueueReconfigured(spec=QueueSpec("sales"), now=1.0), SurgeReconfigured(spec=SurgeSpec(), now=1.0)):
         with pytest.raises(WireError, match="not an event the cluster log carries"):

@@ -90,7 +90,7 @@ from support.dashboards import (
 )
 from support.demo import CALLER, GROUP_CALLER
 from support.ports import free_port, release
-from support.redis import RedisServer
+from support.redis import CLUSTER_SECRET, RedisServer
 from support.server import ROOT, Server, start_server, stop_process
 from support.sipp import dial, run_callers
 from support.waiting import wait_until
@@ -413,7 +413,7 @@ def render(prom: PrometheusServer, started: float, out: Path, *args: str) -> Non
 
 # -- cluster mode -------------------------------------------------------------------------------------------
 
-CLUSTER_TIMING = {"heartbeat": 0.5, "node_timeout": 1.5, "lease": 1.5}
+CLUSTER_TIMING = {"heartbeat": 0.5, "node_timeout": 1.5, "lease": 1.5, "secret": CLUSTER_SECRET}
 # a node killed while a caller waits on it: what the cluster alerts must say, and no more
 CLUSTER_ALERTS_FIRING = {"FrontdeskClusterNodeLost", "FrontdeskClusterTimekeeperChanged"}
 

@@ -30,6 +30,11 @@ registration logs its agent in and ready; losing the last one logs it out.
 In cluster mode (docs/cluster.md) the same class feeds the shared log instead
 of its own engine, and carries out the decisions this node's replica routes to
 it; the module is long because both modes share every decision's carrying out.
+While Redis fails the log applies this node's events at once to its own
+replica (degraded), so nothing here changes; before the nodes join up again
+this node cancels its rings (:meth:`LiveQueues.settle_rings`), and after the
+new generation is built it puts right what the rebuild missed
+(:meth:`LiveQueues.rebuilt`).
 
 Why an RTP relay rather than re-INVITEing the phones to each other: it
 works through NAT and with phones that cannot be re-INVITEd, every leg
@@ -113,6 +118,7 @@ class Queued:
     ivr: QueueCaller
     queue: str
     rings: dict[str, Ring] = field(default_factory=dict)  # agent -> ring
+    arrival: CallArrived | None = None  # as handed to the engine (cluster mode: handed again after a rebuild)
     talking: Ring | None = None
 
 
@@ -159,6 +165,9 @@ class LiveQueues:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._in_sip = False
+        if cluster is not None:
+            cluster.on_settle = self.settle_rings
+            cluster.on_rebuilt = self.rebuilt
 
     @property
     def engine(self) -> Engine:
@@ -405,8 +414,9 @@ class LiveQueues:
             ivr.leave_queue("message", now)
             return
         tier, urgent = self.tier_of(queue, groups)
-        self.calls[call_id] = Queued(ivr, queue)
-        self.feed(CallArrived(call_id=call_id, queue=queue, tier=tier, urgent=urgent, now=self._engine_now(now)))
+        arrival = CallArrived(call_id=call_id, queue=queue, tier=tier, urgent=urgent, now=self._engine_now(now))
+        self.calls[call_id] = Queued(ivr, queue, arrival=arrival)
+        self.feed(arrival)
 
     def caller_gone(self, call_id: str, now: float) -> None:
         """The caller's call ended (hang-up, media timeout, ...) while queued, ringing or talking."""
@@ -433,6 +443,42 @@ class LiveQueues:
                         self.media.close(ring.stream)
         finally:
             self._in_sip = False
+
+    # -- cluster mode: joining up again after Redis failed -----------------------------------------
+    def settle_rings(self) -> None:
+        """Before this node takes part in a new generation: cancel its rings (its callers wait on, first in line)."""
+        now = self.sip_now()
+        for queued in self.calls.values():
+            for ring in queued.rings.values():
+                if not ring.cancelled:
+                    ring.cancelled = True
+                    self.ua.drop(ring.out, now)
+                    self.media.close(ring.stream)
+        if self.wake is not None:
+            self.wake()
+
+    def rebuilt(self, included: bool) -> None:
+        """After a new generation was built: callers and phones it missed are handed in again, and gone ones out.
+
+        A caller of this node the rebuild does not hold (it arrived after this
+        node took part, or the node took part too late) joins again (the engine
+        puts it at its tier's end); one it holds that has left here leaves it.
+        """
+        assert self.cluster is not None
+        engine = self.engine
+        replica = self.cluster.coordinator
+        for call_id, queued in list(self.calls.items()):
+            if call_id in engine.calls or queued.arrival is None or queued.talking is not None:
+                continue
+            queued.rings.clear()
+            self.feed(queued.arrival)
+        for call_id in replica.calls_of(self.node):
+            if call_id not in self.calls:
+                self.feed(CallerHungUp(call=call_id, now=self.now()))
+        if not included:
+            for agent in engine.agents:
+                if self.ua.registrar.lookup(agent, self.sip_now()):
+                    self.publish_bindings(agent)
 
     # -- agents' buttons and phones ----------------------------------------------------------------
     def agent_event(self, agent: str, action: str, reason: str | None = None) -> None:

@@ -31,6 +31,20 @@ Due phone bindings expire at the first entry applied at or after their
 is due, which includes the earliest expiry); the agent leaves at the
 binding's own time when that is still ahead of the engine's.
 
+Two more cluster events carry the cluster through a Redis outage
+(docs/cluster.md, "Redis down or restarted empty"): ``Isolated`` (applied
+locally by a node that goes degraded) takes out every other node's callers
+and phones, so the replica decides for this node's own callers and agents as
+a single node would; ``Rebuild`` (one entry of a new generation) replaces the
+replica by one built from every node's ``NodePart`` (its callers with their
+original arrival times, its agents' states and phones): talking pairs first,
+then the waiting callers in arrival order, then the ready agents, so that the
+line is in arrival order again and only the last step makes offers.
+
+The module is long because the rebuild has to replay callers and agents
+into the engine through the same private steps (``_feed``, the phones'
+tables, the owners) that ``apply`` uses; apart, those would be public.
+
 A coordinator pickles as it is (a checkpoint of the log: the engine and
 its model pickle themselves, compiled or not) and a round trip gives a
 replica that decides identically; ``fingerprint()`` names the model it was
@@ -51,6 +65,7 @@ from typing import NamedTuple
 from queueing.agents import AgentState
 from queueing.engine import Engine
 from queueing.events import (
+    AgentAnswered,
     AgentLoggedIn,
     AgentLoggedOut,
     AgentNotReady,
@@ -77,6 +92,7 @@ Peer = tuple[str, str, int]  # (transport, host, port) a phone is reached at
 Binding = tuple[str, Peer, float]  # (contact URI, peer, expires_at)
 
 UNREGISTERED = "unregistered"  # the not-ready reason of an agent whose last phone went while talking
+ISOLATED = "talked through another node"  # not-ready reason: the agent's talk lived on a node out of reach
 
 
 # ------------------------------------------------------------ cluster events
@@ -108,7 +124,41 @@ class NodeJoined:
     now: float
 
 
-ClusterEvent = PhoneBindings | NodeLost | NodeJoined
+@dataclass(frozen=True, slots=True)
+class Isolated:
+    """Node ``node`` lost Redis and decides alone: every other node's callers and phones leave its replica."""
+
+    node: str
+    now: float
+
+
+# (call id, queue, tier, extra skills, urgent, arrived at, the agent talking with it or None)
+CallerPart = tuple[str, str, str, tuple[str, ...], bool, float, str | None]
+# (contact, peer, expires_at, registered_at)
+BoundPart = tuple[str, Peer, float, float]
+# (agent, state, not-ready reason or None, its phones on this node)
+AgentPart = tuple[str, str, str | None, tuple[BoundPart, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class NodePart:
+    """What one node contributes to a new generation: its callers and the agents whose phones it holds."""
+
+    node: str
+    callers: tuple[CallerPart, ...]
+    agents: tuple[AgentPart, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rebuild:
+    """Generation ``generation`` starts: every replica is rebuilt from ``parts`` (one per node that took part)."""
+
+    generation: int
+    parts: tuple[NodePart, ...]
+    now: float
+
+
+ClusterEvent = PhoneBindings | NodeLost | NodeJoined | Isolated | Rebuild
 
 
 class Routed(NamedTuple):
@@ -148,6 +198,7 @@ class Coordinator:
         self._owner: dict[str, str] = {}  # call id -> node (in arrival order)
         self._phones: dict[str, dict[str, tuple[_Bound, ...]]] = {}  # agent -> node -> its bindings there
         self._expiry: list[tuple[float, str, str]] = []  # heap of (expires_at, agent, node); lazily cleaned
+        self.generation = 0  # the latest Rebuild applied (0: none yet)
 
     # ---------------------------------------------------------------- public
 
@@ -161,6 +212,11 @@ class Coordinator:
             self._publish(event.node, event.agent, event.bindings, now, out)
         elif isinstance(event, (NodeLost, NodeJoined)):
             self._drop_node(event.node, now, out)
+        elif isinstance(event, Isolated):
+            self._isolate(event.node, now, out)
+        elif isinstance(event, Rebuild):
+            if event.generation > self.generation:
+                self._rebuild(event, now, out)
         else:
             if event.now != now:
                 event = dataclasses.replace(event, now=now)
@@ -195,6 +251,33 @@ class Coordinator:
     def registered(self, agent: str, now: float) -> bool:
         """Whether any node holds an unexpired binding of ``agent`` at ``now``."""
         return any(b.expires_at > now for bound in self._phones.get(agent, {}).values() for b in bound)
+
+    def part_of(self, node: str) -> NodePart:
+        """``node``'s contribution to a new generation, read from this replica.
+
+        A ringing caller counts as waiting and a ringing agent as ready (the
+        node cancels its rings before it contributes); an agent's phones are
+        those ``node`` holds.
+        """
+        calls = self.engine.calls
+        callers: list[CallerPart] = []
+        for call_id in self.calls_of(node):
+            call = calls.get(call_id)
+            if call is None:
+                continue
+            talking = call.state is QueuedCallState.TALKING and len(call.agents) == 1
+            agent = next(iter(call.agents)) if talking else None
+            skills = tuple(sorted(call.extra_skills))
+            callers.append((call.id, call.queue.name, call.tier, skills, call.urgent, call.arrived, agent))
+        agents: list[AgentPart] = []
+        for agent_id, per_node in sorted(self._phones.items()):
+            bound = per_node.get(node)
+            if not bound:
+                continue
+            a = self.engine.agents[agent_id]
+            phones = tuple((b.contact, b.peer, b.expires_at, b.registered_at) for b in bound)
+            agents.append((agent_id, a.state.value, a.reason, phones))
+        return NodePart(node, tuple(callers), tuple(agents))
 
     def fingerprint(self) -> str:
         """A stable digest of the model (queues, agents, tiers, surge): replicas of one cluster share it."""
@@ -270,6 +353,94 @@ class Coordinator:
             key = (node, call.queue.name)
             self.lost[key] = self.lost.get(key, 0) + 1
             self._feed(node, CallerHungUp(call=call.id, now=now), out)
+
+    def _isolate(self, node: str, now: float, out: list[Routed]) -> None:
+        """Every other node's callers and phones leave; this node's agents talking with them go not ready."""
+        others = sorted({o for o in self._owner.values() if o != node})
+        elsewhere = {
+            agent
+            for agent, per_node in self._phones.items()
+            if node in per_node
+            for call_id in [self.engine.agents[agent].call]
+            if call_id is not None and self._owner.get(call_id, node) != node
+        }
+        for other in others:
+            self._drop_node(other, now, out)
+        for agent in sorted(self._phones):
+            for other in sorted(n for n in self._phones.get(agent, {}) if n != node):
+                self._publish(other, agent, (), now, out)
+        for agent in sorted(elsewhere):  # its talk went on through another node: this node cannot see it end
+            if self.engine.agents[agent].state in (AgentState.WRAP_UP, AgentState.READY):
+                self._feed("", AgentNotReady(agent=agent, reason=ISOLATED, now=now), out)
+
+    def _rebuild(self, event: Rebuild, now: float, out: list[Routed]) -> None:
+        """A fresh replica from the parts: talking pairs, not-ready agents, waiting callers, then the ready agents."""
+        model = self.engine.model
+        self.engine = Engine(model)
+        self.now = now
+        self.generation = event.generation
+        self._owner = {}
+        self._phones = {}
+        self._expiry = []
+        known = self.engine.agents
+        callers: dict[str, tuple[str, CallerPart]] = {}
+        for part in sorted(event.parts, key=lambda p: p.node):
+            for caller in part.callers:
+                if caller[1] in self.engine.queues:
+                    callers.setdefault(caller[0], (part.node, caller))
+        line = sorted(callers.values(), key=lambda nc: (nc[1][5], nc[0], nc[1][0]))  # arrival, node, call id
+        states: dict[str, tuple[str, str | None]] = {}
+        for part in sorted(event.parts, key=lambda p: p.node):
+            for agent, state, reason, phones in part.agents:
+                if agent not in known:
+                    continue
+                if states.get(agent, ("logged_out", None))[0] == "logged_out":
+                    states[agent] = (state, reason)
+                kept = tuple(_Bound(c, tuple(peer), exp, reg) for c, peer, exp, reg in phones if exp > now)  # type: ignore[arg-type]
+                if kept:
+                    self._phones.setdefault(agent, {})[part.node] = kept
+                    for b in kept:
+                        heapq.heappush(self._expiry, (b.expires_at, agent, part.node))
+        start = min([c[5] for _, c in line if c[5] <= now], default=now)
+        scratch: list[Routed] = []  # what rebuilding decides again: already carried out before
+        paired: set[str] = set()
+        for node, (call_id, queue, tier, skills, urgent, _, talker) in line:
+            if talker is None or talker not in known or talker in paired:
+                continue
+            paired.add(talker)
+            arrive = CallArrived(
+                call_id=call_id, queue=queue, tier=tier, skills=frozenset(skills), urgent=urgent, now=start
+            )
+            self._feed(node, AgentLoggedIn(agent=talker, now=start), scratch)
+            self._feed(node, arrive, scratch)
+            self._feed(node, AgentAnswered(agent=talker, call=call_id, now=start), scratch)
+            call = self.engine.calls.get(call_id)
+            if call is None or call.state is not QueuedCallState.TALKING:  # the model would not pair them
+                self._feed(node, CallerHungUp(call=call_id, now=start), scratch)
+                if self.engine.agents[talker].state is AgentState.READY:
+                    self._feed("", AgentLoggedOut(agent=talker, now=start), scratch)
+                paired.discard(talker)
+        for agent, (state, reason) in sorted(states.items()):
+            if state == AgentState.NOT_READY.value and agent not in paired:
+                self._feed("", AgentLoggedIn(agent=agent, now=start), scratch)
+                self._feed("", AgentNotReady(agent=agent, reason=reason or "busy", now=start), scratch)
+        waiting: list[Routed] = []
+        for node, (call_id, queue, tier, skills, urgent, arrived, _) in line:
+            if call_id in self.engine.calls:
+                continue  # talking already
+            at = min(max(arrived, start), now)
+            arrive = CallArrived(
+                call_id=call_id, queue=queue, tier=tier, skills=frozenset(skills), urgent=urgent, now=at
+            )
+            self._feed(node, arrive, waiting)
+        out.extend(r for r in waiting if isinstance(r.decision, Overflow))  # a caller past a limit leaves now
+        for agent, (state, _) in sorted(states.items()):
+            if agent in paired or state in (AgentState.NOT_READY.value, AgentState.LOGGED_OUT.value):
+                continue
+            if self.engine.agents[agent].state is AgentState.LOGGED_OUT:
+                self._feed("", AgentLoggedIn(agent=agent, now=now), out)
+        if self.engine.now is not None and self.engine.now < now:
+            self._feed("", TimerFired(kind="tick", id="", now=now), out)
 
     # ---------------------------------------------------------------- phones
 
@@ -391,10 +562,13 @@ __all__ = [
     "Binding",
     "ClusterEvent",
     "Coordinator",
+    "Isolated",
     "NodeJoined",
     "NodeLost",
+    "NodePart",
     "Peer",
     "PhoneBindings",
+    "Rebuild",
     "Routed",
     "fingerprint",
     "model_differences",

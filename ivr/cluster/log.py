@@ -5,7 +5,7 @@ Theory of operation
 Keys (``name`` is ``cluster.name``): ``name:log`` the stream, ``name:lease``
 the timekeeper lease, ``name:epoch`` its epoch counter, ``name:node:ID`` a
 node's heartbeat, ``name:nodes`` the set of nodes seen, ``name:checkpoint``
-a hash (``id``, ``fingerprint``, ``state``, ``trimmed``) of the latest checkpoint.
+a hash (``id``, ``fingerprint``, ``state``, ``mac``, ``trimmed``) of the latest checkpoint.
 
 * **Writer** (one task): :meth:`ClusterLog.submit` puts the encoded event
   (ivr/cluster/wire.py) at the end of a queue and returns; the writer
@@ -15,6 +15,10 @@ a hash (``id``, ``fingerprint``, ``state``, ``trimmed``) of the latest checkpoin
   ones are dropped and counted. An append retried after a connection cut
   may land twice (at least once): every replica applies the duplicate the
   same way (the engine ignores stale call input and refuses the rest alike).
+  A refusal that means "not now" (``NOREPLICAS`` under
+  ``min-replicas-to-write``, ``READONLY`` from a master Sentinel demoted,
+  ``LOADING``, ``MASTERDOWN``, ``TRYAGAIN``) is retried the same way; any
+  other refusal drops that entry, logged and counted.
 * **Reader** (one task): ``XREAD BLOCK`` from the last entry applied; each
   entry is decoded and applied to :attr:`ClusterLog.coordinator` in stream
   order, then ``on_applied`` runs. A malformed entry is counted and skipped,
@@ -46,6 +50,24 @@ a hash (``id``, ``fingerprint``, ``state``, ``trimmed``) of the latest checkpoin
   keeps the newest entry id ever trimmed (``trimmed``): a reader behind it
   fell behind the trimmed part, so it reloads the checkpoint and goes on
   from there (the entries it skipped get no ``on_applied``).
+* **Signed checkpoints**: ``mac`` is HMAC-SHA256, keyed with the cluster's
+  secret (``cluster.secret``), over the id, the fingerprint and the pickled
+  state. A node checks it with ``hmac.compare_digest`` *before* it unpickles
+  anything: a checkpoint without a ``mac`` or with a wrong one is refused
+  (one log line and a count per checkpoint seen) and the node goes on as
+  if there were none. The timekeeper's next checkpoint replaces a refused
+  one (without trimming the log before it) whatever id the refused one claims.
+
+* **Degraded** (docs/cluster.md, "Redis down or restarted empty"): after
+  heartbeats failed for ``node_timeout`` the node applies ``Isolated`` and
+  then its own events to its own replica at once (``_local_event``), with
+  the engine's timers on its own loop; the reader stops.
+* **Generations**: when Redis answers again (or lost its data, or the log
+  went backwards) a node opens a new generation (``name:generation``,
+  ``name:gen:N``); every node cancels its rings (``on_settle``), writes its
+  ``NodePart`` there and holds its new submissions; the timekeeper seals it
+  by appending one ``Rebuild`` entry, which every replica applies alike;
+  then the held submissions are appended and ``on_rebuilt`` runs.
 
 Redis errors at run time are logged once per outage (and once when it ends)
 and retried with backoff; they never end a task. A cancel that lands while
@@ -53,7 +75,8 @@ redis-py is inside a command can be swallowed by it, so every loop checks
 ``Task.cancelling()`` itself and :meth:`ClusterLog.stop` cuts the
 connections under a task that does not end.
 
-The module is long because its four tasks share one replica, one queue of
+The module is long because its four tasks (and the degraded mode and the
+generations, which take the replica over from them) share one replica, one queue of
 submissions and one lease token, and the order of their effects is the
 point (apply, then re-arm the timer; check the token and append in one
 step); split apart they would pass that state back and forth.
@@ -63,6 +86,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import hashlib
+import hmac
 import logging
 import pickle
 import time
@@ -73,13 +98,22 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 
 from ivr.cluster import scripts
-from ivr.cluster.coordinator import Applied, ClusterEvent, Coordinator, NodeJoined, NodeLost, model_differences
-from ivr.cluster.wire import WireError, decode, encode
+from ivr.cluster.connect import redis_client
+from ivr.cluster.coordinator import (
+    Applied,
+    ClusterEvent,
+    Coordinator,
+    Isolated,
+    NodeJoined,
+    NodeLost,
+    NodePart,
+    Rebuild,
+    model_differences,
+)
+from ivr.cluster.wire import WireError, decode, encode, part_from_json, part_to_json
 from ivr.settings.cluster import ClusterSettings
 from queueing.events import Event, TimerFired
 
@@ -101,6 +135,25 @@ DECISION_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 Fields = dict[bytes | str, bytes | str]
 OnApplied = Callable[[str, str, Event | ClusterEvent, Applied], None]
 _TRANSIENT = (RedisError, OSError)  # ResponseError (a command refused) is caught before these where it matters
+# refusals that say "not now" rather than "never": the writer retries them like a lost connection, in order
+_NOT_NOW = ("NOREPLICAS", "MASTERDOWN", "TRYAGAIN", "LOADING")  # min-replicas-to-write, a failover, a restart
+
+
+def _not_now(exc: object) -> bool:
+    """Whether a refused command may succeed later as it is (a replica back, a new master): never to be dropped."""
+    if isinstance(exc, ReadOnlyError):  # a master demoted by Sentinel: the next connection finds the new one
+        return True
+    return isinstance(exc, ResponseError) and str(exc).split(" ", 1)[0] in _NOT_NOW
+
+
+def checkpoint_mac(key: bytes, entry_id: str, fingerprint: str, state: bytes) -> bytes:
+    """HMAC-SHA256 (hex) of a checkpoint: its entry id, model fingerprint and pickled state, each delimited."""
+    mac = hmac.new(key, b"frontdesk checkpoint v1\n", hashlib.sha256)
+    for part in (entry_id.encode(), fingerprint.encode()):
+        mac.update(b"%d:" % len(part) + part)
+    mac.update(b"%d:" % len(state))
+    mac.update(state)
+    return mac.hexdigest().encode()
 
 
 class ClusterLogError(RuntimeError):
@@ -128,7 +181,12 @@ class LogStats:
     nodes_lost: int = 0  # NodeLost entries this node appended as timekeeper
     checkpoints_written: int = 0
     checkpoints_loaded: int = 0
+    checkpoints_refused: int = 0  # checkpoints not loaded: unsigned or signed with another key (never unpickled)
     outages: int = 0  # times Redis became unreachable
+    degraded_periods: int = 0  # times this node went degraded (deciding alone while Redis failed)
+    rejoins: int = 0  # generations this node rejoined (Rebuild entries applied after taking part)
+    generations_started: int = 0  # new generations this node opened
+    local_applied: int = 0  # events applied locally while degraded
     # the decision latency: submit()/request() of an event here to this node's replica applying its entry
     decision_counts: list[int] = field(default_factory=lambda: [0] * (len(DECISION_BUCKETS) + 1))  # per bucket
     decision_sum: float = 0.0  # seconds, over every event counted
@@ -171,6 +229,11 @@ def _older(a: str, b: str) -> bool:
     return (int(am), int(asq or 0)) < (int(bm), int(bsq or 0))
 
 
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -197,9 +260,18 @@ class ClusterLog:
     ) -> None:
         if settings.redis_url is None or settings.node_id is None:
             raise ValueError("a cluster log needs cluster.redis_url and cluster.node_id")
+        if not settings.key:
+            raise ValueError("a cluster log needs cluster.secret (it signs the checkpoints)")
+        self._key = settings.key
         self.settings = settings
         self.node: str = settings.node_id
         self._url: str = settings.redis_url
+        # what log lines name: the URL (its password masked), or the Sentinel master and the sentinels asked
+        self._where = (
+            redacted(self._url)
+            if not settings.sentinels
+            else f"master {settings.sentinel_master!r} of sentinels {', '.join(settings.sentinels)}"
+        )
         self.coordinator: Coordinator = coordinator_factory()
         self._fingerprint = self.coordinator.fingerprint()
         self._on_applied = on_applied
@@ -208,6 +280,8 @@ class ClusterLog:
         self.stats = LogStats()
         p = settings.name
         self.keys = {
+            "generation": f"{p}:generation",
+            "gen": f"{p}:gen:",  # + generation: its hash (start, opened, sealed, part:NODE)
             "log": f"{p}:log",
             "lease": f"{p}:lease",
             "epoch": f"{p}:epoch",
@@ -241,6 +315,21 @@ class ClusterLog:
         self._checkpoint_wanted = asyncio.Event()
         self._outage_since: float | None = None
         self._stopping = False
+        self._refused_checkpoint: tuple[str, bytes] | None = None  # (id, mac) of the last checkpoint refused here
+        # Redis down or restarted empty (docs/cluster.md): degraded, then a new generation
+        self.degraded = False  # Redis failed for node_timeout: this node decides alone, on its own replica
+        self.on_settle: Callable[[], None] | None = None  # cancel this node's rings before it contributes its part
+        self.on_rebuilt: Callable[[bool], None] | None = None  # after a Rebuild (True: this node's part was in it)
+        self._inflight: dict[str, _Append] = {}  # own entries appended, not applied here yet
+        self._failing_since: float | None = None  # monotonic time of the first heartbeat failure in a row
+        self._writing = False  # the writer is inside a Redis command with the queue's head
+        self._local: deque[tuple[Event | ClusterEvent, asyncio.Future[Applied] | None]] = deque()
+        self._local_busy = False
+        self._local_count = 0
+        self._local_timer: asyncio.TimerHandle | None = None
+        self._joining: int | None = None  # the generation this node took part in, until its Rebuild is applied
+        self._joined_at = 0.0
+        self._held: deque[_Append] = deque()  # submissions while joining: appended after the Rebuild
 
     def node_key(self, node: str) -> str:
         return f"{self.settings.name}:node:{node}"
@@ -255,23 +344,29 @@ class ClusterLog:
     async def start(self) -> None:
         """Connect, load the checkpoint and replay the log after it, append NodeJoined, start the tasks (once)."""
         settings = self.settings
-        client = aioredis.Redis.from_url(
-            self._url,
-            socket_connect_timeout=max(2.0, settings.heartbeat),
-            socket_timeout=_READ_BLOCK_MS / 1000 + max(5.0, settings.lease),
-            retry=Retry(NoBackoff(), 0),  # the tasks retry with their own backoff, in order
-        )
+        client = redis_client(settings, read_block_ms=_READ_BLOCK_MS)  # redis_url, or the master Sentinel names
         try:
             await client.ping()
         except _TRANSIENT as exc:
             await client.aclose()
-            raise ClusterLogError(f"cannot reach the cluster's Redis at {redacted(self._url)}: {exc}") from None
+            raise ClusterLogError(f"cannot reach the cluster's Redis at {self._where}: {exc}") from None
         self._redis = client
         self._scripts = {
             name: client.register_script(getattr(scripts, name.upper()))
-            for name in ("acquire", "renew", "release", "append", "node_lost", "checkpoint")
+            for name in (
+                "acquire",
+                "renew",
+                "release",
+                "append",
+                "node_lost",
+                "checkpoint",
+                "start_generation",
+                "take_part",
+                "seal",
+            )
         }
         try:
+            await client.set(self.keys["generation"], 0, nx=True)  # gone later: Redis lost its data
             await self._load_checkpoint(at_start=True)
             await self._replay()
             await self._beat()
@@ -280,7 +375,7 @@ class ClusterLog:
             raise
         except _TRANSIENT as exc:
             await self._close()
-            raise ClusterLogError(f"the cluster's Redis at {redacted(self._url)} failed at start: {exc}") from None
+            raise ClusterLogError(f"the cluster's Redis at {self._where} failed at start: {exc}") from None
         for loop_fn in (self._write_loop, self._read_loop, self._beat_loop, self._checkpoint_loop):
             self._tasks.append(asyncio.create_task(loop_fn(), name=f"cluster-{loop_fn.__name__}"))
         try:
@@ -288,8 +383,7 @@ class ClusterLog:
         except TimeoutError:
             await self.stop()
             raise ClusterLogError(
-                f"the cluster's Redis at {redacted(self._url)} did not take this node's NodeJoined "
-                f"within {JOIN_TIMEOUT:g} s"
+                f"the cluster's Redis at {self._where} did not take this node's NodeJoined within {JOIN_TIMEOUT:g} s"
             ) from None
 
     async def stop(self) -> None:
@@ -303,6 +397,9 @@ class ClusterLog:
             except TimeoutError:
                 log.warning("cluster log: %d submissions not appended at stop", len(self._queue))
         self._cancel_timer()
+        if self._local_timer is not None:
+            self._local_timer.cancel()
+            self._local_timer = None
         for task in self._tasks:
             task.cancel()
         _, pending = await asyncio.wait(self._tasks, timeout=0.1)
@@ -347,12 +444,18 @@ class ClusterLog:
     # ------------------------------------------------------------ submitting
 
     def submit(self, event: Event | ClusterEvent) -> None:
-        """Append ``event`` after everything submitted before it; returns at once."""
+        """Append ``event`` after everything submitted before it; returns at once (degraded: applied here now)."""
+        if self.degraded and not self._queue:
+            self._apply_local(event, None)
+            return
         self._enqueue(_Append(encode(self.node, event), submitted=time.monotonic()))
 
     async def request(self, event: Event | ClusterEvent) -> Applied:
-        """Append ``event`` and wait until this node's replica has applied it; its result."""
+        """Append ``event`` and wait until this node's replica has applied it; its result (degraded: at once)."""
         fut: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
+        if self.degraded and not self._queue:
+            self._apply_local(event, fut)
+            return await fut
         if not self._enqueue(_Append(encode(self.node, event), applied=fut, submitted=time.monotonic())):
             raise ClusterLogError(f"{MAX_QUEUED} submissions are waiting for Redis: this one was dropped")
         self._unresolved += 1
@@ -361,6 +464,9 @@ class ClusterLog:
     def _enqueue(self, item: _Append) -> bool:
         if self._stopping and not self._tasks:
             raise ClusterLogError("the cluster log is stopped")
+        if self._joining is not None and not item.fenced:  # appended once the new generation is built
+            self._held.append(item)
+            return True
         if len(self._queue) >= MAX_QUEUED:
             self.stats.dropped += 1
             if not self._dropping:
@@ -384,17 +490,23 @@ class ClusterLog:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if self.degraded:
+                self._drain_local()
+                continue
+            self._writing = True
             try:
                 if self._queue[0].fenced:
                     await self._append_fenced()
                 else:
                     await self._append_batch()
             except _TRANSIENT as exc:
+                self._writing = False
                 self.stats.append_errors += 1
                 await self._trouble("appending to the log", exc, again=backoff > BACKOFF_FIRST)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
+            self._writing = False
             backoff = BACKOFF_FIRST
             self._fine()
             self.stats.queued = len(self._queue)
@@ -411,6 +523,8 @@ class ClusterLog:
             try:
                 ids: list[Any] = [await self._redis.xadd(stream, batch[0].fields)]  # type: ignore[arg-type]
             except ResponseError as exc:
+                if _not_now(exc):
+                    raise
                 ids = [exc]
         else:
             pipe = self._redis.pipeline(transaction=False)
@@ -420,6 +534,8 @@ class ClusterLog:
             if any(isinstance(r, _TRANSIENT) and not isinstance(r, ResponseError) for r in ids):
                 raise next(r for r in ids if isinstance(r, _TRANSIENT))
         for item, result in zip(batch, ids, strict=True):
+            if _not_now(result):  # this one and the rest are retried, in order; those before it are in the log
+                raise result
             self._queue.popleft()
             if isinstance(result, Exception):
                 self._refused(item, result)
@@ -438,6 +554,8 @@ class ClusterLog:
             try:
                 result = await self._scripts["append"](keys=[self.keys["lease"], self.keys["log"]], args=args)
             except ResponseError as exc:
+                if _not_now(exc):
+                    raise
                 self._queue.popleft()
                 self._refused(item, exc)
                 return
@@ -452,6 +570,10 @@ class ClusterLog:
         self._appended(item, _text(result))
 
     def _appended(self, item: _Append, entry_id: str) -> None:
+        if not item.fenced and _older(self._last_id, entry_id):  # not applied here yet
+            if len(self._inflight) >= MAX_QUEUED:
+                self._inflight.clear()
+            self._inflight[entry_id] = item
         if item.submitted:
             applied_at = self._applied_first.pop(entry_id, None)
             if applied_at is not None:
@@ -513,6 +635,9 @@ class ClusterLog:
         block = round(min(_READ_BLOCK_MS, self.settings.heartbeat * 1000))
         while True:
             _honour_cancel()
+            if self.degraded:  # this node decides alone: the log is not read until the new generation
+                await asyncio.sleep(self.settings.heartbeat)
+                continue
             try:
                 entries = await self._read(block)
             except _TRANSIENT as exc:
@@ -530,6 +655,8 @@ class ClusterLog:
     def _apply(self, entries: list[tuple[bytes, dict[bytes, bytes]]], *, live: bool) -> None:
         stats = self.stats
         for raw_id, fields in entries:
+            if self.degraded:
+                return  # read just before this node went degraded: its replica is its own now
             entry_id = _text(raw_id)
             self._last_id = entry_id
             self._since_checkpoint += 1
@@ -545,6 +672,13 @@ class ClusterLog:
                 stats.apply_errors += 1
                 log.exception("cluster log: applying entry %s (%s from %s) failed", entry_id, event, origin)
                 continue
+            if origin == self.node:
+                self._inflight.pop(entry_id, None)
+            rebuilt = type(event) is Rebuild
+            if rebuilt:
+                self._rebuilt(event)  # type: ignore[arg-type]
+            elif self._joining is not None:  # the old generation's last entries: replaced by the Rebuild
+                applied = Applied([], applied.error)
             if not live:
                 stats.replayed += 1
                 continue
@@ -575,6 +709,13 @@ class ClusterLog:
                         fut.set_result(applied)
                 elif self._unresolved:
                     self._early[entry_id] = applied
+            if rebuilt and self.on_rebuilt is not None:
+                included = any(p.node == self.node for p in event.parts)  # type: ignore[union-attr]
+                try:
+                    self.on_rebuilt(included)
+                except Exception:
+                    stats.apply_errors += 1
+                    log.exception("cluster log: on_rebuilt failed after entry %s", entry_id)
         if self._tick_after is not None and not _older(self._last_id, self._tick_after):
             self._tick_busy = False
             self._tick_after = None
@@ -587,7 +728,7 @@ class ClusterLog:
 
     def _rearm(self) -> None:
         """Arm loop.call_at for the replica's next timer (wall-clock arithmetic), unless a TimerFired is pending."""
-        if not self.is_timekeeper or self._tick_busy:
+        if not self.is_timekeeper or self._tick_busy or self.degraded or self._joining is not None:
             return
         due = self.coordinator.next_timer()
         if due is not None and due == self._timer_due and self._timer is not None:
@@ -642,13 +783,22 @@ class ClusterLog:
             _honour_cancel()
             started = loop.time()
             try:
-                await self._beat()
-            except _TRANSIENT as exc:
+                async with asyncio.timeout(max(2.0, 2 * period)):
+                    await self._beat()
+                    if not self._stopping:
+                        await self._generations()
+            except (*_TRANSIENT, TimeoutError) as exc:
                 await self._trouble("heartbeat", exc, again=failed)
                 failed = True
+                now = time.monotonic()
+                if self._failing_since is None:
+                    self._failing_since = now
+                elif now - self._failing_since >= self.settings.node_timeout and not self.degraded:
+                    self._degrade()
             else:
                 self._fine()
                 failed = False
+                self._failing_since = None
             await asyncio.sleep(max(0.0, period - (loop.time() - started)))
 
     async def _beat(self) -> None:
@@ -680,7 +830,7 @@ class ClusterLog:
                 log.info("cluster log: node %s is the timekeeper (lease %s)", self.node, self._token)
                 if self._tasks:
                     self._rearm()
-        if self.is_timekeeper and self._tasks:
+        if self.is_timekeeper and self._tasks and not self.degraded and self._joining is None:
             await self._find_lost_nodes()
 
     def _hold_until(self, deadline: float) -> None:
@@ -742,7 +892,7 @@ class ClusterLog:
                 pass
             self._checkpoint_wanted.clear()
             _honour_cancel()
-            if not self.is_timekeeper or not self._since_checkpoint:
+            if not self.is_timekeeper or not self._since_checkpoint or self.degraded or self._joining is not None:
                 continue
             try:
                 await self.write_checkpoint()
@@ -759,10 +909,13 @@ class ClusterLog:
             return False
         entry_id, count = self._last_id, self._since_checkpoint
         state = pickle.dumps(self.coordinator, protocol=pickle.HIGHEST_PROTOCOL)
+        mac = checkpoint_mac(self._key, entry_id, self._fingerprint, state)
         self._since_checkpoint = 0
         keys = [self.keys["lease"], self.keys["checkpoint"], self.keys["log"]]
+        refused = self._refused_checkpoint[0] if self._refused_checkpoint is not None else ""
+        args = [token, entry_id, self._fingerprint, state, mac, refused]
         try:
-            result = await self._scripts["checkpoint"](keys=keys, args=[token, entry_id, self._fingerprint, state])
+            result = await self._scripts["checkpoint"](keys=keys, args=args)
         except BaseException:
             self._since_checkpoint += count
             raise
@@ -785,7 +938,19 @@ class ClusterLog:
             entry_id = _text(stored["id"])
             fingerprint = _text(stored["fingerprint"])
             state = stored["state"]
-            coordinator = pickle.loads(state if isinstance(state, bytes) else state.encode())
+            state = state if isinstance(state, bytes) else state.encode()
+        except (KeyError, UnicodeDecodeError) as exc:
+            raw_id = stored.get("id", b"?")
+            shown = raw_id.decode(errors="replace") if isinstance(raw_id, bytes) else raw_id
+            return self._refuse_checkpoint(shown, stored.get("mac", b""), f"it is incomplete (no {exc})")
+        stored_mac = stored.get("mac", b"")
+        stored_mac = stored_mac if isinstance(stored_mac, bytes) else stored_mac.encode()
+        if not stored_mac:
+            return self._refuse_checkpoint(entry_id, stored_mac, "it is not signed")
+        if not hmac.compare_digest(stored_mac, checkpoint_mac(self._key, entry_id, fingerprint, state)):
+            return self._refuse_checkpoint(entry_id, stored_mac, "its signature does not match cluster.secret")
+        try:
+            coordinator = pickle.loads(state)
         except Exception as exc:  # noqa: BLE001 - whatever unpickling raises, the message names the key
             message = f"the checkpoint {self.keys['checkpoint']} cannot be loaded: {exc!r}"
             if at_start:
@@ -811,6 +976,21 @@ class ClusterLog:
             self._rearm()
         return True
 
+    def _refuse_checkpoint(self, entry_id: str, mac: bytes | str, why: str) -> bool:
+        """A checkpoint this node will not unpickle: logged and counted once per checkpoint; False (as if none)."""
+        mac = mac if isinstance(mac, bytes) else mac.encode()
+        if self._refused_checkpoint != (entry_id, mac):
+            self._refused_checkpoint = (entry_id, mac)
+            self.stats.checkpoints_refused += 1
+            log.error(
+                "cluster log: refused the checkpoint %s at %s: %s; going on without it (written with another "
+                "cluster.secret, by an older version, or by someone else with write access to Redis)",
+                self.keys["checkpoint"],
+                entry_id,
+                why,
+            )
+        return False
+
     def _model_difference(self, stored: Coordinator) -> str:
         differences = model_differences(self.coordinator.engine.model, stored.engine.model)
         name = self.settings.name
@@ -819,6 +999,236 @@ class ClusterLog:
             f"({'; '.join(differences)}). Give every node the same queues:, agents: and surge: sections, or stop "
             f"every node and delete the Redis keys {name}:checkpoint and {name}:log to start the cluster afresh"
         )
+
+    # ------------------------------------------------------------ degraded: deciding alone while Redis fails
+
+    def _degrade(self) -> None:
+        """Redis failed for node_timeout: decide for this node's own callers and agents on its own replica."""
+        self.degraded = True
+        self.stats.degraded_periods += 1
+        log.error(
+            "cluster log: node %s is degraded: Redis failed for %s s; it decides alone for its own callers and "
+            "agents until Redis is back",
+            self.node,
+            self.settings.node_timeout,
+        )
+        self._lose_lease("Redis unreachable")
+        self._cancel_timer()
+        self._joining = None
+        # entries appended but not read back, then what waits to be appended: applied here, in order
+        inflight = sorted(self._inflight.items(), key=lambda kv: _id_key(kv[0]))
+        self._inflight.clear()
+        for entry_id, item in inflight:
+            fut = self._waiters.pop(entry_id, None)
+            self._local_fields(item, fut)
+        self._local_event(Isolated(node=self.node, now=self._clock()), None)
+        while self._held:
+            item = self._held.popleft()
+            self._local_fields(item, item.applied)
+        if not self._writing:
+            self._drain_local()
+
+    def _drain_local(self) -> None:
+        """Degraded: what waited to be appended is applied here instead (the writer is not inside a command)."""
+        while self._queue:
+            item = self._queue.popleft()
+            if item.fenced:
+                if item.on_done is not None:
+                    item.on_done(None)
+                continue
+            self._local_fields(item, item.applied)
+            if item.applied is not None:
+                self._unresolved -= 1
+        self.stats.queued = 0
+        self._empty.set()
+
+    def _local_fields(self, item: _Append, fut: asyncio.Future[Applied] | None) -> None:
+        try:
+            _, event = decode(item.fields)
+        except WireError:  # encode() checked it: cannot happen
+            return
+        self._local_event(event, fut)
+
+    def _apply_local(self, event: Event | ClusterEvent, fut: asyncio.Future[Applied] | None) -> None:
+        self._local_event(event, fut)
+
+    def _local_event(self, event: Event | ClusterEvent, fut: asyncio.Future[Applied] | None) -> None:
+        """Apply one event to this node's own replica now (degraded); what it causes queues up behind it."""
+        self._local.append((event, fut))
+        if self._local_busy:
+            return
+        self._local_busy = True
+        try:
+            while self._local:
+                ev, waiter = self._local.popleft()
+                self._local_count += 1
+                entry_id = f"local-{self._local_count}"
+                try:
+                    applied = self.coordinator.apply(self.node, ev)
+                except Exception:
+                    self.stats.apply_errors += 1
+                    log.exception("cluster log: applying %s locally failed", ev)
+                    applied = Applied([], "failed")
+                self.stats.local_applied += 1
+                try:
+                    self._on_applied(entry_id, self.node, ev, applied)
+                except Exception:
+                    self.stats.apply_errors += 1
+                    log.exception("cluster log: on_applied failed for %s (local)", ev)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(applied)
+        finally:
+            self._local_busy = False
+        self._local_rearm()
+
+    def _local_rearm(self) -> None:
+        if self._local_timer is not None:
+            self._local_timer.cancel()
+            self._local_timer = None
+        if not self.degraded:
+            return
+        due = self.coordinator.next_timer()
+        if due is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._local_timer = loop.call_at(loop.time() + max(0.0, due - self._clock()), self._local_tick, due)
+
+    def _local_tick(self, due: float) -> None:
+        self._local_timer = None
+        if self.degraded:
+            self._local_event(TimerFired(kind="tick", id="", now=max(self._clock(), due)), None)
+
+    # ------------------------------------------------------------ generations: joining up again
+
+    async def _generations(self) -> None:
+        """After a heartbeat that worked: start or take part in a new generation, and seal one (timekeeper)."""
+        assert self._redis is not None
+        keys = self.keys
+        # what was applied before the read: the reader (its own connection) may apply newer entries while this
+        # read is on its way, and comparing with those would take a busy log for one that went backwards
+        applied = self._last_id
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(keys["generation"])
+        pipe.xrevrange(keys["log"], "+", "-", count=1)
+        raw_gen, newest = await pipe.execute()
+        ours = self.coordinator.generation
+        if self.degraded:
+            await self._begin_generation("Redis answers again")
+        elif raw_gen is None:
+            await self._begin_generation("Redis lost its data (restarted empty)")
+        elif applied != "0-0" and (not newest or _older(_text(newest[0][0]), applied)):
+            await self._begin_generation("the log went backwards (writes were lost)")
+        elif int(raw_gen) > ours and self._joining != int(raw_gen):
+            await self._take_part(int(raw_gen))
+        elif self._joining is not None and time.monotonic() - self._joined_at > 4 * self.settings.node_timeout:
+            await self._begin_generation(f"generation {self._joining} was not built in time")
+        if self.is_timekeeper and raw_gen is not None and int(raw_gen) > ours:
+            await self._seal(int(raw_gen))
+
+    async def _begin_generation(self, why: str) -> None:
+        assert self._redis is not None
+        known = max(self.coordinator.generation, self._joining or 0)
+        gen_prefix = self.keys["gen"]
+        generation = await self._scripts["start_generation"](
+            keys=[self.keys["generation"], self.keys["log"]], args=[known, repr(self._clock()), gen_prefix]
+        )
+        generation = int(generation)
+        if generation > 0:  # opened here (a negative number: another node opened it first)
+            self.stats.generations_started += 1
+            log.warning("cluster log: node %s opens generation %d: %s", self.node, generation, why)
+        await self._take_part(abs(generation))
+
+    async def _take_part(self, generation: int) -> None:
+        """Settle this node's rings, contribute its callers and agents to ``generation``, hold new submissions."""
+        assert self._redis is not None
+        start = await self._redis.hget(self.keys["gen"] + str(generation), "start")
+        if start is None:
+            return
+        if self.on_settle is not None:
+            try:
+                self.on_settle()
+            except Exception:
+                log.exception("cluster log: cancelling this node's rings failed")
+        part = self.coordinator.part_of(self.node)
+        was_degraded = self.degraded
+        if was_degraded:
+            self.degraded = False
+            if self._local_timer is not None:
+                self._local_timer.cancel()
+                self._local_timer = None
+            log.warning("cluster log: node %s is no longer degraded; joining generation %d", self.node, generation)
+        self._joining = generation
+        self._joined_at = time.monotonic()
+        self._cancel_timer()
+        # read on from where the generation started: what came before it is replaced by its Rebuild (and after
+        # Redis restarted empty or went backwards, this node's old position means nothing in the stream)
+        self._last_id = _text(start)
+        self._sent.clear()
+        taken = await self._scripts["take_part"](
+            keys=[self.keys["gen"] + str(generation)], args=[self.node, part_to_json(part)]
+        )
+        if taken != 1:  # its Rebuild is after the start: this node goes on from it and rejoins after it
+            log.warning("cluster log: generation %d was sealed before node %s took part", generation, self.node)
+            self._joining = None
+
+    async def _seal(self, generation: int) -> None:
+        """Timekeeper: once every live node took part (or time is up), append the Rebuild of ``generation``."""
+        assert self._redis is not None and self._token is not None
+        key = self.keys["gen"] + str(generation)
+        stored = {_text(k): v for k, v in (await self._redis.hgetall(key)).items()}
+        if not stored or "sealed" in stored:
+            return
+        parts = {k.removeprefix("part:"): v for k, v in stored.items() if k.startswith("part:")}
+        opened = float(_text(stored.get("opened", b"0")))
+        waited = self._clock() - opened
+        nodes = sorted(map(_text, await self._redis.smembers(self.keys["nodes"])))
+        pipe = self._redis.pipeline(transaction=False)
+        for n in nodes:
+            pipe.exists(self.node_key(n))
+        live = [n for n, up in zip(nodes, await pipe.execute(), strict=True) if up]
+        everyone = all(n in parts for n in live) and waited >= 2 * self.settings.heartbeat
+        if not everyone and waited < 2 * self.settings.node_timeout:
+            return
+        decoded: list[NodePart] = []
+        for node, raw in sorted(parts.items()):
+            try:
+                decoded.append(part_from_json(_text(raw)))
+            except (WireError, UnicodeDecodeError) as exc:
+                log.error("cluster log: node %s's part of generation %d is malformed: %s", node, generation, exc)
+        event = Rebuild(generation=generation, parts=tuple(decoded), now=self._clock())
+        args: list[Any] = [self._token]
+        for k, v in encode(self.node, event).items():
+            args += [k, v]
+        result = await self._scripts["seal"](keys=[self.keys["lease"], key, self.keys["log"]], args=args)
+        if result == -1:
+            self._lose_lease("a fenced append was refused")
+        elif isinstance(result, bytes | str):
+            self.stats.appends += 1
+            missing = sorted(set(live) - set(parts))
+            log.warning(
+                "cluster log: generation %d built from %d node(s)%s",
+                generation,
+                len(decoded),
+                f" (not from {', '.join(missing)}: they rejoin after it)" if missing else "",
+            )
+
+    def _rebuilt(self, event: Rebuild) -> None:
+        """A Rebuild was applied: a joining node goes on in the new generation and appends what it held."""
+        if self._joining is not None and event.generation >= self._joining:
+            self._joining = None
+            self.stats.rejoins += 1
+            log.warning("cluster log: node %s rejoined in generation %d", self.node, event.generation)
+            while self._held:
+                item = self._held.popleft()
+                self._queue.append(item)
+            self.stats.queued = len(self._queue)
+            if self._queue:
+                self._empty.clear()
+                self._wake.set()
+        self._since_checkpoint = max(self._since_checkpoint, 1)
+        self._checkpoint_wanted.set()  # the next checkpoint is of the new generation
+        if self.is_timekeeper:
+            self._rearm()
 
     # ------------------------------------------------------------ outages
 
@@ -832,13 +1242,13 @@ class ClusterLog:
         if self._outage_since is None and not self._stopping:
             self._outage_since = time.monotonic()
             self.stats.outages += 1
-            log.error("cluster log: Redis at %s failed while %s: %s; retrying", redacted(self._url), doing, exc)
+            log.error("cluster log: Redis at %s failed while %s: %s; retrying", self._where, doing, exc)
 
     def _fine(self) -> None:
         if self._outage_since is not None:
             log.warning(
                 "cluster log: Redis at %s answers again after %.1f s",
-                redacted(self._url),
+                self._where,
                 time.monotonic() - self._outage_since,
             )
             self._outage_since = None

@@ -44,11 +44,13 @@ redis.call('SREM', KEYS[3], ARGV[2])
 return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
 """
 
-# KEYS: lease, checkpoint hash, log. ARGV: token, last applied entry id, model fingerprint, pickled state.
+# KEYS: lease, checkpoint hash, log. ARGV: token, last applied entry id, model fingerprint, pickled state, its MAC,
+# the id of a stored checkpoint the node refused ("" if none).
 # Stores the checkpoint, then trims the log before the *previous* checkpoint's entry: readers a little behind the
 # timekeeper keep one checkpoint interval of entries to read. ``trimmed`` keeps the newest entry id ever trimmed (a
-# reader behind it missed entries). Returns 1 if written, 0 if a newer checkpoint is stored, -1 when the lease is not
-# ours.
+# reader behind it missed entries). A refused previous checkpoint is replaced whatever id it claims, and nothing is
+# trimmed after it (its id cannot be trusted). Returns 1 if written, 0 if a newer checkpoint is stored, -1 when the
+# lease is not ours.
 CHECKPOINT = """
 local function older(a, b)
   local am, as = string.match(a, '^(%d+)-(%d+)$')
@@ -58,12 +60,53 @@ local function older(a, b)
 end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 local previous = redis.call('HGET', KEYS[2], 'id')
+if previous and ARGV[6] ~= '' and previous == ARGV[6] then
+  redis.call('DEL', KEYS[2])
+  previous = false
+end
+if previous and not string.match(previous, '^%d+-%d+$') then previous = false end
 if previous and not older(previous, ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[2], 'id', ARGV[2], 'fingerprint', ARGV[3], 'state', ARGV[4])
+redis.call('HSET', KEYS[2], 'id', ARGV[2], 'fingerprint', ARGV[3], 'state', ARGV[4], 'mac', ARGV[5])
 if previous then
   local newest = redis.call('XREVRANGE', KEYS[3], '(' .. previous, '-', 'COUNT', 1)
   if newest[1] then redis.call('HSET', KEYS[2], 'trimmed', newest[1][1]) end
   redis.call('XTRIM', KEYS[3], 'MINID', '=', previous)
 end
 return 1
+"""
+
+# KEYS: generation counter, log. ARGV: the newest generation this node knows, its wall clock, the generations' hash
+# prefix. Opens generation known+1 (its hash: the log's newest id as ``start``, ``opened``) and returns it, unless a
+# newer one than ``known`` is open already: then returns minus that one's number (join it). A generation counter gone
+# (Redis restarted empty) counts as 0.
+START_GENERATION = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local known = tonumber(ARGV[1])
+if current > known then return -current end
+local generation = known + 1
+redis.call('SET', KEYS[1], generation)
+local newest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+local start = '0-0'
+if newest[1] then start = newest[1][1] end
+redis.call('HSET', ARGV[3] .. generation, 'start', start, 'opened', ARGV[2])
+return generation
+"""
+
+# KEYS: a generation's hash. ARGV: node id, its part (JSON). Returns 1 if taken, 0 if the generation is sealed, -1 if
+# it does not exist.
+TAKE_PART = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HEXISTS', KEYS[1], 'sealed') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'part:' .. ARGV[1], ARGV[2])
+return 1
+"""
+
+# KEYS: lease, a generation's hash, log. ARGV: token, then the Rebuild entry's field/value pairs. Seals the
+# generation and appends its Rebuild; returns the entry id, 0 if sealed already, -1 when the lease is not ours.
+SEAL = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if redis.call('EXISTS', KEYS[2]) == 0 or redis.call('HEXISTS', KEYS[2], 'sealed') == 1 then return 0 end
+redis.call('HSET', KEYS[2], 'sealed', '1')
+redis.call('PEXPIRE', KEYS[2], 3600000)
+return redis.call('XADD', KEYS[3], '*', unpack(ARGV, 2))
 """

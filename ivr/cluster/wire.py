@@ -6,7 +6,10 @@ every field of the event, no more and no fewer. Sets are sorted lists,
 tuples are lists, floats are finite. Only the events a cluster logs are
 accepted: the queue events a node sends its engine (not the live
 reconfigurations, which a cluster refuses for now) and the cluster's own
-(``PhoneBindings``, ``NodeLost``, ``NodeJoined``).
+(``PhoneBindings``, ``NodeLost``, ``NodeJoined``, and ``Rebuild``, which
+starts a new generation; ``Isolated`` never leaves its node).
+An event is at most :data:`MAX_EVENT_BYTES` of JSON, but a ``Rebuild`` (every
+node's callers and agents) may take :data:`MAX_REBUILD_BYTES`.
 
 ``decode`` reads what any writer of the stream may have put there, so it
 checks everything and raises ``WireError`` (a ``ValueError``) with a clear
@@ -21,7 +24,16 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ivr.cluster.coordinator import ClusterEvent, NodeJoined, NodeLost, PhoneBindings
+from ivr.cluster.coordinator import (
+    AgentPart,
+    CallerPart,
+    ClusterEvent,
+    NodeJoined,
+    NodeLost,
+    NodePart,
+    PhoneBindings,
+    Rebuild,
+)
 from queueing.events import (
     AgentAnswered,
     AgentLoggedIn,
@@ -38,6 +50,8 @@ from queueing.events import (
 )
 
 MAX_EVENT_BYTES = 64 * 1024  # the JSON of one event, UTF-8
+MAX_REBUILD_BYTES = 64 * 1024 * 1024  # the JSON of a Rebuild: every node's callers and agents
+MAX_PARTS = 1024  # nodes in one Rebuild
 MAX_ORIGIN_CHARS = 256
 MAX_BINDINGS = 64  # of one agent on one node
 ORIGIN, EVENT = "o", "e"
@@ -127,6 +141,65 @@ def _bindings(value: object, where: str) -> tuple[tuple[str, tuple[str, str, int
     return tuple(out)
 
 
+def _list(value: object, where: str, size: int | None = None) -> list[Any]:
+    if not isinstance(value, list) or (size is not None and len(value) != size):
+        raise WireError(f"{where} must be a list" + (f" of {size} items" if size is not None else ""))
+    return value
+
+
+def _generation(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**53:
+        raise WireError(f"{where} must be a positive whole number, not {value!r:.40}")
+    return value
+
+
+def _caller(value: object, where: str) -> CallerPart:
+    call_id, queue, tier, skills, urgent, arrived, agent = _list(value, where, 7)
+    return (
+        _text(call_id, f"{where}'s call id"),
+        _text(queue, f"{where}'s queue"),
+        _text(tier, f"{where}'s tier"),
+        tuple(sorted(_skills(skills, f"{where}'s skills"))),
+        _flag(urgent, f"{where}'s urgent"),
+        _time(arrived, f"{where}'s arrival"),
+        None if agent is None else _text(agent, f"{where}'s agent"),
+    )
+
+
+def _agent(value: object, where: str) -> AgentPart:
+    agent, state, reason, phones = _list(value, where, 4)
+    bound = []
+    for i, item in enumerate(_list(phones, f"{where}'s phones")[:MAX_BINDINGS]):
+        contact, peer, expires_at, registered_at = _list(item, f"{where}'s phones[{i}]", 4)
+        ((contact, peer, expires_at),) = _bindings([[contact, peer, expires_at]], f"{where}'s phones[{i}]")
+        bound.append((contact, peer, expires_at, _time(registered_at, f"{where}'s phones[{i}] registered_at")))
+    return (
+        _text(agent, f"{where}'s agent"),
+        _text(state, f"{where}'s state"),
+        None if reason is None else _text(reason, f"{where}'s reason"),
+        tuple(bound),
+    )
+
+
+def _parts(value: object, where: str) -> tuple[NodePart, ...]:
+    items = _list(value, where)
+    if len(items) > MAX_PARTS:
+        raise WireError(f"{where} holds {len(items)} nodes, more than {MAX_PARTS}")
+    parts = []
+    for i, item in enumerate(items):
+        at = f"{where}[{i}]"
+        if not isinstance(item, dict) or set(item) != {"node", "callers", "agents"}:
+            raise WireError(f"{at} must be an object with node, callers and agents")
+        parts.append(
+            NodePart(
+                _text(item["node"], f"{at}.node"),
+                tuple(_caller(c, f"{at}.callers[{j}]") for j, c in enumerate(_list(item["callers"], f"{at}.callers"))),
+                tuple(_agent(a, f"{at}.agents[{j}]") for j, a in enumerate(_list(item["agents"], f"{at}.agents"))),
+            )
+        )
+    return tuple(parts)
+
+
 def _kind(value: object) -> str:
     names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
     return names.get(type(value), "a number")
@@ -156,6 +229,7 @@ _FIELDS: dict[type, dict[str, Check]] = {
     PhoneBindings: {"node": _text, "agent": _text, "bindings": _bindings, "now": _time},
     NodeLost: {"node": _text, "now": _time},
     NodeJoined: {"node": _text, "now": _time},
+    Rebuild: {"generation": _generation, "parts": _parts, "now": _time},
 }
 _BY_NAME = {cls.__name__: (cls, fields) for cls, fields in _FIELDS.items()}
 ACCEPTED = tuple(_BY_NAME)  # the names of the event types a log entry may hold
@@ -167,6 +241,8 @@ def _plain(value: object) -> object:
         return sorted(value)
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
+    if isinstance(value, NodePart):
+        return {"node": value.node, "callers": _plain(value.callers), "agents": _plain(value.agents)}
     return value
 
 
@@ -207,7 +283,7 @@ def _decode(fields: Mapping[Any, Any]) -> tuple[str, Event | ClusterEvent]:
             raise WireError(f"unknown field {name!r:.40} (an entry has {ORIGIN!r} and {EVENT!r} only)")
         if name in values:
             raise WireError(f"field {name!r} given twice")
-        values[name] = _field_text(value, f"field {name!r}", limit=MAX_EVENT_BYTES if name == EVENT else 1024)
+        values[name] = _field_text(value, f"field {name!r}", limit=_cap(name, value))
     for name in (ORIGIN, EVENT):
         if name not in values:
             raise WireError(f"missing field {name!r}")
@@ -226,6 +302,8 @@ def _decode(fields: Mapping[Any, Any]) -> tuple[str, Event | ClusterEvent]:
     kind = body.get("type")
     if not isinstance(kind, str) or kind not in _BY_NAME:
         raise WireError(f"unknown event type {kind!r:.60} (known: {', '.join(ACCEPTED)})")
+    if kind == "Rebuild" and not values[EVENT].startswith(_REBUILD_HEAD):
+        raise WireError(f"a Rebuild's JSON starts with {_REBUILD_HEAD}")
     cls, checks = _BY_NAME[kind]
     if extra := sorted(set(body) - set(checks) - {"type"}):
         raise WireError(f"{kind}: unknown field {', '.join(repr(k)[:40] for k in extra[:3])}")
@@ -233,6 +311,19 @@ def _decode(fields: Mapping[Any, Any]) -> tuple[str, Event | ClusterEvent]:
         raise WireError(f"{kind}: missing field {', '.join(missing)}")
     args = {k: check(body[k], f"{kind}.{k}") for k, check in checks.items()}
     return origin, cls(**args)
+
+
+_REBUILD_HEAD = '{"type":"Rebuild",'  # as encode() writes it: only such an entry may exceed MAX_EVENT_BYTES
+
+
+def _cap(name: str, value: object) -> int:
+    """Bytes field ``name`` may take: a Rebuild (as encode writes it) gets more than any other event."""
+    if name != EVENT or not isinstance(value, (str, bytes)):
+        return 1024
+    head = value[: len(_REBUILD_HEAD)]
+    if isinstance(head, bytes):
+        head = head.decode(errors="replace")
+    return MAX_REBUILD_BYTES if head == _REBUILD_HEAD else MAX_EVENT_BYTES
 
 
 def _no_constant(constant: str) -> object:
@@ -255,4 +346,27 @@ def _field_text(value: object, where: str, limit: int = 1024) -> str:
     raise WireError(f"{where} must be text, not {type(value).__name__}")
 
 
-__all__ = ["ACCEPTED", "MAX_EVENT_BYTES", "WireError", "decode", "encode"]
+def part_to_json(part: NodePart) -> str:
+    """A node's part of a new generation as JSON (kept in Redis until the generation is sealed)."""
+    return json.dumps(_plain(part), allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
+def part_from_json(text: str) -> NodePart:
+    """The part ``part_to_json`` wrote; WireError when it is malformed."""
+    try:
+        body = json.loads(text, parse_constant=_no_constant)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise WireError(f"a node's part is not JSON: {exc}") from None
+    return _parts([body], "part")[0]
+
+
+__all__ = [
+    "ACCEPTED",
+    "MAX_EVENT_BYTES",
+    "MAX_REBUILD_BYTES",
+    "WireError",
+    "decode",
+    "encode",
+    "part_from_json",
+    "part_to_json",
+]

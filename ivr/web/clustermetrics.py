@@ -7,7 +7,8 @@ the replicas are equal they run on without a jump when the lease changes
 hands. Everything else is this node's own and gets ``node_id="<node>"``
 (``node`` is taken: it names IVR flow nodes). ``ClusterCollector`` shows the
 log working: entries appended and applied, the apply lag, the lease, timers
-and lost nodes appended, checkpoints, Redis outages, and the decision
+and lost nodes appended, checkpoints (and those refused), Redis outages,
+degraded periods, rejoins and the generation, and the decision
 latency (``frontdesk_cluster_decision_seconds``: an event submitted here
 until this node's replica applied it, what a queue decision pays over a
 single node).
@@ -80,7 +81,19 @@ _COUNTERS = (
     ("frontdesk_cluster_nodes_lost_appended", "Lost nodes this node announced as the timekeeper", "nodes_lost"),
     ("frontdesk_cluster_checkpoints_written", "Checkpoints of the replica this node wrote", "checkpoints_written"),
     ("frontdesk_cluster_checkpoints_loaded", "Checkpoints this node loaded", "checkpoints_loaded"),
+    (
+        "frontdesk_cluster_checkpoints_refused",
+        "Checkpoints this node refused, unsigned or signed with another cluster.secret (never unpickled)",
+        "checkpoints_refused",
+    ),
     ("frontdesk_cluster_redis_outages", "Times Redis became unreachable from this node", "outages"),
+    (
+        "frontdesk_cluster_degraded_periods",
+        "Times this node went degraded (Redis failed for node_timeout: it decided alone)",
+        "degraded_periods",
+    ),
+    ("frontdesk_cluster_rejoins", "Times this node joined up again in a new generation", "rejoins"),
+    ("frontdesk_cluster_generations_started", "New generations this node opened", "generations_started"),
 )
 
 
@@ -110,6 +123,14 @@ class ClusterCollector(Collector):
         yield g
         g = GaugeMetricFamily("frontdesk_cluster_timekeeper", "1 while this node holds the timekeeper's lease")
         g.add_metric([], 1 if self.log.is_timekeeper else 0)
+        yield g
+        g = GaugeMetricFamily(
+            "frontdesk_cluster_degraded", "1 while this node decides alone for its own callers (Redis failed)"
+        )
+        g.add_metric([], 1 if self.log.degraded else 0)
+        yield g
+        g = GaugeMetricFamily("frontdesk_cluster_generation", "The generation of the line this node's replica holds")
+        g.add_metric([], self.log.coordinator.generation)
         yield g
 
 

@@ -8,9 +8,10 @@ launcher (sim/live/cluster.py) with one line and nothing to clean up.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ class ClusterPlan:
     redis_port: int
     pg_port: int | None  # None: a free one, found by PostgreSQL's start
     nodes: tuple[NodePlan, ...]
+    secret: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)  # cluster.secret of this run
 
     @property
     def redis_url(self) -> str:
@@ -161,7 +163,12 @@ def node_config(plan: ClusterPlan, node: NodePlan, base: dict[str, Any], databas
         "http": {"listen": HOST, "port": node.http_port},
         "media": {"rtp_port_min": node.rtp.start, "rtp_port_max": node.rtp.stop - 1},
         "storage": {"url": database_url},
-        "cluster": {"redis_url": plan.redis_url, "node_id": node.node_id, "advertise_sip": node.sip},
+        "cluster": {
+            "redis_url": plan.redis_url,
+            "node_id": node.node_id,
+            "advertise_sip": node.sip,
+            "secret": plan.secret,
+        },
         # Kamailio relays every caller but asserts only its trunks' numbers: From alone is not believed
         "security": {"trusted_networks": trusted, "caller_id": {"require_asserted_identity": True}},
     }

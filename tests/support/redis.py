@@ -136,11 +136,23 @@ def cluster_model(queues: tuple[str, ...] = ("sales",), agents: int = 3, max_wai
     )
 
 
+#: the cluster secret of the test clusters (every node of one test shares it)
+CLUSTER_SECRET = "test-cluster-secret-0123456789abcdef"
+
+
 def cluster_settings(
-    url: str, node: str, *, name: str = "test", beat: float = 0.2, timeout: float = 0.6
+    url: str, node: str, *, name: str = "test", beat: float = 0.2, timeout: float = 0.6, secret: str = CLUSTER_SECRET
 ) -> ClusterSettings:
     """Quick timings (heartbeat ``beat``, node timeout and lease ``timeout``) so that takeovers fit in a test."""
-    return ClusterSettings(redis_url=url, name=name, node_id=node, heartbeat=beat, node_timeout=timeout, lease=timeout)
+    return ClusterSettings(
+        redis_url=url,
+        name=name,
+        node_id=node,
+        heartbeat=beat,
+        node_timeout=timeout,
+        lease=timeout,
+        secret=secret,  # type: ignore[arg-type]
+    )
 
 
 def start_node(
