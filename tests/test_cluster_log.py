@@ -282,6 +282,25 @@ async def test_one_timekeeper_and_a_clean_handover(redis_server: RedisServer) ->
         await stop_all(*nodes)
 
 
+async def test_a_draining_timekeeper_hands_its_lease_over_and_a_lone_one_takes_it_back(
+    redis_server: RedisServer,
+) -> None:
+    a, b = await started(Node(redis_server.url, "A"), Node(redis_server.url, "B"))
+    try:
+        await eventually("one timekeeper", lambda: len(timekeepers(a, b)) == 1, 5)
+        holder, other = (a, b) if a.log.is_timekeeper else (b, a)
+        assert await holder.log.resign()
+        assert not holder.log.is_timekeeper
+        await eventually("the other node took the lease", lambda: other.log.is_timekeeper, 2)
+        await asyncio.sleep(cluster_log.RESIGN_BEATS * 0.2 + 0.4)  # past the beats it leaves the lease to others
+        assert timekeepers(a, b) == [other.log.node]  # it did not take the lease back from a live holder
+        assert not await holder.log.resign()  # nothing to give
+        await other.log.stop()  # now alone: the lease comes back to it after its beats, its timers go on
+        await eventually("the lone node took the lease back", lambda: holder.log.is_timekeeper, 5)
+    finally:
+        await stop_all(a, b)
+
+
 async def test_a_stale_holders_fenced_writes_are_refused(redis_server: RedisServer) -> None:
     (a,) = await started(Node(redis_server.url, "A"))
     client = aioredis.Redis.from_url(redis_server.url)

@@ -134,6 +134,7 @@ DECISION_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 
 Fields = dict[bytes | str, bytes | str]
 OnApplied = Callable[[str, str, Event | ClusterEvent, Applied], None]
+RESIGN_BEATS = 3  # heartbeats a node that resigned the lease leaves it to the others
 _TRANSIENT = (RedisError, OSError)  # ResponseError (a command refused) is caught before these where it matters
 # refusals that say "not now" rather than "never": the writer retries them like a lost connection, in order
 _NOT_NOW = ("NOREPLICAS", "MASTERDOWN", "TRYAGAIN", "LOADING")  # min-replicas-to-write, a failover, a restart
@@ -315,6 +316,7 @@ class ClusterLog:
         self._checkpoint_wanted = asyncio.Event()
         self._outage_since: float | None = None
         self._stopping = False
+        self._resigned_beats = 0  # after resign(): heartbeats left before this node may take the lease again
         self._refused_checkpoint: tuple[str, bytes] | None = None  # (id, mac) of the last checkpoint refused here
         # Redis down or restarted empty (docs/cluster.md): degraded, then a new generation
         self.degraded = False  # Redis failed for node_timeout: this node decides alone, on its own replica
@@ -385,6 +387,27 @@ class ClusterLog:
             raise ClusterLogError(
                 f"the cluster's Redis at {self._where} did not take this node's NodeJoined within {JOIN_TIMEOUT:g} s"
             ) from None
+
+    async def resign(self) -> bool:
+        """Give the timekeeper's lease to another node now, staying in the cluster (a node that starts draining).
+
+        The timers, lost nodes, checkpoints and callbacks then go on at the
+        next node's heartbeat instead of waiting for this one to leave. This
+        node does not try to take the lease again for a few heartbeats; if no
+        other node took it by then (none is left), it takes it back, so a lone
+        node's timers never stop. Returns whether it held the lease.
+        """
+        token = self._token
+        if token is None or self._redis is None:
+            return False
+        self._resigned_beats = RESIGN_BEATS
+        self._lose_lease("handed over: this node is draining")
+        try:
+            async with asyncio.timeout(max(1.0, self.settings.heartbeat)):
+                await self._scripts["release"](keys=[self.keys["lease"]], args=[token])
+        except (*_TRANSIENT, TimeoutError) as exc:  # it expires on its own within `lease`
+            log.warning("cluster log: could not give the lease back: %s", exc)
+        return True
 
     async def stop(self) -> None:
         """Append what is queued (briefly), stop the tasks, give the lease back, leave (a NodeLost of its own)."""
@@ -817,7 +840,9 @@ class ClusterLog:
                 self._hold_until(sent + settings.lease)
             else:
                 self._lose_lease("another node holds it")
-        if self._token is None and not self._stopping:
+        if self._resigned_beats > 0:  # resign(): the others' turn to take the lease
+            self._resigned_beats -= 1
+        elif self._token is None and not self._stopping:
             sent = loop.time()
             token = await self._scripts["acquire"](
                 keys=[self.keys["lease"], self.keys["epoch"]], args=[self.node, lease_ms]

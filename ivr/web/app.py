@@ -343,7 +343,8 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         if shell.admission is not None:
             registry.register(FloodCollector(shell.admission, loop.time))
         # SIGTERM (ivr/web/lifecycle.py): no new call, nor new callback; in a cluster REGISTERs go to another node
-        drain = Drain(ua, shell, refuse_register=config.cluster.enabled, on_start=dispatcher.cancel)
+        # and a cluster's timekeeper hands its lease over at once, so that timers and callbacks go on elsewhere
+        drain = Drain(ua, shell, refuse_register=config.cluster.enabled, on_start=_stop_taking_work(dispatcher, queues))
         registry.register(DrainCollector(drain))
         app[DRAIN] = drain
         app[RUNTIME] = Runtime(config, ua, router, shell, recorder, registry, outbox, notices)
@@ -386,6 +387,18 @@ async def _registrations(changes: asyncio.Queue[tuple[str, bool]], queues: LiveQ
                 queues.on_registration(agent, up)
         except Exception:
             log.exception("registration change of %s not applied", agent)
+
+
+def _stop_taking_work(dispatcher: asyncio.Task[None], queues: LiveQueues) -> Callable[[], None]:
+    """What a drain stops besides new calls: this node's callback dispatcher, and its hold on the cluster's lease."""
+    resigning: list[asyncio.Task[bool]] = []  # held until done: a task nobody refers to may be collected
+
+    def stop() -> None:
+        dispatcher.cancel()
+        if queues.cluster is not None:
+            resigning.append(asyncio.get_running_loop().create_task(queues.cluster.resign(), name="cluster-resign"))
+
+    return stop
 
 
 async def _surge_schedule(config: Config, queues: LiveQueues, every: float = 15.0) -> None:
