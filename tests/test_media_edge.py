@@ -27,6 +27,7 @@ import pytest
 from support.callers import caller_media
 from support.media import Recorder, UdpPhone
 from support.ports import free_port, port_range, release
+from support.rtpsend import batch_sender_type, send_path  # noqa: F401  (fixtures)
 from support.server import Server
 from support.sip import Caller, Harness, responses, sdp_offer
 from support.sipp import UdpSipClient, new_token, run_sipp
@@ -290,6 +291,7 @@ async def packets_in(phone: UdpPhone, seconds: float) -> int:
     return len(phone.received) - start
 
 
+@pytest.mark.usefixtures("send_path")  # the sendto path and the batch sender
 async def test_one_failing_stream_ends_alone_and_every_other_call_keeps_its_20_ms() -> None:
     rec = FailureRecorder()
     shell = new_shell(rec)
@@ -337,6 +339,7 @@ def test_a_failed_stream_ends_the_leg_we_placed_that_owns_it() -> None:
     assert len(dropped) == 1
 
 
+@pytest.mark.usefixtures("send_path")  # the sendto path and the batch sender
 async def test_a_stranger_sending_rtp_and_keys_to_a_calls_port_is_not_heard_and_hears_nothing() -> None:
     rec = FailureRecorder()
     shell = new_shell(rec)
@@ -359,6 +362,7 @@ async def test_a_stranger_sending_rtp_and_keys_to_a_calls_port_is_not_heard_and_
         stranger.close()
 
 
+@pytest.mark.usefixtures("send_path")  # the sendto path and the batch sender
 @pytest.mark.parametrize("trusted", [False, True], ids=["untrusted", "trusted"])
 async def test_the_shell_sends_nothing_to_a_third_host_the_sdp_names_until_its_rtp_arrives(trusted: bool) -> None:
     rec = FailureRecorder()

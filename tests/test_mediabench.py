@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from support.rtpsend import batch_sender_type  # noqa: F401  (a fixture)
 
+from ivr.transport import rtpbatch
 from sim.live import mediastep, promtext, readings, rtprx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,6 +126,22 @@ def test_the_receiver_reads_every_packet_back_with_its_kernel_time(batched: bool
     assert cap.socket_drops == 0
 
 
+def test_the_bench_tells_the_send_path_by_the_servers_threads(
+    batch_sender_type: rtpbatch.SenderType,  # noqa: F811
+) -> None:
+    sender = batch_sender_type()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        assert sender.add(sock.fileno(), b"x", sock.getsockname())
+        sender.flush()  # starts the sender's thread
+        sender.wait()
+        assert mediastep.SENDER_THREAD in mediastep.thread_names(os.getpid())
+        sender.close()
+    assert mediastep.thread_names(None) == set()
+    busy = mediastep.machine_busy_seconds()
+    assert busy is not None and busy > 0
+
+
 def test_profile_summary(tmp_path: Path) -> None:
     raw = tmp_path / "p.txt"
     raw.write_text(
@@ -184,6 +202,9 @@ def test_quick_media_bench(tmp_path: Path, sipp: str) -> None:
     assert step["packets_per_stream_per_s"] == pytest.approx(50, rel=0.05), log
     assert step["packets_out_per_s"] == pytest.approx(50 * n, rel=0.05), log
     assert step["lateness_p99_ms"] is not None and step["lateness_p99_ms"] >= 0, log
+    # the server sends through the batch sender exactly when its build matches the source
+    assert step["send_path"] == ("batched" if rtpbatch.check()[0] is not None else "sendto"), log
+    assert step["machine_cpu"] is not None and step["machine_cpu"] > 0, log
     rx = step["receiver"]
     assert rx["streams"] == n, log
     assert rx["packets_per_stream_per_s"] == pytest.approx(50, rel=0.05), log

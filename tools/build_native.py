@@ -168,4 +168,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    subprocess.run([sys.executable, str(ROOT / "tools" / "build_rtp.py")], check=False)  # the RTP batch sender (C)
     sys.exit(main())

@@ -17,6 +17,16 @@ on-time tick takes a flat path with no call per stream besides
 ``sendmmsg`` cannot batch them) costs 2-3.5 us on the 2-core machine the
 benchmark runs on, about as much as the Python around it.
 
+So when the batch sender is built (ivr/transport/rtpbatch.py, a small C
+extension), the tick only queues each packet (``Sender.add``: copied, its
+address parsed) and flushes the batch to the extension's own thread, which
+makes the ``sendto`` calls without the interpreter lock while the loop goes
+on with SIP on the other core. The packets, their order and what a lost
+frame means are the same as with ``sendto``; a closed stream's socket stays
+open until the batches that may still name it are sent (``_closing``), so
+the thread never sends from a closed or reused descriptor. Without the
+build, or with ``batch=False``, the tick calls ``sendto`` itself.
+
 One stream's failure stays in that stream: any exception while receiving,
 sending or pacing a stream (or in the callbacks its events go to) closes
 that stream only, is counted by stage (``frontdesk_media_stream_failures_total``)
@@ -40,6 +50,7 @@ from ivr.media.latch import DROP_REASONS
 from ivr.media.pacing import Pacer, silent_streams
 from ivr.media.ports import RtpPortAllocator
 from ivr.media.stream import MediaEvent, MediaStream
+from ivr.transport import rtpbatch
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +99,9 @@ class MediaShell:
         *,
         trusts: Callable[[str], bool] | None = None,
         on_failure: Callable[[MediaStream], None] | None = None,
+        batch: bool | None = None,
     ) -> None:
+        """``batch``: send through the compiled batch sender (None: when it is built; True: it must be)."""
         self.loop = asyncio.get_running_loop()
         self.host = host
         self.ports = RtpPortAllocator(port_min, port_max, rng)  # a seeded rng makes the ports a test's to know
@@ -101,9 +114,31 @@ class MediaShell:
         self.stats = MediaStats()
         self._streams: dict[MediaStream, socket.socket] = {}
         # what the tick walks: each open stream with its socket's sendto, rebuilt only after open/close
-        self._senders: list[tuple[MediaStream, Callable[[bytes, tuple[str, int]], int]]] | None = None
+        self._senders: list[tuple[MediaStream, Callable[[bytes, tuple[str, int]], int], int]] | None = None
+        self.batch_sender = self._batch_sender(batch)
+        # sockets of closed streams, each with the number of the last batch that may name it: closed once sent
+        self._closing: list[tuple[int, socket.socket]] = []
         self._tick_handle: asyncio.TimerHandle | None = None
         self.pacer = Pacer()
+
+    @staticmethod
+    def _batch_sender(wanted: bool | None) -> rtpbatch.Sender | None:
+        if wanted is False:
+            return None
+        sender_type, why = rtpbatch.load()
+        if sender_type is None:
+            if wanted:
+                raise RuntimeError(f"the RTP batch sender is not available: {why}")
+            return None
+        return sender_type()
+
+    @property
+    def send_path(self) -> str:
+        """How this shell sends: through the batch sender's thread, or ``sendto`` per packet (and why)."""
+        if self.batch_sender is not None:
+            return rtpbatch.status()
+        status = rtpbatch.status()
+        return status if status.startswith("socket.sendto") else "socket.sendto per packet (batch=False)"
 
     @property
     def active(self) -> int:
@@ -154,7 +189,10 @@ class MediaShell:
         self._senders = None
         stream.unbridge()  # the other leg must not relay into a closed stream
         self.loop.remove_reader(sock.fileno())
-        sock.close()
+        if self.batch_sender is None:
+            sock.close()
+        else:
+            self._closing.append((self.batch_sender.flushed, sock))  # a batch in flight may still send from it
         self.stats.packets_in += stream.packets_in
         self.stats.packets_out += stream.packets_out
         self.stats.bad_packets += stream.bad_packets
@@ -163,10 +201,41 @@ class MediaShell:
         if not self._streams and self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
+        if not self._streams:
+            self._close_pending(wait=True)
+
+    def _close_pending(self, *, wait: bool = False) -> None:
+        """Close the sockets of closed streams that no batch still to be sent names (all of them: ``wait``)."""
+        batch = self.batch_sender
+        if not self._closing or batch is None:
+            return
+        if wait:
+            batch.wait()
+        done = batch.done
+        keep = []
+        for last, sock in self._closing:
+            if last <= done:
+                sock.close()
+            else:
+                keep.append((last, sock))
+        self._closing = keep
+
+    def _stop_batching(self, exc: OSError) -> None:
+        """The batch sender cannot run (no thread): send with ``sendto`` from now on."""
+        log.warning("RTP batch sender failed (%s): sending with socket.sendto from now on", exc)
+        assert self.batch_sender is not None
+        self.batch_sender.discard()
+        self.batch_sender = None  # with no thread nothing is in flight: every socket waiting may close
+        closing, self._closing = self._closing, []
+        for _, sock in closing:
+            sock.close()
 
     def close_all(self) -> None:
         for stream in list(self._streams):
             self.close(stream)
+        self._close_pending(wait=True)
+        if self.batch_sender is not None:
+            self.batch_sender.close()  # sends what was flushed and stops its thread (a new stream starts it again)
 
     def totals(self) -> tuple[int, int]:
         """Packets in and out, closed streams and open ones together."""
@@ -252,36 +321,62 @@ class MediaShell:
         stats.frames_skipped += skipped
         senders = self._senders
         if senders is None:
-            senders = self._senders = [(stream, sock.sendto) for stream, sock in self._streams.items()]
+            senders = self._senders = [(s, sock.sendto, sock.fileno()) for s, sock in self._streams.items()]
         fired: list[MediaStream] = []
         failed: list[tuple[MediaStream, Exception]] = []
+        batch = self.batch_sender
         if frames == 1 and not skipped:
-            # the usual tick, one frame per stream: the loop below is the whole per-call cost of the
-            # server's media (at 5,000 calls it runs 250,000 times a second), so it is kept flat
-            for stream, sendto in senders:
-                try:
-                    pkt = stream.next_packet()  # made even when held: playback and its events move on
-                    remote = stream.send_to
-                    if remote is None:
-                        stream.packets_out -= 1  # not sent: the caller's RTP has not come from the SDP's host yet
-                    else:
-                        sendto(pkt, remote)
-                except OSError:
-                    pass  # send buffer full or peer unreachable: a lost frame
-                except Exception as exc:  # noqa: BLE001 - one stream's failure ends that stream only
-                    failed.append((stream, exc))
-                    continue
-                if stream.events:
-                    fired.append(stream)
+            # the usual tick, one frame per stream: the loops below are the whole per-call cost of the
+            # server's media (at 5,000 calls they run 250,000 times a second), so they are kept flat
+            if batch is None:
+                for stream, sendto, _fd in senders:
+                    try:
+                        pkt = stream.next_packet()  # made even when held: playback and its events move on
+                        remote = stream.send_to
+                        if remote is None:
+                            stream.packets_out -= 1  # not sent: the caller's RTP has not come from the SDP's host
+                        else:
+                            sendto(pkt, remote)
+                    except OSError:
+                        pass  # send buffer full or peer unreachable: a lost frame
+                    except Exception as exc:  # noqa: BLE001 - one stream's failure ends that stream only
+                        failed.append((stream, exc))
+                        continue
+                    if stream.events:
+                        fired.append(stream)
+            else:
+                add = batch.add
+                for stream, sendto, fd in senders:
+                    try:
+                        pkt = stream.next_packet()  # made even when held: playback and its events move on
+                        remote = stream.send_to
+                        if remote is None:
+                            stream.packets_out -= 1  # not sent: the caller's RTP has not come from the SDP's host
+                        elif not add(fd, pkt, remote):  # queued for the sender's thread, unless not a numeric host
+                            sendto(pkt, remote)
+                    except OSError:
+                        pass  # send buffer full or peer unreachable: a lost frame
+                    except Exception as exc:  # noqa: BLE001 - one stream's failure ends that stream only
+                        failed.append((stream, exc))
+                        continue
+                    if stream.events:
+                        fired.append(stream)
         else:
-            for stream, sendto in senders:
+            for stream, sendto, fd in senders:
                 try:
-                    self._send(stream, sendto, frames, skipped)
+                    self._send(stream, sendto, fd, frames, skipped)
                 except Exception as exc:  # noqa: BLE001 - one stream's failure ends that stream only
                     failed.append((stream, exc))
                     continue
                 if stream.events:
                     fired.append(stream)
+        if batch is not None:
+            try:
+                batch.flush()  # to the sender's thread: waits only when it is two ticks behind
+            except OSError as exc:  # its thread could not start: this tick's frames are lost
+                self._stop_batching(exc)
+            if self._closing:
+                self._close_pending()
         for stream, error in failed:
             self._fail(stream, "send", error)
         for stream in fired:
@@ -297,11 +392,18 @@ class MediaShell:
                 except Exception as exc:  # noqa: BLE001 - one stream's failure ends that stream only
                     self._fail(stream, "timeout", exc)
 
-    @staticmethod
-    def _send(stream: MediaStream, sendto: Callable[[bytes, tuple[str, int]], int], frames: int, skipped: int) -> None:
+    def _send(
+        self,
+        stream: MediaStream,
+        sendto: Callable[[bytes, tuple[str, int]], int],
+        fd: int,
+        frames: int,
+        skipped: int,
+    ) -> None:
         """A late tick's frames for one stream: what it owes, after the RTP time it skipped."""
         if skipped:
             stream.skip(skipped)
+        batch = self.batch_sender
         for _ in range(frames):
             pkt = stream.next_packet()  # made even when held: playback and its events move on
             remote = stream.send_to
@@ -309,6 +411,7 @@ class MediaShell:
                 stream.packets_out -= 1  # not sent: the caller's RTP has not come from the SDP's host yet
                 continue
             try:
-                sendto(pkt, remote)
+                if batch is None or not batch.add(fd, pkt, remote):
+                    sendto(pkt, remote)
             except OSError:
                 pass  # send buffer full or peer unreachable: a lost frame

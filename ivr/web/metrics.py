@@ -218,6 +218,24 @@ class IvrCollector(Collector):
         h = HistogramMetricFamily("frontdesk_rtp_pacing_lateness_seconds", "How late each shared 20 ms media tick ran")
         h.add_metric([], cumulative_buckets(LATENESS_BUCKETS, st.lateness_counts), st.lateness_sum)
         yield h
+        sender = self.media.batch_sender
+        g = GaugeMetricFamily(
+            "frontdesk_rtp_send_batched", "1 while the tick's packets go out through the C batch sender"
+        )
+        g.add_metric([], 0 if sender is None else 1)
+        yield g
+        if sender is not None:
+            _sent, failed, waits, _errno = sender.counts()
+            c = CounterMetricFamily(
+                "frontdesk_rtp_batch_send_failures", "Packets the batch sender's thread could not send (lost frames)"
+            )
+            c.add_metric([], failed)
+            yield c
+            c = CounterMetricFamily(
+                "frontdesk_rtp_batch_waits", "Ticks that waited for the batch sender's thread (two ticks behind)"
+            )
+            c.add_metric([], waits)
+            yield c
 
 
 class AgentCallCounts(Protocol):

@@ -98,14 +98,18 @@ def goal_met(step: HoldStep | None, goal_ms: float) -> bool | None:
 
 
 def saturated(s: HoldStep) -> bool:
-    """The server used (nearly) all of its one core in the loaded window: its CPU cannot grow further."""
-    return s.server_cpu is not None and s.server_cpu >= SATURATED
+    """The server's event loop used (nearly) all of its core in the loaded window: its CPU cannot grow further.
+
+    The loop's thread is what saturates: the batch sender's thread (when built) sends RTP on the other core.
+    """
+    busy = s.loop_cpu if s.loop_cpu is not None else s.server_cpu
+    return busy is not None and busy >= SATURATED
 
 
 def render(steps: Sequence[HoldStep], opts: HoldBenchOptions) -> str:
     head = ["in line", "new calls/s", "p50 ms", "p99 ms", "server p99 ms", "tick p50 ms", "tick p99 ms",
-            "quiet tick p99", "server CPU", "quiet CPU", "quiet us/pkt", "CPU/call ms", "vs first",
-            "result"]  # fmt: skip
+            "quiet tick p99", "server CPU", "loop CPU", "quiet CPU", "quiet us/pkt", "CPU/call ms", "vs first",
+            "machine CPU", "send", "result"]  # fmt: skip
     ref = steps[0].cpu_per_call_ms if steps else None
     rows = [
         [
@@ -118,10 +122,13 @@ def render(steps: Sequence[HoldStep], opts: HoldBenchOptions) -> str:
             shown(s.tick_p99_ms, ".2f"),
             shown(s.quiet_tick_p99_ms, ".2f"),
             "-" if s.server_cpu is None else f"{s.server_cpu:.0%}",
+            "-" if s.loop_cpu is None else f"{s.loop_cpu:.0%}",
             "-" if s.quiet_server_cpu is None else f"{s.quiet_server_cpu:.0%}",
             shown(s.quiet_us_per_packet if s.line else None, ".1f"),
             shown(s.cpu_per_call_ms, ".2f") + ("*" if saturated(s) else ""),
             shown(ratio(s.cpu_per_call_ms, ref), ".2f"),
+            "-" if s.machine_cpu is None else f"{s.machine_cpu:.2f}",
+            s.send_path or "-",
             "ok" if not s.problems else "FAIL",
         ]
         for s in steps
@@ -133,10 +140,13 @@ def render(steps: Sequence[HoldStep], opts: HoldBenchOptions) -> str:
     out.append(
         "p50/p99: INVITE -> 200 OK of the new calls as SIPp measured it (whole ms); server p99: the server's own "
         "answer-latency histogram; tick: lateness of the shared 20 ms media tick (histogram deltas, interpolated "
-        "in buckets); quiet: the same line with no new calls; CPU: the server process, share of one core; "
+        "in buckets); quiet: the same line with no new calls; CPU: the server process (all threads; loop: its "
+        "event-loop thread), share of one core; "
         "quiet us/pkt: quiet CPU per RTP packet sent (the cost of holding); "
-        "CPU/call: (CPU with new calls - quiet CPU) per new call, '*' = the server was saturated (>= 95% of a "
-        "core), so the figure is a floor; vs first: CPU/call over that of the first step (the reference)."
+        "CPU/call: (CPU with new calls - quiet CPU) per new call, '*' = the server's event loop was saturated "
+        "(>= 95% of a core), so the figure is a floor; vs first: CPU/call over that of the first step (the reference); "
+        "machine CPU: cores busy in the loaded window, everything on the machine; send: how the server sent RTP "
+        "(batched: its rtp-send thread ran; sendto: one socket.sendto per packet)."
     )
     step = goal_step(steps, opts.goal_length)
     met = goal_met(step, opts.goal_ms)

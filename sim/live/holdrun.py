@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from sim.benchkit import log, shown
-from sim.live.mediastep import LATENESS, PACKETS, RTP_PORT_MIN, SCENARIO, STREAMS
+from sim.live.mediastep import (
+    LATENESS,
+    PACKETS,
+    RTP_PORT_MIN,
+    SCENARIO,
+    SENDER_THREAD,
+    STREAMS,
+    machine_busy_seconds,
+    thread_names,
+)
 from sim.live.promtext import parse_metrics, sample
 from sim.live.readings import (
     MetricsSnapshot,
@@ -83,6 +92,8 @@ class HoldStep:
     loop_cpu: float | None = None  # the server's event-loop thread
     sipp_cpu: float | None = None  # the holders' SIPp
     cpu_per_call_ms: float | None = None  # (loaded - quiet CPU) per new call answered
+    machine_cpu: float | None = None  # every core's busy time in the loaded window, in cores (everything running)
+    send_path: str | None = None  # how the server sent RTP: "batched" (its rtp-send thread ran) or "sendto"
     window_s: float | None = None
     loadavg: list[float] = field(default_factory=list)
     profile: dict[str, Any] | None = None
@@ -218,10 +229,15 @@ class HoldRun:
         time.sleep(o.quiet)
         b = self.snapshot()
         c = self.snapshot()
+        busy_c = machine_busy_seconds()
         run = run_uac(o.sipp, self.server, o.rate, o.window, self.workdir, rtt=True)
         d = self.snapshot()
+        busy_d = machine_busy_seconds()
         res.profile = self._finish_profiler(profiler)
         evaluate(res, a, b, c, d, run, o)
+        if busy_c is not None and busy_d is not None and d.t > c.t:
+            res.machine_cpu = round((busy_d - busy_c) / (d.t - c.t), 3)
+        res.send_path = "batched" if SENDER_THREAD in thread_names(self.server.pid) else "sendto"
         return res
 
     def _start_profiler(self, line: int) -> tuple[subprocess.Popen[bytes], Path] | None:

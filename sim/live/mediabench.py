@@ -24,7 +24,11 @@ for each N in ``--streams`` (default 250, 500, 1000, 1500):
    * RTP packets sent per second (``frontdesk_rtp_packets_total{direction="out"}``),
      which should be 50 per stream;
    * CPU time of the server's event-loop thread, of the whole server process
-     and of SIPp, from ``/proc``;
+     (with the batch sender, its ``rtp-send`` thread makes the ``sendto``
+     calls: ivr/transport/rtpbatch.py) and of SIPp, from ``/proc``, and the
+     busy time of every core, so that what the rest of the machine used
+     meanwhile shows; which send path the server used (its ``rtp-send``
+     thread is there or not);
    * the receive side: the SDP of every call names one UDP port bound by
      this benchmark (SIPp sends no RTP and does not read its media port), so
      every packet of every stream is read here with its kernel receive
@@ -87,7 +91,7 @@ def render(steps: Sequence[StepResult], opts: MediaBenchOptions, summary: Mappin
     head = ["streams", "active", "pkts/s", "per stream", "of 50N", "tick p50 ms", "tick p99 ms", "worst tick"]
     if opts.receiver:
         head += ["rx late p99 ms", "rx jitter p99 ms", "send/tick ms"]
-    head += ["loop CPU", "result"]
+    head += ["loop CPU", "server CPU", "others' CPU", "send", "result"]
     rows = []
     for r in steps:
         active = "-" if r.active_start is None else f"{min(r.active_start, r.active_end or 0)}"
@@ -108,7 +112,13 @@ def render(steps: Sequence[StepResult], opts: MediaBenchOptions, summary: Mappin
                 shown(rx.get("jitter_p99_ms"), ".2f"),
                 shown(rx.get("burst_p50_ms"), ".2f"),
             ]
-        row += ["-" if r.server_loop_cpu is None else f"{r.server_loop_cpu:.0%}", "ok" if r.passed else "FAIL"]
+        row += [
+            "-" if r.server_loop_cpu is None else f"{r.server_loop_cpu:.0%}",
+            "-" if r.server_cpu is None else f"{r.server_cpu:.0%}",
+            "-" if r.other_cpu is None else f"{r.other_cpu:.0%}",
+            r.send_path or "-",
+            "ok" if r.passed else "FAIL",
+        ]
         rows.append(row)
     out = table(head, rows)
     for r in steps:
@@ -118,6 +128,12 @@ def render(steps: Sequence[StepResult], opts: MediaBenchOptions, summary: Mappin
         "tick p50/p99: lateness of the server's shared 20 ms tick (one observation per tick) from "
         "frontdesk_rtp_pacing_lateness_seconds deltas over the window, interpolated linearly inside the "
         "histogram buckets (0.5/1/2/5/10/20/50/100 ms); '+' = p99 beyond the last bucket."
+    )
+    out.append(
+        "CPU: share of one core over the window; loop = the server's event-loop thread, server = all its threads "
+        "(with the batch sender, its rtp-send thread makes the sendto calls); others' = what the rest of the "
+        "machine used meanwhile (busy time of every core less the server, SIPp and this benchmark); send: how "
+        "the server sent RTP (batched: its rtp-send thread ran; sendto: one socket.sendto per packet)."
     )
     if opts.receiver:
         out.append(

@@ -80,10 +80,39 @@ class StepResult:
     server_cpu: float | None = None  # the whole server process (all threads), share of one core
     sipp_cpu: float | None = None
     bench_cpu: float | None = None  # this benchmark process (the RTP receiver), share of one core
+    machine_cpu: float | None = None  # every core's busy time over the window, in cores (2.0: a 2-core machine full)
+    other_cpu: float | None = None  # of machine_cpu, what the server, SIPp and this benchmark did not use
+    send_path: str | None = None  # how the server sent RTP: "batched" (its rtp-send thread runs) or "sendto"
     receiver: dict[str, Any] | None = None
     sipp: dict[str, Any] = field(default_factory=dict)
     profile: dict[str, Any] | None = None
     loadavg: list[float] = field(default_factory=list)
+
+
+def thread_names(pid: int | None) -> set[str]:
+    """The names of a process's threads (/proc/PID/task/*/comm)."""
+    names: set[str] = set()
+    if pid is None:
+        return names
+    for comm in Path(f"/proc/{pid}/task").glob("*/comm"):
+        try:
+            names.add(comm.read_text().strip())
+        except OSError:
+            continue  # a thread that ended meanwhile
+    return names
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds every core has been busy since boot (/proc/stat; interrupts and steal included), or None."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+SENDER_THREAD = "rtp-send"  # the server's batch sender thread (ivr/transport/rtpsend.c), there when it is used
 
 
 class MediaStep:
@@ -223,14 +252,21 @@ class MediaStep:
         time.sleep(o.settle)
         profiler = self._start_profiler()
         a = self._snapshot()
+        busy_a = machine_busy_seconds()
         if self.receiver is not None:
             self.receiver.begin()
         time.sleep(o.window)
         capture = self.receiver.end() if self.receiver is not None else None
         b = self._snapshot()
+        busy_b = machine_busy_seconds()
         self._finish_profiler(profiler)
         self._finish_sipp()
         self._evaluate(a, b)
+        res.send_path = "batched" if SENDER_THREAD in thread_names(server.pid) else "sendto"
+        if busy_a is not None and busy_b is not None and res.window_s:
+            res.machine_cpu = round((busy_b - busy_a) / res.window_s, 3)
+            ours = (res.server_cpu or 0.0) + (res.sipp_cpu or 0.0) + (res.bench_cpu or 0.0)
+            res.other_cpu = round(max(0.0, res.machine_cpu - ours), 3)
         if capture is not None:
             rx = analyse_capture(capture)
             res.receiver = asdict(rx)

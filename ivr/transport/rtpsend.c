@@ -1,0 +1,425 @@
+/* The RTP shell's batch sender: one tick's packets sent by a thread of its own, outside the interpreter lock.
+
+Built by tools/build_rtp.py into build/rtp/ and loaded by ivr/transport/rtpbatch.py only while the build matches
+this file's SHA-256; without it the shell sends with one socket.sendto per packet (the same bytes, in the same
+order).
+
+Theory of operation. A Sender holds three batches: the one the event loop fills during a tick (add), the one
+its thread is sending, and at most one flushed batch waiting for the thread. flush() hands the filled batch
+over without waiting, unless a flushed batch is already waiting (the thread is two ticks behind): only then it
+waits, without the interpreter lock. The thread never touches a Python object, so it never needs the
+interpreter lock: while it makes the kernel calls (one sendto(2) per packet, each call has its own socket),
+the event loop runs SIP on the other core. add() copies the packet and parses the numeric address into a
+sockaddr at once, so nothing the thread reads belongs to Python. Batches are numbered as they are flushed
+(flushed) and counted as they are sent (done): the shell keeps a closed stream's socket open until done
+reaches the number flushed when it closed, so the thread never sends from a closed (or reused) descriptor.
+
+A packet that cannot be sent (EAGAIN, unreachable) is a lost frame, as with socket.sendto: it is counted in
+failed and the others go on. */
+
+#define _GNU_SOURCE /* pthread_setname_np */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define SENDER_THREAD "rtp-send"
+
+typedef struct {
+    int fd;
+    socklen_t addr_len;
+    struct sockaddr_storage addr;
+    size_t offset; /* of the packet in the batch's data */
+    size_t size;
+} Entry;
+
+typedef struct {
+    Entry *entries;
+    size_t count, capacity;
+    char *data;
+    size_t used, room;
+} Batch;
+
+typedef struct {
+    PyObject_HEAD
+    Batch filling; /* the event loop's, under the interpreter lock */
+    Batch sending; /* the thread's while busy */
+    Batch queued;  /* flushed, waiting for the thread (count 0: none) */
+    pthread_mutex_t mutex;
+    pthread_cond_t work;
+    pthread_cond_t idle;
+    pthread_t thread;
+    int started;
+    int stopping;
+    int busy;
+    unsigned long long flushed, done; /* batches handed to the thread, and sent */
+    unsigned long long waits;         /* flushes that had to wait for the thread */
+    unsigned long long sent, failed;
+    int last_errno;
+} Sender;
+
+static void batch_free(Batch *b) {
+    PyMem_RawFree(b->entries);
+    PyMem_RawFree(b->data);
+    memset(b, 0, sizeof(*b));
+}
+
+static void *sender_main(void *arg) {
+    Sender *self = (Sender *)arg;
+    pthread_setname_np(pthread_self(), SENDER_THREAD); /* what top -H and the media benchmark see */
+    pthread_mutex_lock(&self->mutex);
+    for (;;) {
+        while (!self->busy && !self->stopping)
+            pthread_cond_wait(&self->work, &self->mutex);
+        if (!self->busy && self->stopping)
+            break;
+        pthread_mutex_unlock(&self->mutex);
+        Batch *b = &self->sending;
+        unsigned long long sent = 0, failed = 0;
+        int last_errno = 0;
+        for (size_t i = 0; i < b->count; i++) {
+            Entry *e = &b->entries[i];
+            ssize_t n;
+            do {
+                n = sendto(e->fd, b->data + e->offset, e->size, MSG_DONTWAIT, (struct sockaddr *)&e->addr,
+                           e->addr_len);
+            } while (n < 0 && errno == EINTR);
+            if (n < 0) {
+                failed++;
+                last_errno = errno;
+            } else {
+                sent++;
+            }
+        }
+        pthread_mutex_lock(&self->mutex);
+        self->sent += sent;
+        self->failed += failed;
+        if (failed)
+            self->last_errno = last_errno;
+        self->done++;
+        b->count = 0;
+        b->used = 0;
+        if (self->queued.count) {
+            Batch next = self->queued;
+            self->queued = self->sending; /* empty: its buffers are reused */
+            self->sending = next;
+        } else {
+            self->busy = 0;
+        }
+        pthread_cond_broadcast(&self->idle);
+    }
+    pthread_mutex_unlock(&self->mutex);
+    return NULL;
+}
+
+/* Until the thread has sent everything (all) or no flushed batch waits for it; called with the mutex held, it
+ returns with it held, and lets the interpreter lock go only when there is a wait. */
+static void wait_locked(Sender *self, int all) {
+    if (all ? self->busy == 0 : self->queued.count == 0)
+        return;
+    self->waits++;
+    pthread_mutex_unlock(&self->mutex);
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->mutex);
+    while (all ? self->busy != 0 : self->queued.count != 0)
+        pthread_cond_wait(&self->idle, &self->mutex);
+    pthread_mutex_unlock(&self->mutex);
+    Py_END_ALLOW_THREADS
+    pthread_mutex_lock(&self->mutex);
+}
+
+static void wait_idle(Sender *self) {
+    pthread_mutex_lock(&self->mutex);
+    wait_locked(self, 1);
+    pthread_mutex_unlock(&self->mutex);
+}
+
+static void stop_thread(Sender *self) {
+    if (!self->started)
+        return;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->mutex);
+    self->stopping = 1;
+    pthread_cond_signal(&self->work);
+    pthread_mutex_unlock(&self->mutex);
+    pthread_join(self->thread, NULL);
+    Py_END_ALLOW_THREADS
+    self->started = 0;
+}
+
+static PyObject *Sender_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, ":Sender", kwlist))
+        return NULL;
+    Sender *self = (Sender *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    pthread_mutex_init(&self->mutex, NULL);
+    pthread_cond_init(&self->work, NULL);
+    pthread_cond_init(&self->idle, NULL);
+    return (PyObject *)self;
+}
+
+static void Sender_dealloc(Sender *self) {
+    stop_thread(self);
+    batch_free(&self->filling);
+    batch_free(&self->sending);
+    batch_free(&self->queued);
+    pthread_mutex_destroy(&self->mutex);
+    pthread_cond_destroy(&self->work);
+    pthread_cond_destroy(&self->idle);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* A numeric host and a port into a sockaddr; 0 when the host is not a numeric address. */
+static int parse_address(PyObject *address, Entry *e) {
+    if (!PyTuple_Check(address) || PyTuple_GET_SIZE(address) < 2) {
+        PyErr_SetString(PyExc_TypeError, "address must be a (host, port) tuple");
+        return -1;
+    }
+    Py_ssize_t host_len;
+    const char *host = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(address, 0), &host_len);
+    if (host == NULL)
+        return -1;
+    if (strlen(host) != (size_t)host_len) {
+        PyErr_SetString(PyExc_ValueError, "embedded null character in the host");
+        return -1;
+    }
+    long port = PyLong_AsLong(PyTuple_GET_ITEM(address, 1));
+    if (port == -1 && PyErr_Occurred())
+        return -1;
+    if (port < 0 || port > 65535) {
+        PyErr_SetString(PyExc_OverflowError, "port must be 0-65535");
+        return -1;
+    }
+    memset(&e->addr, 0, sizeof(e->addr));
+    if (memchr(host, ':', (size_t)host_len) == NULL) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&e->addr;
+        if (inet_pton(AF_INET, host, &in->sin_addr) != 1)
+            return 0;
+        in->sin_family = AF_INET;
+        in->sin_port = htons((uint16_t)port);
+        e->addr_len = sizeof(*in);
+    } else {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&e->addr;
+        if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1)
+            return 0; /* a scope (fe80::1%eth0) or a name: socket.sendto knows those */
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)port);
+        e->addr_len = sizeof(*in6);
+    }
+    return 1;
+}
+
+static int batch_reserve(Batch *b, size_t size) {
+    if (b->count == b->capacity) {
+        size_t capacity = b->capacity ? 2 * b->capacity : 1024;
+        Entry *entries = PyMem_RawRealloc(b->entries, capacity * sizeof(Entry));
+        if (entries == NULL)
+            return -1;
+        b->entries = entries;
+        b->capacity = capacity;
+    }
+    if (b->used + size > b->room) {
+        size_t room = b->room ? 2 * b->room : 256 * 1024;
+        while (room < b->used + size)
+            room *= 2;
+        char *data = PyMem_RawRealloc(b->data, room);
+        if (data == NULL)
+            return -1;
+        b->data = data;
+        b->room = room;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(add_doc, "add(fd, packet, address) -> bool\n\n"
+                      "Queue one packet for the next flush(). False (nothing queued) when the address is not a\n"
+                      "numeric IPv4 or IPv6 host: the caller sends that one itself.");
+
+static PyObject *Sender_add(Sender *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "add(fd, packet, address) takes 3 arguments");
+        return NULL;
+    }
+    long fd = PyLong_AsLong(args[0]);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd < 0 || fd > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "fd must be a file descriptor");
+        return NULL;
+    }
+    if (!PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "packet must be bytes");
+        return NULL;
+    }
+    Batch *b = &self->filling;
+    size_t size = (size_t)PyBytes_GET_SIZE(args[1]);
+    if (batch_reserve(b, size) < 0)
+        return PyErr_NoMemory();
+    Entry *e = &b->entries[b->count];
+    int parsed = parse_address(args[2], e);
+    if (parsed < 0)
+        return NULL;
+    if (parsed == 0)
+        Py_RETURN_FALSE;
+    e->fd = (int)fd;
+    e->offset = b->used;
+    e->size = size;
+    memcpy(b->data + b->used, PyBytes_AS_STRING(args[1]), size);
+    b->used += size;
+    b->count++;
+    Py_RETURN_TRUE;
+}
+
+PyDoc_STRVAR(flush_doc, "flush() -> int\n\n"
+                        "Hand the packets added since the last flush to the sending thread as the next batch\n"
+                        "(waiting only while an earlier flushed batch still waits for it); returns how many.");
+
+static PyObject *Sender_flush(Sender *self, PyObject *Py_UNUSED(ignored)) {
+    size_t count = self->filling.count;
+    if (count == 0)
+        return PyLong_FromLong(0);
+    if (!self->started) {
+        int err = pthread_create(&self->thread, NULL, sender_main, self);
+        if (err != 0) {
+            errno = err;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        self->started = 1;
+    }
+    pthread_mutex_lock(&self->mutex);
+    Batch empty;
+    if (!self->busy) {
+        empty = self->sending;
+        self->sending = self->filling;
+        self->busy = 1;
+        pthread_cond_signal(&self->work);
+    } else {
+        wait_locked(self, 0); /* two batches behind: the tick waits for the thread */
+        if (!self->busy) {    /* it finished everything meanwhile */
+            empty = self->sending;
+            self->sending = self->filling;
+            self->busy = 1;
+            pthread_cond_signal(&self->work);
+        } else {
+            empty = self->queued;
+            self->queued = self->filling;
+        }
+    }
+    self->filling = empty; /* emptied by the thread: its buffers are reused */
+    self->flushed++;
+    pthread_mutex_unlock(&self->mutex);
+    return PyLong_FromSize_t(count);
+}
+
+PyDoc_STRVAR(wait_doc, "wait() -> None\n\nReturn once every packet flushed so far has been sent.");
+
+static PyObject *Sender_wait(Sender *self, PyObject *Py_UNUSED(ignored)) {
+    wait_idle(self);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(discard_doc, "discard() -> int\n\nDrop the packets queued since the last flush(); returns how many.");
+
+static PyObject *Sender_discard(Sender *self, PyObject *Py_UNUSED(ignored)) {
+    size_t count = self->filling.count;
+    self->filling.count = 0;
+    self->filling.used = 0;
+    return PyLong_FromSize_t(count);
+}
+
+PyDoc_STRVAR(close_doc, "close() -> None\n\nSend what was flushed, then stop the thread (a later flush starts it again).");
+
+static PyObject *Sender_close(Sender *self, PyObject *Py_UNUSED(ignored)) {
+    stop_thread(self);
+    pthread_mutex_lock(&self->mutex);
+    self->stopping = 0;
+    pthread_mutex_unlock(&self->mutex);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(counts_doc, "counts() -> (sent, failed, waits, last_errno)\n\n"
+                         "Packets the thread sent and could not send, flushes that waited for it, the last error.");
+
+static PyObject *Sender_counts(Sender *self, PyObject *Py_UNUSED(ignored)) {
+    pthread_mutex_lock(&self->mutex);
+    unsigned long long sent = self->sent, failed = self->failed, waits = self->waits;
+    int last_errno = self->last_errno;
+    pthread_mutex_unlock(&self->mutex);
+    return Py_BuildValue("(KKKi)", sent, failed, waits, last_errno);
+}
+
+static PyObject *Sender_flushed(Sender *self, void *Py_UNUSED(closure)) {
+    pthread_mutex_lock(&self->mutex);
+    unsigned long long n = self->flushed;
+    pthread_mutex_unlock(&self->mutex);
+    return PyLong_FromUnsignedLongLong(n);
+}
+
+static PyObject *Sender_done(Sender *self, void *Py_UNUSED(closure)) {
+    pthread_mutex_lock(&self->mutex);
+    unsigned long long n = self->done;
+    pthread_mutex_unlock(&self->mutex);
+    return PyLong_FromUnsignedLongLong(n);
+}
+
+static PyObject *Sender_queued(Sender *self, void *Py_UNUSED(closure)) {
+    return PyLong_FromSize_t(self->filling.count);
+}
+
+static PyMethodDef Sender_methods[] = {
+    {"add", (PyCFunction)(void (*)(void))Sender_add, METH_FASTCALL, add_doc},
+    {"flush", (PyCFunction)Sender_flush, METH_NOARGS, flush_doc},
+    {"wait", (PyCFunction)Sender_wait, METH_NOARGS, wait_doc},
+    {"discard", (PyCFunction)Sender_discard, METH_NOARGS, discard_doc},
+    {"close", (PyCFunction)Sender_close, METH_NOARGS, close_doc},
+    {"counts", (PyCFunction)Sender_counts, METH_NOARGS, counts_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Sender_getset[] = {
+    {"queued", (getter)Sender_queued, NULL, "packets added since the last flush()", NULL},
+    {"flushed", (getter)Sender_flushed, NULL, "batches handed to the thread so far", NULL},
+    {"done", (getter)Sender_done, NULL, "batches the thread has sent so far (the first ones flushed)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject SenderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "_frontdesk_rtpsend.Sender",
+    .tp_doc = PyDoc_STR("Sends each tick's RTP packets from a thread of its own, outside the interpreter lock."),
+    .tp_basicsize = sizeof(Sender),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = Sender_new,
+    .tp_dealloc = (destructor)Sender_dealloc,
+    .tp_methods = Sender_methods,
+    .tp_getset = Sender_getset,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_frontdesk_rtpsend",
+    .m_doc = "The RTP shell's batch sender (ivr/transport/rtpbatch.py).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__frontdesk_rtpsend(void) {
+    if (PyType_Ready(&SenderType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&SenderType);
+    if (PyModule_AddObject(m, "Sender", (PyObject *)&SenderType) < 0) {
+        Py_DECREF(&SenderType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
