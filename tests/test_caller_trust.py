@@ -16,6 +16,7 @@ from ivr.calls.trust import TextGate, identify
 from ivr.settings.security import SecuritySettings
 from ivr.sip.dialogs import InboundCall
 from ivr.sip.message import Request, parse_message
+from ivr.sip.transaction import ServerInviteTransaction, TimerValues
 
 TRUNK = "192.0.2.10"
 STRANGER = "198.51.100.7"
@@ -49,7 +50,7 @@ def call_from(host: str, req: Request) -> InboundCall:
         remote_tag="a",
         local_tag="b",
         t_invite=0.0,
-        invite_tx=None,  # type: ignore[arg-type]  # identify reads the request and the peer only
+        invite_tx=ServerInviteTransaction(("z9hG4bKa", host, "INVITE"), ("udp", host, 5060), False, TimerValues()),
         invite=req,
         remote_target=req.from_.uri,
         route_set=[],

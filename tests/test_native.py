@@ -2,11 +2,13 @@
 
 The guard is tried on copies of the packages in a temporary folder, imported
 in a fresh interpreter: no build, a build made stale by an edit, a file
-missing, a build for another Python, ``FRONTDESK_PURE=1``. The compiled and
-pure runs of the same seeded simulations are compared event by event, and an
-engine pickled mid-run (cluster mode checkpoints it) must go on deciding as
-the original. Where this machine has no current build, the tests that need
-one are skipped with the reason (``make native`` builds it).
+missing, a build for another Python, ``FRONTDESK_PURE=1``, the SIP core
+imported before the engine. The compiled and pure runs of the same seeded
+simulations are compared event by event, the SIP core's answers to a seeded
+corpus of valid and mutated datagrams byte by byte, and an engine pickled
+mid-run (cluster mode checkpoints it) must go on deciding as the original.
+Where this machine has no current build, the tests that need one are
+skipped with the reason (``make native`` builds it).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.native import engine_is_compiled, pickle_check
+from support.native import engine_is_compiled, pickle_check, sip_is_compiled
 
 from queueing import native, native_status
 from queueing.engine import Engine
@@ -31,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 BUILD = ROOT / "build" / "native"
 PROBE = "import json, queueing, queueing.engine as e; print(json.dumps([queueing.native_status(), e.__file__]))"
+# the SIP core first: importing ivr runs the guard before any of its compiled modules is looked up
+SIP_PROBE = "import json, ivr.sip.message as m, queueing; print(json.dumps([queueing.native_status(), m.__file__]))"
 
 
 def _env(**changes: str | None) -> dict[str, str]:
@@ -56,17 +60,17 @@ needs_build = pytest.mark.skipif(not _current_build(), reason=f"no current compi
 
 
 def _copy_packages(to: Path, *, with_build: bool = False) -> Path:
-    for package in ("queueing", "sim"):
+    for package in ("queueing", "sim", "ivr"):
         shutil.copytree(ROOT / package, to / package, ignore=shutil.ignore_patterns("__pycache__"))
     if with_build:
         shutil.copytree(BUILD, to / "build" / "native", ignore=shutil.ignore_patterns("work", "*.log"))
     return to
 
 
-def _probe(where: Path, **env: str | None) -> tuple[str, str, str]:
-    """(status, the file queueing.engine came from, stderr) of a fresh interpreter importing from ``where``."""
+def _probe(where: Path, probe: str = PROBE, **env: str | None) -> tuple[str, str, str]:
+    """(status, the file queueing.engine (or the probe's module) came from, stderr) of a fresh interpreter."""
     done = subprocess.run(
-        [sys.executable, "-c", PROBE],
+        [sys.executable, "-c", probe],
         cwd=where,
         env=_env(PYTHONPATH=str(where), **env),
         capture_output=True,
@@ -76,6 +80,11 @@ def _probe(where: Path, **env: str | None) -> tuple[str, str, str]:
     )
     status, origin = json.loads(done.stdout)
     return status, origin, done.stderr
+
+
+def _native_lines(stdout: str) -> list[str]:
+    """What the mypyc step said (the build step runs others, with their own lines)."""
+    return [line for line in stdout.splitlines() if line.startswith("native build: ")]
 
 
 def _fake_manifest(root: Path, **changes: Any) -> None:
@@ -177,6 +186,23 @@ def test_the_real_build_is_served_until_one_source_changes(tmp_path: Path) -> No
     assert len(err.splitlines()) == 1 and "rebuild with make native" in err
 
 
+@needs_build
+def test_the_sip_core_is_served_compiled_even_when_imported_first(tmp_path: Path) -> None:
+    root = _copy_packages(tmp_path, with_build=True)
+    status, origin, err = _probe(root, SIP_PROBE)
+    assert status.startswith("compiled (") and err == ""
+    assert origin.startswith(str(root / "build" / "native" / "lib" / "ivr" / "sip")) and not origin.endswith(".py")
+    # one SIP module edited: nothing compiled is served, the engine neither
+    with (root / "ivr" / "sip" / "transaction.py").open("a") as f:
+        f.write("# edited after the build\n")
+    status, origin, err = _probe(root, SIP_PROBE)
+    assert status == "pure (ivr/sip/transaction.py changed since the build; rebuild with make native)"
+    assert origin == str(root / "ivr" / "sip" / "message.py")
+    assert len(err.splitlines()) == 1
+    status, origin, _ = _probe(root)
+    assert status.startswith("pure (") and origin == str(root / "queueing" / "engine.py")
+
+
 def test_the_build_without_a_compiler_says_so_and_succeeds(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "build_native.py"), "--build-dir", str(tmp_path / "native")],
@@ -187,9 +213,9 @@ def test_the_build_without_a_compiler_says_so_and_succeeds(tmp_path: Path) -> No
         check=False,
     )
     assert done.returncode == 0
-    assert done.stdout.startswith("native build: skipped: ")
-    assert "the pure-Python modules are used" in done.stdout
-    assert len(done.stdout.splitlines()) == 1
+    said = _native_lines(done.stdout)
+    assert len(said) == 1 and said[0].startswith("native build: skipped: ")
+    assert "the pure-Python modules are used" in said[0]
     assert not (tmp_path / "native" / native.MANIFEST).exists()
 
 
@@ -203,7 +229,8 @@ def test_the_build_stops_at_once_when_nothing_changed() -> None:
         timeout=60,
         check=True,
     )
-    assert done.stdout.startswith("native build: up to date (")
+    said = _native_lines(done.stdout)
+    assert len(said) == 1 and said[0].startswith("native build: up to date (")
     assert (BUILD / native.MANIFEST).stat().st_mtime_ns == before
 
 
@@ -212,6 +239,31 @@ def test_the_build_stops_at_once_when_nothing_changed() -> None:
 
 def test_this_process_runs_what_the_status_says() -> None:
     assert engine_is_compiled() == native_status().startswith("compiled")
+    assert sip_is_compiled() == native_status().startswith("compiled")
+
+
+@needs_build
+def test_compiled_and_pure_sip_cores_answer_the_same() -> None:
+    """Every datagram of a seeded corpus (valid calls and mutations of them): parsed, answered, sent, counted."""
+    reports = {}
+    for mode, env in (("compiled", _env(PYTHONHASHSEED="0")), ("pure", _env(FRONTDESK_PURE="1", PYTHONHASHSEED="0"))):
+        done = subprocess.run(
+            [sys.executable, "-m", "support.native", "sip"],
+            cwd=TESTS,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        reports[mode] = json.loads(done.stdout)
+    compiled, pure = reports["compiled"]["sip"], reports["pure"]["sip"]
+    assert compiled.pop("sip_compiled") and not pure.pop("sip_compiled")
+    assert reports["compiled"]["status"].startswith("compiled (")
+    assert pure["datagrams"] > 4_000 and 0 < pure["refused_by_parser"] < pure["datagrams"]
+    assert pure["conversation"]["answered"] > 50 and pure["conversation"]["datagrams_sent"] > 5_000
+    assert pure["fuzz"]["ok"] and pure["fuzz"]["calls"] > 100
+    assert compiled == pure
 
 
 @pytest.mark.slow

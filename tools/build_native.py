@@ -1,4 +1,4 @@
-"""Compile the queue engine and the simulator's loop with mypyc into build/native/ (``make native``).
+"""Compile the queue engine, the simulator's loop and the SIP core with mypyc into build/native/ (``make native``).
 
 Run by ``make deps`` and ``make test-deps`` after the pip install, and on its
 own by ``make native``. It never fails the set-up: without mypyc, a C
@@ -35,14 +35,26 @@ os.environ["FRONTDESK_PURE"] = "1"  # this process only reads the sources: no wo
 from queueing import native  # noqa: E402  (the manifest's format and digests, shared with the import-time check)
 
 # The pure hot modules: every module of the engine (not the package's __init__ nor the guard that picks the build),
-# and the simulator's loop and callers.
+# the simulator's loop and callers, and the SIP path every call takes. One more entry in a group, or a group of
+# its own, is all a new module needs.
 NOT_COMPILED = ("queueing/__init__.py", "queueing/native.py")
+ENGINE = tuple(sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "queueing").glob("*.py")))
 SIM = ("sim/world.py", "sim/simulation.py", "sim/customers.py")
-COMPILED = (
-    *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "queueing").glob("*.py")),
-    *SIM,
+SIP = (
+    "ivr/sip/message.py",
+    "ivr/sip/sdp.py",
+    "ivr/sip/transaction.py",
+    "ivr/sip/txtable.py",
+    "ivr/sip/dialogs.py",
+    "ivr/sip/events.py",
+    "ivr/sip/stats.py",
+    "ivr/sip/core.py",
+    "ivr/sip/inbound.py",
+    "ivr/sip/ua.py",
 )
-COMPILED = tuple(s for s in COMPILED if s not in NOT_COMPILED)
+# The SIP shell's loop (the socket reads and sends, each message into the core): compiled, it calls the core natively.
+SHELL = ("ivr/transport/sip.py",)
+COMPILED = tuple(s for s in (*ENGINE, *SIM, *SIP, *SHELL) if s not in NOT_COMPILED)
 GROUP = "frontdesk_native"  # the shared library every compiled module's stub loads: frontdesk_native__mypyc
 OPT_LEVEL = "3"
 

@@ -67,6 +67,63 @@ class InboundCall:
     pending_bye: bool = False
     timers: dict[str, float] = field(default_factory=dict)
 
+    # written out: mypyc compiles it, the one @dataclass generates stays interpreted (one call each per INVITE)
+    def __init__(
+        self,
+        call_id: str,
+        peer: Peer,
+        caller: str,
+        called: str,
+        remote_tag: str,
+        local_tag: str,
+        t_invite: float,
+        invite_tx: ServerInviteTransaction,
+        invite: Request,
+        remote_target: str,
+        route_set: list[str],
+        remote_cseq: int,
+        local_cseq: int = 0,
+        state: InboundState = InboundState.RINGING,
+        t_answer: float | None = None,
+        t_end: float | None = None,
+        outcome: Outcome | None = None,
+        hangup_by: str | None = None,
+        end_status: int | None = None,
+        negotiated: Negotiated | None = None,
+        remote_offer_pending: bool = False,
+        local_sdp: bytes = b"",
+        sdp_version: int = 1,
+        rtp_port: int = 0,
+        pending_bye: bool = False,
+        timers: dict[str, float] | None = None,
+    ) -> None:
+        self.call_id = call_id
+        self.peer = peer
+        self.caller = caller
+        self.called = called
+        self.remote_tag = remote_tag
+        self.local_tag = local_tag
+        self.t_invite = t_invite
+        self.invite_tx = invite_tx
+        self.invite = invite
+        self.remote_target = remote_target
+        self.route_set = route_set
+        self.remote_cseq = remote_cseq
+        self.local_cseq = local_cseq
+        self.state = state
+        self.t_answer = t_answer
+        self.t_end = t_end
+        self.outcome = outcome
+        self.hangup_by = hangup_by
+        self.end_status = end_status
+        self.negotiated = negotiated
+        self.remote_offer_pending = remote_offer_pending
+        self.local_sdp = local_sdp
+        self.sdp_version = sdp_version
+        self.rtp_port = rtp_port
+        self.pending_bye = pending_bye
+        self.timers = {} if timers is None else timers
+
     @property
     def ended(self) -> bool:
         return self.state is InboundState.ENDED
@@ -97,7 +154,7 @@ class OutCall:
     end_status: int | None = None  # final status when it failed (486, 487, 408 for timeout, 480...)
     ended_by: str | None = None  # "remote" | "local"
     rtp_port: int = 0
-    owner: object = None  # for the router
+    owner: object | None = None  # for the router (the "| None": mypyc cannot name a bare object in a dataclass)
     # the dialog
     from_value: str = ""  # our From header, with our tag
     to_value: str = ""  # the To header of the INVITE (no tag)

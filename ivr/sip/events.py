@@ -9,23 +9,55 @@ OutFailed, and an answered one ends with OutEnded.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import FunctionType
+from typing import Final
 
 from ivr.sip.dialogs import InboundCall, OutCall
+
+# The three events every call makes write their constructor out: mypyc compiles it, while the one @dataclass
+# generates stays interpreted. Compiled, it stores the field directly (the frozen guard is a __setattr__ for Python
+# callers, which compiled code does not go through); pure, it sets it as the generated constructor does.
+_set = object.__setattr__
+
+
+def _probe() -> None:
+    pass
+
+
+COMPILED: Final = not isinstance(_probe, FunctionType)  # whether this module runs compiled (mypyc)
 
 
 @dataclass(frozen=True, slots=True)
 class IncomingCall:
     call: InboundCall
 
+    def __init__(self, call: InboundCall) -> None:
+        if COMPILED:
+            self.call = call  # type: ignore[misc]
+        else:
+            _set(self, "call", call)
+
 
 @dataclass(frozen=True, slots=True)
 class CallConfirmed:
     call: InboundCall
 
+    def __init__(self, call: InboundCall) -> None:
+        if COMPILED:
+            self.call = call  # type: ignore[misc]
+        else:
+            _set(self, "call", call)
+
 
 @dataclass(frozen=True, slots=True)
 class CallTerminated:
     call: InboundCall
+
+    def __init__(self, call: InboundCall) -> None:
+        if COMPILED:
+            self.call = call  # type: ignore[misc]
+        else:
+            _set(self, "call", call)
 
 
 @dataclass(frozen=True, slots=True)

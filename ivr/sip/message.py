@@ -26,6 +26,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from types import FunctionType
+from typing import Final
 
 SIP_VERSION = "SIP/2.0"
 
@@ -119,6 +121,20 @@ REASON_PHRASES = {
     505: "Version Not Supported",
     603: "Decline",
 }
+
+
+# The values made for every message write their constructor out: mypyc compiles it, while the one @dataclass
+# generates stays interpreted. Compiled, a frozen one stores its fields directly (the frozen guard is a __setattr__
+# for Python callers, which compiled code does not go through); pure, it sets them as the generated constructor of a
+# frozen dataclass does. Equality, hashing and repr are still the generated ones.
+_set = object.__setattr__
+
+
+def _probe() -> None:
+    pass
+
+
+COMPILED: Final = not isinstance(_probe, FunctionType)  # whether this module runs compiled (mypyc)
 
 
 def is_digits(text: str) -> bool:
@@ -241,6 +257,18 @@ class Via:
     port: int | None
     params: dict[str, str]
 
+    def __init__(self, transport: str, host: str, port: int | None, params: dict[str, str]) -> None:
+        if COMPILED:
+            self.transport = transport  # type: ignore[misc]
+            self.host = host  # type: ignore[misc]
+            self.port = port  # type: ignore[misc]
+            self.params = params  # type: ignore[misc]
+        else:
+            _set(self, "transport", transport)
+            _set(self, "host", host)
+            _set(self, "port", port)
+            _set(self, "params", params)
+
     @property
     def branch(self) -> str:
         return self.params.get("branch", "")
@@ -287,6 +315,16 @@ class NameAddr:
     display: str
     uri: str
     params: dict[str, str]
+
+    def __init__(self, display: str, uri: str, params: dict[str, str]) -> None:
+        if COMPILED:
+            self.display = display  # type: ignore[misc]
+            self.uri = uri  # type: ignore[misc]
+            self.params = params  # type: ignore[misc]
+        else:
+            _set(self, "display", display)
+            _set(self, "uri", uri)
+            _set(self, "params", params)
 
     @property
     def tag(self) -> str:
@@ -358,6 +396,18 @@ class Message:
     body: bytes = b""
     _first: dict[str, str] | None = field(default=None, repr=False, compare=False)
     _parsed: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
+
+    def __init__(
+        self,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        _first: dict[str, str] | None = None,
+        _parsed: dict[str, object] | None = None,
+    ) -> None:
+        self.headers = [] if headers is None else headers
+        self.body = body
+        self._first = _first
+        self._parsed = {} if _parsed is None else _parsed
 
     def _index(self) -> dict[str, str]:
         # read backwards, so that the first value of a repeated header is the one kept
@@ -485,6 +535,24 @@ class Request(Message):
     uri: str = ""
     bad_version: bool = False
 
+    def __init__(
+        self,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        _first: dict[str, str] | None = None,
+        _parsed: dict[str, object] | None = None,
+        method: str = "",
+        uri: str = "",
+        bad_version: bool = False,
+    ) -> None:
+        self.headers = [] if headers is None else headers
+        self.body = body
+        self._first = _first
+        self._parsed = {} if _parsed is None else _parsed
+        self.method = method
+        self.uri = uri
+        self.bad_version = bad_version
+
     def to_bytes(self) -> bytes:
         return self._serialise(f"{self.method} {self.uri} {SIP_VERSION}")
 
@@ -493,6 +561,22 @@ class Request(Message):
 class Response(Message):
     status: int = 0
     reason: str = ""
+
+    def __init__(
+        self,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        _first: dict[str, str] | None = None,
+        _parsed: dict[str, object] | None = None,
+        status: int = 0,
+        reason: str = "",
+    ) -> None:
+        self.headers = [] if headers is None else headers
+        self.body = body
+        self._first = _first
+        self._parsed = {} if _parsed is None else _parsed
+        self.status = status
+        self.reason = reason
 
     def to_bytes(self) -> bytes:
         return self._serialise(f"{SIP_VERSION} {self.status} {self.reason}")

@@ -16,12 +16,26 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from types import FunctionType
+from typing import Final
 
 from ivr.sip.message import is_digits, parse_decimal
 
 # Static payload types we accept, name -> pt (RFC 3551 table 4).
 STATIC_CODECS = {0: "PCMU", 8: "PCMA"}
 SUPPORTED = ("PCMU", "PCMA")
+
+# The values made for every offer write their constructor out: mypyc compiles it, while the one @dataclass
+# generates stays interpreted. Compiled, a frozen one stores its fields directly (the frozen guard is a __setattr__
+# for Python callers, which compiled code does not go through); pure, it sets them as the generated constructor does.
+_set = object.__setattr__
+
+
+def _probe() -> None:
+    pass
+
+
+COMPILED: Final = not isinstance(_probe, FunctionType)  # whether this module runs compiled (mypyc)
 
 
 class SdpError(Exception):
@@ -43,6 +57,20 @@ class MediaOffer:
     rtpmap: dict[int, str] = field(default_factory=dict)  # pt -> "name/rate"
     direction: str = "sendrecv"
 
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        payloads: list[int],
+        rtpmap: dict[int, str] | None = None,
+        direction: str = "sendrecv",
+    ) -> None:
+        self.address = address
+        self.port = port
+        self.payloads = payloads
+        self.rtpmap = {} if rtpmap is None else rtpmap
+        self.direction = direction
+
     def codec_name(self, pt: int) -> str:
         if pt in self.rtpmap:
             return self.rtpmap[pt].split("/")[0].upper()
@@ -59,6 +87,30 @@ class Negotiated:
     remote_address: str
     remote_port: int
     direction: str
+
+    def __init__(
+        self,
+        codec: str,
+        payload_type: int,
+        dtmf_payload_type: int | None,
+        remote_address: str,
+        remote_port: int,
+        direction: str,
+    ) -> None:
+        if COMPILED:
+            self.codec = codec  # type: ignore[misc]
+            self.payload_type = payload_type  # type: ignore[misc]
+            self.dtmf_payload_type = dtmf_payload_type  # type: ignore[misc]
+            self.remote_address = remote_address  # type: ignore[misc]
+            self.remote_port = remote_port  # type: ignore[misc]
+            self.direction = direction  # type: ignore[misc]
+        else:
+            _set(self, "codec", codec)
+            _set(self, "payload_type", payload_type)
+            _set(self, "dtmf_payload_type", dtmf_payload_type)
+            _set(self, "remote_address", remote_address)
+            _set(self, "remote_port", remote_port)
+            _set(self, "direction", direction)
 
 
 def parse_sdp(body: bytes) -> MediaOffer:
@@ -120,12 +172,21 @@ def parse_sdp(body: bytes) -> MediaOffer:
     return media
 
 
+_IP_LITERALS: dict[str, str] = {}  # address as written -> as ipaddress writes it: most calls come from a few hosts
+
+
 def _ip_literal(address: str) -> str:
     """The connection address as an IP literal, else 488: never a name to look up in DNS."""
+    known = _IP_LITERALS.get(address)
+    if known is not None:
+        return known
     try:
-        return str(ipaddress.ip_address(address))
+        literal = str(ipaddress.ip_address(address))
     except ValueError:
         raise SdpError(f"connection address {address[:40]!r} is not an IP address") from None
+    if len(_IP_LITERALS) < 4096:  # bounded: addresses come off the wire
+        _IP_LITERALS[address] = literal
+    return literal
 
 
 _ANSWER_DIRECTION = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}

@@ -13,6 +13,11 @@ and TCP message is first put to :class:`ivr.sip.admission.Admission`
 (source blocked? over its rate? a new call over a cap?) before the core
 parses it, and a wake-up's new calls wait until its other datagrams are
 served.
+
+This module runs compiled with the SIP core when the build is current
+(docs/queueing.md, "Compiled build"): what it takes from outside is typed by
+shape (:class:`SipCore`) or left untyped where a library's stubs say less
+than it returns.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
+from typing import Any, Protocol
 
 from ivr.settings.tcp import TcpSettings
 from ivr.sip.admission import Admission, Verdict
-from ivr.sip.ua import Event, Peer, UserAgent
+from ivr.sip.ua import Event, Peer, SipStats
 from ivr.transport.tcp import TcpGuard
 
 log = logging.getLogger(__name__)
@@ -53,12 +59,29 @@ def _udp_socket(host: str, port: int) -> socket.socket:
 EventHandler = Callable[[list[Event], float], None]
 
 
+class SipCore(Protocol):
+    """What the shell asks of :class:`ivr.sip.ua.UserAgent`: typed by shape, so that a stand-in fits too (compiled,
+    a parameter typed with a class accepts that class only)."""
+
+    stats: SipStats
+
+    def receive(self, data: bytes, peer: Peer, now: float) -> None: ...
+
+    def events(self) -> list[Event]: ...
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Peer]]: ...
+
+    def get_timer(self) -> float | None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+
 class SipShell:
-    """Runs a :class:`UserAgent` on the event loop."""
+    """Runs a :class:`ivr.sip.ua.UserAgent` on the event loop."""
 
     def __init__(
         self,
-        ua: UserAgent,
+        ua: SipCore,
         on_events: EventHandler,
         tcp: TcpSettings | None = None,
         trusts: Callable[[str], bool] = lambda address: False,
@@ -156,7 +179,9 @@ class SipShell:
     def tcp_port(self) -> int | None:
         if self.tcp_server is None:
             return None
-        return int(self.tcp_server.sockets[0].getsockname()[1])
+        # untyped on purpose: uvloop's server holds a list where the stubs say tuple, and compiled code checks
+        server: Any = self.tcp_server
+        return int(server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         if self._timer is not None:

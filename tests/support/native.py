@@ -2,8 +2,11 @@
 
 The command prints one JSON object: which build is active, a digest of every
 (event, decisions) and block row of seeded simulations of the example
-scenarios, and the pickle check of an engine taken mid-run, so a process
-with ``FRONTDESK_PURE=1`` and one without can be compared.
+scenarios, the pickle check of an engine taken mid-run, and the SIP core's
+answers to a seeded corpus of valid and mutated datagrams (what the parser
+made of each, the responses built, what a user agent sent and told), so a
+process with ``FRONTDESK_PURE=1`` and one without can be compared
+(``python -m support.native sip`` prints the SIP part alone).
 """
 
 from __future__ import annotations
@@ -11,12 +14,20 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import random
 import sys
 from pathlib import Path
 from typing import Any
 
 import queueing
 import queueing.engine
+from ivr.fuzz.mutate import Dialog, mutate
+from ivr.fuzz.run import run as fuzz_run
+from ivr.sip import message as sip_message
+from ivr.sip.message import Request, Response, SipParseError, build_response, parse_message
+from ivr.sip.registrar import Registrar, RegistrarSettings
+from ivr.sip.sdp import SdpError, build_sdp, negotiate, parse_sdp
+from ivr.sip.ua import CallTerminated, IncomingCall, UaConfig, UserAgent
 from queueing.engine import Engine
 from queueing.events import Decision, Event
 from sim.scenario import load_scenario
@@ -74,14 +85,143 @@ def pickle_check(scenario: str, seed: int, at: float = 0.5) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------ the SIP core
+
+
+def sip_is_compiled() -> bool:
+    return not str(sip_message.__file__).endswith(".py")
+
+
+def sip_corpus(count: int, seed: int) -> list[bytes]:
+    """Every request of a few callers' calls, intact, then ``count`` mutations of them (seeded)."""
+    rng = random.Random(seed)
+    valid: list[bytes] = []
+    for n in range(8):
+        d = Dialog(n, transport="TCP" if n % 4 == 3 else "UDP", to_tag=f"ours-{n}")
+        valid += [d.invite(), d.ack(), d.reinvite(), d.info(rng), d.options(), d.bye(), d.cancel(), d.ack_non_2xx()]
+        valid.append(d.register("bm9uY2U=", rng))
+    valid += [
+        b"SIP/2.0 180 Ringing\r\nv: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKx\r\nf: <sip:a@b>;tag=1\r\n"
+        b"t: <sip:c@d>;tag=2\r\ni: r1\r\nCSeq: 1 INVITE\r\nl: 0\r\n\r\n",
+        b"OPTIONS sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1,\r\n SIP/2.0/TCP g:5;received=1.2.3.4\r\n"
+        b'From: "A, B" <sip:a@b;p=1>;tag=9\r\nTo: sip:b@c\r\nCall-ID: c2\r\nCSeq: 7 OPTIONS\r\n\r\n',
+    ]
+    return valid + [mutate(rng, rng.choice(valid)) for _ in range(count)]
+
+
+def _what_parsed(data: bytes) -> str:
+    """What the parser made of one datagram, and the response built to it: every field, as text."""
+    try:
+        msg = parse_message(data)
+    except SipParseError as exc:
+        return repr(("error", exc.reason, exc.status, exc.partial))
+    parts: list[object] = [msg]
+    for name in ("cseq", "top_via", "from_", "to", "call_id"):
+        try:
+            parts.append(getattr(msg, name))
+        except SipParseError as exc:
+            parts.append(("error", exc.reason, exc.status))
+    parts.append(msg.get_all("via") + msg.get_all("contact") + msg.get_all("record-route"))
+    if isinstance(msg, Request):
+        answer = build_response(msg, 200, to_tag="t1", extra=(("Server", "x"),), received="10.0.0.1", rport=5070)
+        parts.append(answer.to_bytes())
+        parts.append(build_response(msg, 100).to_bytes())
+        parts.append(_what_sdp(msg.body))
+    else:
+        assert isinstance(msg, Response)
+        parts.append(msg.to_bytes())
+    return repr(parts)
+
+
+def _what_sdp(body: bytes) -> str:
+    try:
+        negotiated = negotiate(parse_sdp(body))
+    except SdpError as exc:
+        return repr(("error", exc.reason, exc.status))
+    return repr((negotiated, build_sdp("127.0.0.1", 20000, session_id=1, negotiated=negotiated)))
+
+
+def _ua_conversation(corpus: list[bytes], seed: int) -> dict[str, Any]:
+    """The corpus through one user agent on a virtual clock (calls answered or refused in turn, timers run)."""
+    registrar = Registrar(RegistrarSettings(), {}, bytes(32))  # a fixed secret: its nonces are the same each run
+    ua = UserAgent(UaConfig(), rng=random.Random(seed), registrar=registrar)
+    rng = random.Random(seed + 1)
+    sent = hashlib.sha256()
+    told = hashlib.sha256()
+    now = 0.0
+    datagrams = answered = 0
+    for data in corpus:
+        peer = ("tcp" if b"/TCP " in data[:200] else "udp", "127.0.0.1", 5070)
+        ua.receive(data, peer, now)
+        for event in ua.events():
+            told.update(f"{type(event).__name__} {event.call.call_id}".encode("utf-8", "surrogateescape"))
+            if isinstance(event, IncomingCall):
+                if rng.random() < 0.7:
+                    ua.answer(event.call, now, rtp_port=20000 + answered % 1000)
+                    answered += 1
+                else:
+                    ua.reject(event.call, 486, now)
+            elif not isinstance(event, CallTerminated) and rng.random() < 0.3:
+                ua.hangup(event.call, now)
+        for out, to in ua.datagrams_to_send():
+            sent.update(repr(to).encode() + out)
+            datagrams += 1
+        now += rng.choice((0.0, 0.001, 0.05, 0.7, 3.0))
+        at = ua.get_timer()
+        while at is not None and at <= now:
+            ua.handle_timer(at)
+            at = ua.get_timer()
+    return {
+        "datagrams_sent": datagrams,
+        "answered": answered,
+        "sent_sha256": sent.hexdigest(),
+        "events_sha256": told.hexdigest(),
+        "stats": repr(sorted(vars_of(ua.stats).items())),
+    }
+
+
+def vars_of(stats: object) -> dict[str, object]:
+    """The counters of a SipStats (a compiled class has no __dict__)."""
+    names = [n for n in dir(stats) if not n.startswith("_") and not callable(getattr(stats, n))]
+    out = {n: repr(getattr(stats, n)) for n in names}
+    latency = getattr(stats, "answer_latency")  # noqa: B009  (its repr would show an address)
+    out["answer_latency"] = repr((latency.counts, latency.count, latency.total))
+    return out
+
+
+def sip_report(count: int = 4000, seed: int = 11) -> dict[str, Any]:
+    corpus = sip_corpus(count, seed)
+    parsed = hashlib.sha256()
+    errors = 0
+    for data in corpus:
+        what = _what_parsed(data)
+        errors += what.startswith("('error'")
+        parsed.update(what.encode("utf-8", "surrogateescape"))
+    fuzz = fuzz_run(1500, seed=seed).as_dict()
+    fuzz.pop("seconds")
+    fuzz.pop("datagrams_per_second")
+    return {
+        "sip_compiled": sip_is_compiled(),
+        "datagrams": len(corpus),
+        "refused_by_parser": errors,
+        "parsed_sha256": parsed.hexdigest(),
+        "conversation": _ua_conversation(corpus, seed),
+        "fuzz": fuzz,
+    }
+
+
 def report() -> dict[str, Any]:
     return {
         "status": queueing.native_status(),
         "engine_compiled": engine_is_compiled(),
         "runs": {f"{name}:{seed}": run_digest(name, seed) for name, seed in RUNS},
         "pickle": pickle_check("fault_surge.yaml", 3),
+        "sip": sip_report(),
     }
 
 
 if __name__ == "__main__":
-    json.dump(report(), sys.stdout)
+    if sys.argv[1:] == ["sip"]:
+        json.dump({"status": queueing.native_status(), "sip": sip_report()}, sys.stdout)
+    else:
+        json.dump(report(), sys.stdout)
