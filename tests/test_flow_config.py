@@ -526,3 +526,47 @@ def test_no_flows_merges_the_file_over_the_demo() -> None:
         error_of(text)
         == f"cfg.yaml:{line_of(text, 'spma')}: ivr.blocklist_group: unknown group 'spma' (did you mean 'spam'?)"
     )
+
+
+# -- a callback node's `failed` target --------------------------------------------------
+
+CALLBACK = (
+    edit(
+        "keys: {1: bye}",
+        "keys: {1: book, 2: message}\n"
+        "        book: {type: callback, queue: sales, failed: message, next: bye}\n"
+        "        message: {type: message, prompt: hello, max_seconds: 30, next: bye}",
+    )
+    + "queues: {sales: {}}\n"
+)
+
+
+def test_callback_failed_target() -> None:
+    ivr = parse_config(CALLBACK, "cfg.yaml").ivr
+    assert ivr.flows["main"].nodes["book"].failed == "message"  # type: ignore[union-attr]
+    assert compile_ivr(ivr).flows["main"].nodes["book"].failed == "message"  # type: ignore[union-attr]
+    # optional: without it a failed booking goes on to `next`
+    text = edit("failed: message, ", "", CALLBACK)
+    assert compile_ivr(parse_config(text, "cfg.yaml").ivr).flows["main"].nodes["book"].failed is None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("mesage", "unknown node 'mesage' (did you mean 'message'?)"),
+        ("[message]", "Input should be a valid string"),
+        ("7", "Input should be a valid string"),
+    ],
+)
+def test_callback_failed_target_errors(value: str, message: str) -> None:
+    text = edit("failed: message", f"failed: {value}", CALLBACK)
+    first = error_of(text).splitlines()[0]
+    assert first.startswith(f"cfg.yaml:{line_of(text, 'failed: ')}: ivr.flows.main.nodes.book.failed: {message}")
+
+
+def test_the_demo_offers_a_message_when_a_booking_fails() -> None:
+    nodes = load_config(DEMO_PATH).ivr.flows["main"].nodes
+    for nid in ("book_asap", "book_morning", "book_afternoon", "book_other_number"):
+        offer = nodes[nodes[nid].failed]  # type: ignore[union-attr,index]
+        assert offer.type == "menu"
+        assert nodes[offer.keys["1"]].type == "message"  # type: ignore[union-attr]

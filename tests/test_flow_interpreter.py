@@ -579,6 +579,53 @@ def test_live_callback_is_confirmed_only_after_the_store_answers() -> None:
     assert call.send(CallbackDone("booked", 5)) == []
 
 
+def test_a_booking_that_failed_takes_the_failed_branch() -> None:
+    text = (
+        "ivr:\n"
+        "  prompts: {m: {text: m}, offer: {text: offer}, leave: {text: leave}, bye: {text: bye}}\n"
+        "  flows:\n"
+        "    f:\n"
+        "      start: m\n"
+        "      nodes:\n"
+        "        m: {type: menu, prompt: m, keys: {1: book, 2: plain}}\n"
+        "        book: {type: callback, queue: sales, failed: offer, next: bye}\n"
+        "        plain: {type: callback, queue: sales, next: bye}\n"
+        "        offer: {type: menu, prompt: offer, keys: {1: message}, retries: 0, on_failure: bye}\n"
+        "        message: {type: message, prompt: leave, max_seconds: 30, silence_seconds: 3, next: bye}\n"
+        "        bye: {type: hangup, prompt: bye}\n"
+        "queues: {sales: {}}\n"
+    )
+    program = compile_ivr(parse_config(text, "x.yaml").ivr)
+    live = replace(info(), callbacks=True)
+    # failed: the caller hears it could not be booked, then the `failed` node, where a message can be left
+    call = Call(program, live)
+    call.press("1")
+    assert call.send(CallbackDone("failed")) == [Note("outcome", "callback_failed"), Play(("callback_failed",), 2)]
+    assert call.played() == [Note("node", "offer"), Play(("offer",), 3, True)]
+    call.press("1")
+    assert call.prompts == ("leave", "beep")
+    assert call.played() == [Record("message", 30, 3)]
+    assert call.send(RecordingDone("/tmp/m.wav", 4.0, "key"))[:2] == [
+        Note("message", "/tmp/m.wav"),
+        Note("node", "bye"),
+    ]
+    # booked: `next`, as before
+    call = Call(program, live)
+    call.press("1")
+    call.send(CallbackDone("booked", 10))
+    assert call.played()[:2] == [Note("node", "bye"), Play(("bye",), 3)]
+    # "exists" and "none" are answers, not failures: `next`
+    call = Call(program, live)
+    call.press("1")
+    call.send(CallbackDone("none"))
+    assert call.played()[0] == Note("node", "bye")
+    # a node without `failed` goes on to `next` after the sorry prompt
+    call = Call(program, live)
+    call.press("2")
+    assert call.send(CallbackDone("failed"))[1] == Play(("callback_failed",), 2)
+    assert call.played()[0] == Note("node", "bye")
+
+
 def test_transfer() -> None:
     call = to_menu()
     call.press("7")

@@ -357,7 +357,9 @@ def test_leave_a_message_records_the_speech(ivr_server: Server, sipp: str, tmp_p
     wav_path = Path(str(rec["recording"]))
     assert wav_path.parent == tmp_path / "recordings", wav_path
     assert wav_path.is_file(), wav_path
-    assert list((tmp_path / "recordings").iterdir()) == [wav_path]
+    assert sorted((tmp_path / "recordings").iterdir()) == [wav_path.with_suffix(".json"), wav_path]
+    about = json.loads(wav_path.with_suffix(".json").read_text())  # who left it, beside it
+    assert (about["call_id"], about["caller"]) == (rec["call_id"], CALLER), about
 
     with wave.open(str(wav_path), "rb") as w:
         assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 8000), w.getparams()

@@ -9,6 +9,8 @@ goes to a socket of this test, which keeps what the caller heard:
 
 - every caller heard either "your callback is booked" or "we could not book
   your callback", never both, never nothing;
+- every caller refused heard the demo's `failed` branch next, the offer to
+  leave a message (which they let pass), and nobody booked heard it;
 - every caller who heard "booked" has exactly one row, and no other caller has one;
 - callers heard the refusal while the database was down, and bookings before
   and after it went through;
@@ -33,6 +35,8 @@ from support.pg import PgCluster
 from support.server import Server
 from support.sipp import run_callers
 from support.waiting import wait_until
+
+from ivr.media.g711 import get_codec
 
 pytestmark = [pytest.mark.sipp, pytest.mark.postgres, pytest.mark.slow]
 
@@ -72,6 +76,9 @@ def test_bookings_records_and_api_through_a_postgres_outage(
     overrides, store = booking_overrides(tmp_path)
     overrides["storage"] = {"url": url, "flush_interval": 0.2}
     overrides["admin"] = {"token": TOKEN}
+    media = overrides["media"]
+    assert isinstance(media, dict)
+    media["timeout"] = 0  # the callers send no RTP; a refused one's call lasts past 30 s
     server = server_factory(overrides)
     assert server.metric("frontdesk_database_up") == 1
     ears = [CallerEar() for _ in range(CALLERS)]
@@ -112,6 +119,11 @@ def test_bookings_records_and_api_through_a_postgres_outage(
     )
     assert heard_refused, "nobody booked while the database was down"
     assert numbers[0] in heard_booked and numbers[-1] in heard_booked, (sorted(heard_booked), sorted(heard_refused))
+    offer = list(store.frames("booking_failed_offer", get_codec("PCMU")))
+    first = next(i for i, frame in enumerate(offer) if len(set(frame) - {0xFF, 0x7F}) > 8)  # past its opening silence
+    offer_frames = offer[first : first + 3]
+    heard_offer = {n for n, ear in zip(numbers, ears, strict=True) if find_all(ear.payloads(), offer_frames)}
+    assert heard_offer == heard_refused, (sorted(heard_offer - heard_refused), sorted(heard_refused - heard_offer))
 
     rows = pg.psql("SELECT number FROM callbacks ORDER BY number", database).split()
     assert len(rows) == len(set(rows)), "a number booked twice"

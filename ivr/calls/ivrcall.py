@@ -20,6 +20,7 @@ meanwhile is flushed after.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -235,8 +236,16 @@ class IvrCall:
         svc = self.services
         name = f"{int(time.time())}-{abs(hash(self.call.call_id)) % 10**8:08d}.wav"
         path = svc.recordings_dir / name
+        about = {  # beside the WAV: who left it, even if the call's record never reaches the database
+            "call_id": self.call.call_id,
+            "caller": self.identity.number,
+            "caller_trusted": self.identity.trusted,
+            "recorded_at": utcnow().isoformat(),
+            "seconds": round(len(ev.pcm) / 16000, 2),
+        }
         try:
-            write_wav(path, ev.pcm)  # one small file; the call waits for nothing else
+            write_wav(path, ev.pcm)  # small files; the call waits for nothing else
+            path.with_suffix(".json").write_text(json.dumps(about) + "\n")
         except OSError:
             log.exception("could not write recording %s", path)
             return

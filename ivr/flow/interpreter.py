@@ -30,6 +30,9 @@ marks (complaint, outcome, text message), then does what its type says.
 Branch nodes (and a say node with nothing to say) lead on at once; the hop
 limit guards a flow that would keep leading on without waiting.
 
+A callback node whose booking failed says so, then goes on at its
+``failed`` target (when it has one) rather than ``next``.
+
 ``step`` never changes the state it is given: it works on a copy.
 """
 
@@ -201,6 +204,8 @@ class _Call:
                 self.wait_input(timeout)
             case QueueStep() if self.info.queues:
                 s.waiting = QUEUED  # hold music and announcements until QueueLeft
+            case CallbackStep(failed=failed) if failed is not None and s.outcome == "callback_failed":
+                self.goto(failed)  # the caller has heard it could not be booked
             case QueueStep(next=target) | CallbackStep(next=target):
                 self.goto(self.then(target))
             case MessageStep() as node:
@@ -239,7 +244,11 @@ class _Call:
                 self.wait_input(node.timeout)
 
     def callback_done(self, node: CallbackStep, done: CallbackDone) -> None:
-        """Say what the store did, then go on (a caller who already has one goes to ``exists``)."""
+        """Say what the store did, then go on (a caller who already has one goes to ``exists``).
+
+        After "could not book" (``failed``) the flow goes on at the node's
+        ``failed`` target when it has one (``played`` reads the outcome set here).
+        """
         said: tuple[str, ...]
         if done.result == "exists" and node.exists is not None:
             self.set_outcome("callback_exists")

@@ -145,6 +145,7 @@ class CallbackStep:
     slot: str = "asap"
     cancel: bool = False
     exists: str | None = None
+    failed: str | None = None  # where a booking the store could not make goes, after the caller hears so
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +300,16 @@ def _step(nid: str, node: NodeBase) -> Step:
             return MessageStep(nid, _marks(node), prompts, node.max_seconds, node.silence_seconds, node.next)
         case CallbackNode():
             return CallbackStep(
-                nid, _marks(node), node.queue, node.prompt, node.next, node.number, node.slot, node.cancel, node.exists
+                nid,
+                _marks(node),
+                node.queue,
+                node.prompt,
+                node.next,
+                node.number,
+                node.slot,
+                node.cancel,
+                node.exists,
+                node.failed,
             )
         case TransferNode():
             return TransferStep(nid, _marks(node), node.uri, node.prompt)

@@ -303,7 +303,9 @@ class CallbackNode(NodeBase):
     Then the caller hears ``prompt`` and the promised time ("we will call
     you back within 40 minutes") and the flow goes on at ``next``. A caller
     who already has an active callback for the queue goes to ``exists``
-    (e.g. a menu: keep it, or cancel it with a ``cancel: true`` node).
+    (e.g. a menu: keep it, or cancel it with a ``cancel: true`` node). When
+    the store cannot book (or cancel) it, the caller hears so and goes to
+    ``failed`` (e.g. an offer to leave a message), or else to ``next``.
     """
 
     type: Literal["callback"]
@@ -313,6 +315,7 @@ class CallbackNode(NodeBase):
     cancel: bool = Field(False, description="cancel the caller's active callback instead of booking one")
     prompt: Name | None = Field(None, description="after the booking is committed, before the promised time")
     exists: Name | None = Field(None, description="node for a caller who already has one; default: say so, go on")
+    failed: Name | None = Field(None, description="after 'could not book' (e.g. the database is down); default: next")
     next: Name | None = Field(None, description="afterwards; default: hang up")
 
     @field_validator("number")
@@ -323,7 +326,7 @@ class CallbackNode(NodeBase):
         return v
 
     def targets(self) -> list[tuple[Loc, str]]:
-        return _opt(("next",), self.next) + _opt(("exists",), self.exists)
+        return _opt(("next",), self.next) + _opt(("exists",), self.exists) + _opt(("failed",), self.failed)
 
     def prompt_refs(self) -> list[tuple[Loc, str]]:
         return _opt(("prompt",), self.prompt)
