@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import wave
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from support.bookings import booking_overrides
-from support.pg import PgCluster
+from support.pg import PgCluster, private_cluster
 from support.server import Server
 from support.sipp import dial
 from support.waiting import wait_until
@@ -32,14 +32,7 @@ pytestmark = [pytest.mark.sipp, pytest.mark.postgres, pytest.mark.slow]
 CALLER = "4447100"
 
 
-@pytest.fixture
-def pg() -> Iterator[PgCluster]:
-    cluster = PgCluster()
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+pg = pytest.fixture(private_cluster, name="pg")  # its own: the tests stop and start it
 
 
 def test_a_caller_leaves_a_message_when_the_booking_fails(

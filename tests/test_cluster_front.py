@@ -19,18 +19,14 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 from support.agents import (
     admin_agents,
     admin_queue,
@@ -41,12 +37,13 @@ from support.agents import (
     server_config,
 )
 from support.callers import caller_media
+from support.launcher import Launched, launch, launcher_ports
 from support.ports import free_port, port_range, release
 from support.server import Server
 from support.sipp import SIPP_DIR, SippRun, run_callers, run_sipp
 from support.waiting import wait_until
 
-from sim.live.clusterplan import INFRA_PORTS, find_binaries, port_free
+from sim.live.clusterplan import find_binaries, port_free
 from sim.live.probes import dispatcher_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,103 +53,31 @@ RTP_PORTS = 40  # 20 calls a node at once: plenty for these tests
 LIFETIME = 100  # --for: a cluster a test forgets still stops by itself
 
 
-@dataclass
-class RunningCluster:
-    proc: subprocess.Popen[bytes]
-    workdir: Path
-    sip_port: int
-    ports: range
-    output: list[str]
-    state: dict[str, Any]
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.sip_port}"
-
-    def part(self, name: str) -> dict[str, Any]:
-        return next(p for p in self.state["parts"] if p["name"] == name)
+class RunningCluster(Launched):
+    """What the front's tests read besides the shared parts: Kamailio's dispatcher state and its routing log."""
 
     @property
     def nodes(self) -> list[dict[str, Any]]:
         return [p for p in self.state["parts"] if p["name"].startswith("node-")]
 
-    def metric(self, node: str, name: str, **labels: str) -> float:
-        """Sum of ``node``'s samples named ``name`` whose labels include ``labels``."""
-        url = f"http://127.0.0.1:{self.part(node)['http_port']}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as r:
-            text = r.read().decode()
-        return sum(
-            s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-        )
-
     def dispatcher_flags(self) -> dict[str, str]:
         """Kamailio's state of each node by its SIP URI: ``AP`` in the rotation, ``IP`` out."""
         return dispatcher_flags(find_binaries().kamcmd, self.state["kamailio_ctl"])
-
-    def kamailio_log(self) -> str:
-        return Path(self.part("kamailio")["log"]).read_text(errors="replace")
 
     def calls_routed(self) -> list[tuple[str, str, float]]:
         """Kamailio's "new call" log lines: (Call-ID, node URI, when)."""
         pattern = re.compile(r"new call (\S+) to (sip:\S+) at ([\d.]+)")
         return [(m[1], m[2], float(m[3])) for m in pattern.finditer(self.kamailio_log())]
 
-    def report(self) -> str:
-        return "\n".join(self.output) + f"\n(work directory {self.workdir})"
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(40)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(5)
-
 
 def cluster_ports() -> int:
     """Ports the launcher takes from --ports FIRST: Redis, PostgreSQL, each node's SIP and HTTP, RTP ranges."""
-    return INFRA_PORTS + 2 * NODES + 1 + NODES * RTP_PORTS
+    return launcher_ports(NODES, RTP_PORTS)
 
 
 def start_cluster(tmp_path: Path, base: dict[str, Any] | None = None, seconds: float = LIFETIME) -> RunningCluster:
     """``frontdesk cluster`` in a subprocess; returns once it printed its ready line (pids etc. in cluster.json)."""
-    workdir = tmp_path / "cluster"
-    ports, sip_port = port_range(cluster_ports()), free_port()
-    cmd = [sys.executable, "-m", "ivr.cli", "cluster", "--nodes", str(NODES), "--sip-port", str(sip_port)]
-    cmd += ["--ports", str(ports.start), "--rtp-ports", str(RTP_PORTS), "--dir", str(workdir), "--for", str(seconds)]
-    if base is not None:
-        path = tmp_path / "base.yaml"
-        path.write_text(yaml.safe_dump(base))
-        cmd += ["--config", str(path)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    output: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip("\n")
-            output.append(line)
-            if "cluster ready" in line:
-                ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + 90
-    while not ready.wait(0.2):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(40)
-            release(ports)
-            release(sip_port)
-            pytest.fail("frontdesk cluster did not come up:\n" + "\n".join(output), pytrace=False)
-    state = json.loads((workdir / "cluster.json").read_text())
-    return RunningCluster(proc, workdir, sip_port, ports, output, state)
+    return RunningCluster(*launch(tmp_path, base, seconds, nodes=NODES, rtp_ports=RTP_PORTS))
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from support.pg import PgCluster
+from support.pg import PgCluster, private_cluster
 from support.waiting import wait_until_async
 
 from callback import db
@@ -36,14 +36,7 @@ pytestmark = pytest.mark.postgres
 NOW = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgCluster]:
-    cluster = PgCluster()
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+pg = pytest.fixture(private_cluster, scope="module", name="pg")  # its own: the tests stop and start it
 
 
 @pytest.fixture

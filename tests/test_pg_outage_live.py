@@ -24,14 +24,14 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from support.bookings import booking_overrides, confirmation, refusal
 from support.callers import CallerEar, find_all
-from support.pg import PgCluster
+from support.pg import PgCluster, private_cluster
 from support.server import Server
 from support.sipp import run_callers
 from support.waiting import wait_until
@@ -47,14 +47,7 @@ UP_AT = 18.5  # ...and starts again
 TOKEN = "outage-test-admin-token"
 
 
-@pytest.fixture
-def pg() -> Iterator[PgCluster]:
-    cluster = PgCluster()
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+pg = pytest.fixture(private_cluster, name="pg")  # its own: the tests stop and start it
 
 
 def admin_status(server: Server, path: str) -> tuple[int, dict[str, object]]:

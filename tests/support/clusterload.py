@@ -21,28 +21,21 @@ Two halves, one per test module:
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-import signal
-import subprocess
-import sys
-import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from ivr.cluster.coordinator import Applied, ClusterEvent, Coordinator
 from ivr.cluster.log import ClusterLog
 from queueing.events import AgentAnswered, CallEnded, Connect, Event, RingAgent
 from queueing.model import AgentSpec, Limit, Model, QueueSpec, SurgeSpec
-from support.ports import free_port, port_range, release
+from support.launcher import Launched, launch
+from support.ports import release
 from support.redis import cluster_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -186,42 +179,16 @@ class RedisWatch:
 
 NODES = 2
 RTP_PORTS = 160  # per node: 80 calls at once, for the IVR's short calls, the queue's callers and the agents' legs
-INFRA_PORTS = 10  # sim/live/clusterplan.py: with --ports, Redis's and PostgreSQL's come first
 
 
 @dataclass
-class LoadCluster:
+class LoadCluster(Launched):
     """A ``frontdesk cluster`` subprocess and what a test reads of it: metrics, Redis, Kamailio's log."""
 
-    proc: subprocess.Popen[bytes]
-    workdir: Path
-    sip_port: int
-    ports: range
-    output: list[str]
-    state: dict[str, Any]
     name: str = "frontdesk"  # cluster.name: the prefix of its Redis keys
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.sip_port}"
-
-    def part(self, name: str) -> dict[str, Any]:
-        return next(p for p in self.state["parts"] if p["name"] == name)
 
     def node_uri(self, node: str) -> str:
         return f"sip:127.0.0.1:{self.part(node)['sip_port']}"
-
-    def metric(self, node: str, name: str, **labels: str) -> float:
-        """Sum of ``node``'s samples named ``name`` whose labels include ``labels``."""
-        url = f"http://127.0.0.1:{self.part(node)['http_port']}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as r:
-            text = r.read().decode()
-        return sum(
-            s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-        )
 
     def lease_holder(self) -> str | None:
         """The node whose token is in the lease key (``node:epoch``), read from Redis; None while nobody holds it."""
@@ -234,9 +201,6 @@ class LoadCluster:
             return None
         token = value.decode() if isinstance(value, bytes) else str(value)
         return token.rpartition(":")[0]
-
-    def kamailio_log(self) -> str:
-        return Path(self.part("kamailio")["log"]).read_text(errors="replace")
 
     def calls_routed(self) -> dict[str, tuple[str, float]]:
         """Call-ID -> (the node URI that got its INVITE last, when Kamailio first sent it on), from Kamailio's log."""
@@ -255,57 +219,18 @@ class LoadCluster:
             sent.setdefault(m[1], float(m[2]))
         return sent
 
-    def report(self) -> str:
-        return "\n".join(self.output) + f"\n(work directory {self.workdir})"
-
     def stop(self) -> int:
-        """SIGTERM to the launcher (it stops every part); its exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        """SIGTERM to the launcher (it stops every part); its exit status. Its ports go back to the session."""
         try:
-            return self.proc.wait(40)
+            return super().stop()
         finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(5)
             release(self.ports)
             release(self.sip_port)
 
 
 def start_cluster(workdir: Path, base: dict[str, Any], seconds: float) -> LoadCluster:
     """``frontdesk cluster`` (two nodes over ``base``, stopping by itself after ``seconds``) once it is ready."""
-    ports = port_range(INFRA_PORTS + 2 * NODES + 1 + NODES * RTP_PORTS)
-    sip_port = free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = workdir / "base.yaml"
-    config.write_text(yaml.safe_dump(base))
-    cmd = [sys.executable, "-m", "ivr.cli", "cluster", "--nodes", str(NODES), "--sip-port", str(sip_port)]
-    cmd += ["--ports", str(ports.start), "--rtp-ports", str(RTP_PORTS), "--dir", str(workdir / "cluster")]
-    cmd += ["--for", str(seconds), "--config", str(config)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    output: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip("\n")
-            output.append(line)
-            if "cluster ready" in line:
-                ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + 90
-    while not ready.wait(0.2):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(40)
-            release(ports)
-            release(sip_port)
-            raise AssertionError("frontdesk cluster did not come up:\n" + "\n".join(output))
-    state = json.loads((workdir / "cluster" / "cluster.json").read_text())
-    return LoadCluster(proc, workdir / "cluster", sip_port, ports, output, state)
+    return LoadCluster(*launch(workdir, base, seconds, nodes=NODES, rtp_ports=RTP_PORTS))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ database per test) are in tests/conftest.py.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from sim.live.postgres import MISSING, PG_BIN, LocalPostgres
 from support.ports import free_port, release
 
@@ -43,3 +45,13 @@ class PgCluster(LocalPostgres):
         self._run(
             str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", options, "start"
         )
+
+
+def private_cluster() -> Iterator[PgCluster]:
+    """A PostgreSQL of the caller's own, which it may pause and resume: made a fixture by each outage test module."""
+    cluster = PgCluster()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
