@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.exceptions import RedisError
-from support.redis import CLUSTER_SECRET
+from support.redis import CLUSTER_SECRET, cluster_model
 from support.sentinel import SentinelSet
 
 from ivr.cluster.connect import redis_client
+from ivr.cluster.coordinator import Coordinator
+from ivr.cluster.log import ClusterLog
 from ivr.settings.cluster import ClusterSettings
+from queueing.events import CallArrived
 
 
 def settings(**changes: object) -> ClusterSettings:
@@ -120,3 +123,52 @@ async def test_the_client_follows_sentinel_to_the_promoted_replica(sentinel_set:
         print(f"\nwrites reached the promoted replica {took:.1f} s after the master was killed ({errors} errors)")
     finally:
         await client.aclose()
+
+
+@pytest.mark.slow
+async def test_the_cluster_log_goes_on_through_a_failover(sentinel_set: SentinelSet) -> None:
+    """Two nodes' logs through Sentinel: the master killed between their events; no event lost, the replicas agree."""
+    model = cluster_model()
+
+    def node(name: str) -> ClusterLog:
+        s = settings(
+            redis_url=sentinel_set.url,
+            sentinels=sentinel_set.sentinels,
+            sentinel_password=SENTINEL_PASSWORD,
+            node_id=name,
+            heartbeat=0.2,
+            node_timeout=6.0,  # longer than a failover: the nodes wait it out instead of going degraded
+            lease=6.0,
+        )
+        return ClusterLog(s, lambda: Coordinator(model), lambda *entry: None)
+
+    def calls(log: ClusterLog) -> set[str]:
+        return set(log.coordinator.engine.calls)
+
+    async def until(what: str, check: Callable[[], bool], seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not check():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.05)
+
+    a, b = node("A"), node("B")
+    await a.start()
+    await b.start()
+    try:
+        a.submit(CallArrived(call_id="A-1", queue="sales", tier="ordinary", now=time.time()))
+        b.submit(CallArrived(call_id="B-1", queue="sales", tier="ordinary", now=time.time()))
+        await until("both replicas have the first calls", lambda: calls(a) == calls(b) == {"A-1", "B-1"}, 10)
+        sentinel_set.kill("master")
+        killed = time.monotonic()
+        a.submit(CallArrived(call_id="A-2", queue="sales", tier="ordinary", now=time.time()))
+        b.submit(CallArrived(call_id="B-2", queue="sales", tier="ordinary", now=time.time()))
+        everything = {"A-1", "B-1", "A-2", "B-2"}
+        await until("both replicas have every call", lambda: calls(a) == calls(b) == everything, 30)
+        took = time.monotonic() - killed
+        assert sentinel_set.master_address() == ("127.0.0.1", sentinel_set.replica_port)
+        assert a.coordinator.engine.position("A-1") == b.coordinator.engine.position("A-1")
+        assert not a.degraded and not b.degraded
+        print(f"\nboth replicas had the events submitted during the failover {took:.1f} s after the master was killed")
+    finally:
+        await a.stop()
+        await b.stop()
