@@ -28,7 +28,9 @@ into the next step. Every process started here is stopped on the way out.
 
 The targets are in ``sim/live/targets.py``, one SIPp run and the reading of
 its files in ``sim/live/sipprun.py``; the plumbing shared with the other
-benchmarks in ``sim/benchkit.py``. The report gives frontdesk's highest clean
+benchmarks in ``sim/benchkit.py``. ``--loop-lag PATH`` runs frontdesk under
+``tools/loop_lag.py`` and prints its event loop's stalls and garbage
+collections after the table. The report gives frontdesk's highest clean
 rate as a ratio to each reference; the goals are >= 1.0x Kamailio with one
 worker and a p99 INVITE -> 200 OK of at most 5 ms at 80% of frontdesk's rate.
 """
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -60,6 +63,7 @@ from sim.benchkit import (
 )
 from sim.live.sipprun import BUILTIN_UAC, MIN_RATE_SHARE, Run, UacScenario, run_uac
 from sim.live.targets import (
+    ROOT,
     Frontdesk,
     Kamailio,
     SippUas,
@@ -325,13 +329,15 @@ def result_notes(results: Mapping[str, TargetResult]) -> list[str]:
 # --------------------------------------------------------------------------- entry point
 
 
-def make_target(name: str, opts: SipBenchOptions, kamailio: str | None, workdir: Path) -> Target:
+def make_target(
+    name: str, opts: SipBenchOptions, kamailio: str | None, workdir: Path, loop_lag: Path | None = None
+) -> Target:
     if name == "sipp-uas":
         return SippUas(opts.sipp, workdir)
     if name.startswith("kamailio-"):
         assert kamailio is not None  # main() refused the command line otherwise
         return Kamailio(kamailio, workdir, children=int(name.removeprefix("kamailio-")))
-    return Frontdesk(workdir)
+    return Frontdesk(workdir, loop_lag=loop_lag)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -349,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, help="runs per step; the median run counts (default 3; quick 1)")
     p.add_argument("--targets", default=",".join(TARGETS), help=f"comma list of {', '.join(TARGETS)} (default all)")
     p.add_argument("--kamailio", default=find_kamailio(), help="Kamailio binary (Debian package kamailio)")
+    p.add_argument(
+        "--loop-lag",
+        type=Path,
+        metavar="PATH",
+        help="run frontdesk under tools/loop_lag.py (event-loop lag and garbage collections) and write its "
+        "samples to PATH; the breakdown (of the server's last start to its stop) is printed at the end",
+    )
     sipp_bench_options(p)
     return p
 
@@ -383,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run = BenchRun("frontdesk bench-sip")
     with work_directory("sipbench-", args.keep) as workdir, sigterm_unwinds():
-        targets = [make_target(name, opts, args.kamailio, workdir) for name in names]
+        targets = [make_target(name, opts, args.kamailio, workdir, args.loop_lag) for name in names]
         try:
             results = measure(opts, targets, workdir)
         finally:
@@ -420,6 +433,11 @@ def main(argv: list[str] | None = None) -> int:
     summary["met"] = bool(summary["ratio_met"]) and bool(summary["p99_met"])
     print()
     print(render(results, summary))
+    if args.loop_lag is not None and "frontdesk" in names:
+        # tools/ is the repository's, not the installed package's: read the file with the tool itself
+        probe = [sys.executable, "-m", "tools.loop_lag", "--report", str(args.loop_lag)]
+        print("\nfrontdesk event loop (tools/loop_lag.py):")
+        print(subprocess.run(probe, cwd=ROOT, capture_output=True, text=True, timeout=60).stdout.rstrip())
     report = run.report(
         options=asdict(opts) | {"quick": quick, "latency_load": LATENCY_LOAD, "min_rate_share": MIN_RATE_SHARE},
         scenario="sipp -sn uac -d 0 over UDP on 127.0.0.1; rtd = INVITE -> 200 OK, whole ms",

@@ -267,7 +267,8 @@ class Frontdesk:
 
     ``config`` is laid over the benchmark's own settings (ports, database,
     log level, 127.0.0.1 trusted); ``nofile`` lifts the server's open-files
-    soft limit.
+    soft limit; ``loop_lag`` runs it under ``tools/loop_lag.py``, which
+    writes its event loop's lag and garbage collections to that file.
     """
 
     name = "frontdesk"
@@ -279,12 +280,14 @@ class Frontdesk:
         *,
         config: Mapping[str, Any] | None = None,
         nofile: int | None = None,
+        loop_lag: Path | None = None,
     ) -> None:
         self.workdir = workdir / "frontdesk"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.hold_time = hold_time
         self.extra_config = dict(config or {})
         self.nofile = nofile
+        self.loop_lag = loop_lag
         self.port = 0
         self.http_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -321,8 +324,9 @@ class Frontdesk:
         cfg = self.workdir / "frontdesk.json"  # JSON is YAML
         cfg.write_text(json.dumps(config))
         out = self.log_path.open("ab")
+        probe = ["tools.loop_lag", "--out", str(self.loop_lag), "--"] if self.loop_lag else ["ivr.cli"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ivr.cli", "serve", "--config", str(cfg)],
+            [sys.executable, "-m", *probe, "serve", "--config", str(cfg)],
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=out,
