@@ -39,6 +39,7 @@ import pytest
 from support.agents import admin_agents, admin_queue, agent_phone, answers_then_hangs_up, http, server_config
 from support.bookings import booking_overrides, confirmation
 from support.callers import CallerEar, caller_media, find_all
+from support.ports import free_port
 from support.redis import CLUSTER_SECRET, RedisServer
 from support.server import Server, start_server
 from support.sipp import SippRun, run_callers, run_sipp
@@ -298,3 +299,41 @@ def test_redis_killed_under_load_and_restarted_empty(
 
     assert offers_a == ["4441000", "4442001", "4441002"], offers_a
     assert offers_b == ["4442001", "4442003"], offers_b
+
+
+def test_callbacks_are_given_to_agents_while_degraded(
+    start_node: Callable[..., Server], redis_server: RedisServer
+) -> None:
+    """Without Redis there is no timekeeper: each node's dispatcher gives callbacks to its own agents meanwhile."""
+    config = server_config(QUEUE, ["8001", "8002"])
+    config["callbacks"] = {
+        "trunk": f"sip:{{number}}@127.0.0.1:{free_port()}",  # nobody there: the test stops at the agent's ring
+        "reserve_agents": 0,
+        "dispatch_interval": 0.5,
+        "promise_margin": 60,
+    }
+    a, b = start_node("node-a", config), start_node("node-b", config)
+
+    def callbacks() -> list[dict[str, Any]]:
+        status, body = http(a, "GET", "/callbacks", agent="8001")
+        assert status == 200, body
+        return list(body["callbacks"])
+
+    with agent_phone(a, "8001", lambda call: None) as phone:  # rings, never answered
+        wait_until("8001 in", lambda: admin_agents(a)["8001"]["state"] == "ready", 5)
+        status, body = http(a, "POST", "/agent/not-ready", agent="8001", body={"reason": "briefing"})
+        assert status == 200, body
+        redis_server.kill()
+        wait_until(
+            "both degraded",
+            lambda: a.metric("frontdesk_cluster_degraded") == 1 == b.metric("frontdesk_cluster_degraded"),
+            8,
+        )
+        status, body = http(a, "POST", "/callbacks", agent="8001", body={"number": "4445003", "queue": "general"})
+        assert status == 201, body  # the database is up: booking never needed Redis
+        wait_until("the callback due", lambda: callbacks()[0]["state"] == "due", 5)
+        status, body = http(a, "POST", "/agent/ready", agent="8001")
+        assert status == 200, body
+        wait_until("A's dispatcher gives it to A's agent", lambda: callbacks()[0]["state"] != "due", 8)
+        assert callbacks()[0]["state"] == "offered", callbacks()
+        wait_until("8001's phone rings for it", lambda: [i[3] for i in phone.invites()] == ["4445003"], 8)

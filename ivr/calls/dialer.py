@@ -423,8 +423,10 @@ class CallbackDesk:
     async def run(self) -> None:
         while True:
             cluster = self.queues.cluster
-            if cluster is not None and not cluster.is_timekeeper:
-                # cluster mode: one node (the timekeeper) gives callbacks to agents, so no agent gets two at once
+            if cluster is not None and not (cluster.is_timekeeper or cluster.degraded):
+                # cluster mode: one node (the timekeeper) gives callbacks to agents, so no agent gets two at once;
+                # while Redis is down each node does, as a single node would: its replica holds only its own
+                # agents, and a callback's claim is one row's update in the database, so none goes out twice
                 await asyncio.sleep(self.settings.dispatch_interval)
                 continue
             try:
