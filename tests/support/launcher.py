@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from support.ports import free_port, port_range, release
 
 from sim.live.clusterplan import INFRA_PORTS
+from support.ports import free_port, port_range, release
 
 ROOT = Path(__file__).resolve().parents[2]
 START_SECONDS = 90  # the whole cluster up (PostgreSQL's initdb is most of it)
