@@ -242,21 +242,27 @@ def test_this_process_runs_what_the_status_says() -> None:
     assert sip_is_compiled() == native_status().startswith("compiled")
 
 
-@needs_build
-def test_compiled_and_pure_sip_cores_answer_the_same() -> None:
-    """Every datagram of a seeded corpus (valid calls and mutations of them): parsed, answered, sent, counted."""
+def _both_modes(*args: str, **env: str) -> dict[str, Any]:
+    """``python -m support.native ARGS``'s report, compiled and with FRONTDESK_PURE=1, by mode."""
     reports = {}
-    for mode, env in (("compiled", _env(PYTHONHASHSEED="0")), ("pure", _env(FRONTDESK_PURE="1", PYTHONHASHSEED="0"))):
+    for mode, extra in (("compiled", {}), ("pure", {"FRONTDESK_PURE": "1"})):
         done = subprocess.run(
-            [sys.executable, "-m", "support.native", "sip"],
+            [sys.executable, "-m", "support.native", *args],
             cwd=TESTS,
-            env=env,
+            env=_env(**env, **extra),
             capture_output=True,
             text=True,
             timeout=120,
             check=True,
         )
         reports[mode] = json.loads(done.stdout)
+    return reports
+
+
+@needs_build
+def test_compiled_and_pure_sip_cores_answer_the_same() -> None:
+    """Every datagram of a seeded corpus (valid calls and mutations of them): parsed, answered, sent, counted."""
+    reports = _both_modes("sip", PYTHONHASHSEED="0")
     compiled, pure = reports["compiled"]["sip"], reports["pure"]["sip"]
     assert compiled.pop("sip_compiled") and not pure.pop("sip_compiled")
     assert reports["compiled"]["status"].startswith("compiled (")
@@ -269,18 +275,7 @@ def test_compiled_and_pure_sip_cores_answer_the_same() -> None:
 @pytest.mark.slow
 @needs_build
 def test_compiled_and_pure_simulations_decide_the_same() -> None:
-    reports = {}
-    for mode, env in (("compiled", _env()), ("pure", _env(FRONTDESK_PURE="1"))):
-        done = subprocess.run(
-            [sys.executable, "-m", "support.native"],
-            cwd=TESTS,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        reports[mode] = json.loads(done.stdout)
+    reports = _both_modes()
     compiled, pure = reports["compiled"], reports["pure"]
     assert compiled["engine_compiled"] and compiled["status"].startswith("compiled (")
     assert not pure["engine_compiled"] and pure["status"] == "pure (FRONTDESK_PURE is set)"
