@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ivr.cluster.coordinator import NodeJoined, NodeLost, NodePart, PhoneBindings, Rebuild
-from ivr.cluster.wire import ACCEPTED, MAX_EVENT_BYTES, WireError, decode, encode
+from ivr.cluster.wire import ACCEPTED, MAX_EVENT_BYTES, MAX_REBUILD_BYTES, WireError, decode, encode
 from queueing.events import (
     AgentAnswered,
     AgentLoggedIn,
@@ -366,3 +366,20 @@ def test_a_damaged_event_gives_a_wire_error_or_a_well_formed_event(
         return
     assert got_origin == origin
     assert decode(encode(got_origin, got)) == (got_origin, got)
+
+
+def test_only_an_entry_written_as_a_rebuild_gets_the_rebuilds_cap_and_not_beyond_it() -> None:
+    # the head encode() writes earns the larger cap; over it, or written otherwise, the usual refusal
+    over = '{"type":"Rebuild",' + '"x":"' + "y" * MAX_REBUILD_BYTES + '"}'
+    with pytest.raises(WireError, match=f"over the cap of {MAX_REBUILD_BYTES}"):
+        decode({"o": "n1", "e": over})
+    spaced = '{"type": "Rebuild", "x": "' + "y" * (MAX_EVENT_BYTES + 1) + '"}'
+    with pytest.raises(WireError, match=f"over the cap of {MAX_EVENT_BYTES}"):
+        decode({"o": "n1", "e": spaced})
+    junk = '{"type":"Rebuild",' + '"x":"' + "y" * (MAX_EVENT_BYTES * 4) + '"}'  # within the cap, but no Rebuild
+    with pytest.raises(WireError, match="Rebuild: unknown field"):
+        decode({"o": "n1", "e": junk})
+    # the head, then another "type" (JSON's last key wins): a well-formed NodeLost gets no larger cap
+    disguised = '{"type":"Rebuild","type":"NodeLost","node":"' + "n" * (MAX_EVENT_BYTES * 2) + '","now":1}'
+    with pytest.raises(WireError, match=f"over the cap of {MAX_EVENT_BYTES}"):
+        decode({"o": "n1", "e": disguised})

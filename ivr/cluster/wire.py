@@ -304,6 +304,10 @@ def _decode(fields: Mapping[Any, Any]) -> tuple[str, Event | ClusterEvent]:
         raise WireError(f"unknown event type {kind!r:.60} (known: {', '.join(ACCEPTED)})")
     if kind == "Rebuild" and not values[EVENT].startswith(_REBUILD_HEAD):
         raise WireError(f"a Rebuild's JSON starts with {_REBUILD_HEAD}")
+    raw = values[EVENT]  # under a quarter of the cap in characters is under it in UTF-8: no encode per entry
+    if kind != "Rebuild" and len(raw) > MAX_EVENT_BYTES // 4 and (size := len(raw.encode())) > MAX_EVENT_BYTES:
+        # a Rebuild's head then another "type" (JSON's last key wins) earns no other event the larger cap
+        raise WireError(f"field {EVENT!r} is {size} bytes, over the cap of {MAX_EVENT_BYTES}")
     cls, checks = _BY_NAME[kind]
     if extra := sorted(set(body) - set(checks) - {"type"}):
         raise WireError(f"{kind}: unknown field {', '.join(repr(k)[:40] for k in extra[:3])}")
