@@ -166,10 +166,11 @@ def test_batches_flushed_back_to_back_go_out_whole_and_in_order(
     phone.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            for b in range(20):  # faster than the thread sends: it falls behind and flush waits
+            for b in range(20):  # faster than the thread sends: each flush joins the batch waiting for it
                 for i in range(200):
                     assert sender.add(sock.fileno(), b"%d.%d" % (b, i), phone.addr)
                 assert sender.flush() == 200
+            assert sender.counts()[2] == 0  # no flush waited for the thread
             sender.wait()
             assert (sender.flushed, sender.done) == (20, 20)
             assert sender.counts()[:2] == (4000, 0)

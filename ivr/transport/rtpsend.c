@@ -6,8 +6,9 @@ order).
 
 Theory of operation. A Sender holds three batches: the one the event loop fills during a tick (add), the one
 its thread is sending, and at most one flushed batch waiting for the thread. flush() hands the filled batch
-over without waiting, unless a flushed batch is already waiting (the thread is two ticks behind): only then it
-waits, without the interpreter lock. The thread never touches a Python object, so it never needs the
+over without waiting: when a flushed batch is already waiting, the new packets are appended to it (the shell
+flushes each part of a tick, so the thread may be a part behind). Only when the waiting batch already holds
+MAX_BEHIND packets (the thread is many ticks behind) it waits, without the interpreter lock. The thread never touches a Python object, so it never needs the
 interpreter lock: while it makes the kernel calls (one sendto(2) per packet, each call has its own socket),
 the event loop runs SIP on the other core. add() copies the packet and parses the numeric address into a
 sockaddr at once, so nothing the thread reads belongs to Python. Batches are numbered as they are flushed
@@ -30,6 +31,7 @@ failed and the others go on. */
 #include <sys/socket.h>
 
 #define SENDER_THREAD "rtp-send"
+#define MAX_BEHIND 65536 /* packets waiting for the thread before a flush waits for it instead of appending */
 
 typedef struct {
     int fd;
@@ -44,6 +46,7 @@ typedef struct {
     size_t count, capacity;
     char *data;
     size_t used, room;
+    unsigned long long flushes; /* flushes whose packets it holds (appended ones included) */
 } Batch;
 
 typedef struct {
@@ -102,9 +105,10 @@ static void *sender_main(void *arg) {
         self->failed += failed;
         if (failed)
             self->last_errno = last_errno;
-        self->done++;
+        self->done += b->flushes;
         b->count = 0;
         b->used = 0;
+        b->flushes = 0;
         if (self->queued.count) {
             Batch next = self->queued;
             self->queued = self->sending; /* empty: its buffers are reused */
@@ -217,9 +221,11 @@ static int parse_address(PyObject *address, Entry *e) {
     return 1;
 }
 
-static int batch_reserve(Batch *b, size_t size) {
-    if (b->count == b->capacity) {
+static int batch_reserve_n(Batch *b, size_t entries_needed, size_t size) {
+    if (b->count + entries_needed > b->capacity) {
         size_t capacity = b->capacity ? 2 * b->capacity : 1024;
+        while (capacity < b->count + entries_needed)
+            capacity *= 2;
         Entry *entries = PyMem_RawRealloc(b->entries, capacity * sizeof(Entry));
         if (entries == NULL)
             return -1;
@@ -236,6 +242,26 @@ static int batch_reserve(Batch *b, size_t size) {
         b->data = data;
         b->room = room;
     }
+    return 0;
+}
+
+static int batch_reserve(Batch *b, size_t size) { return batch_reserve_n(b, 1, size); }
+
+/* src's packets after dst's (dst: the batch waiting for the thread, under the mutex); -1 when out of memory. */
+static int batch_append(Batch *dst, Batch *src) {
+    if (batch_reserve_n(dst, src->count, src->used) < 0)
+        return -1;
+    for (size_t i = 0; i < src->count; i++) {
+        Entry *e = &dst->entries[dst->count + i];
+        *e = src->entries[i];
+        e->offset += dst->used;
+    }
+    memcpy(dst->data + dst->used, src->data, src->used);
+    dst->count += src->count;
+    dst->used += src->used;
+    dst->flushes += 1;
+    src->count = 0;
+    src->used = 0;
     return 0;
 }
 
@@ -280,7 +306,8 @@ static PyObject *Sender_add(Sender *self, PyObject *const *args, Py_ssize_t narg
 
 PyDoc_STRVAR(flush_doc, "flush() -> int\n\n"
                         "Hand the packets added since the last flush to the sending thread as the next batch\n"
-                        "(waiting only while an earlier flushed batch still waits for it); returns how many.");
+                        "(appended to an earlier flushed batch that still waits for it; waiting only when that one\n"
+                        "holds MAX_BEHIND packets already); returns how many.");
 
 static PyObject *Sender_flush(Sender *self, PyObject *Py_UNUSED(ignored)) {
     size_t count = self->filling.count;
@@ -295,6 +322,16 @@ static PyObject *Sender_flush(Sender *self, PyObject *Py_UNUSED(ignored)) {
         self->started = 1;
     }
     pthread_mutex_lock(&self->mutex);
+    self->filling.flushes = 1;
+    if (self->busy && self->queued.count && self->queued.count < MAX_BEHIND) {
+        /* a part behind: the packets join the batch waiting for the thread, in order */
+        int appended = batch_append(&self->queued, &self->filling);
+        if (appended == 0) {
+            self->flushed++;
+            pthread_mutex_unlock(&self->mutex);
+            return PyLong_FromSize_t(count);
+        } /* out of memory: wait for the thread instead */
+    }
     Batch empty;
     if (!self->busy) {
         empty = self->sending;
@@ -302,7 +339,7 @@ static PyObject *Sender_flush(Sender *self, PyObject *Py_UNUSED(ignored)) {
         self->busy = 1;
         pthread_cond_signal(&self->work);
     } else {
-        wait_locked(self, 0); /* two batches behind: the tick waits for the thread */
+        wait_locked(self, 0); /* far behind: the tick waits for the thread */
         if (!self->busy) {    /* it finished everything meanwhile */
             empty = self->sending;
             self->sending = self->filling;
