@@ -7,6 +7,7 @@ tests of the shell (ivr/transport/rtp.py) check what arrives, never how fast.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 import socket
@@ -31,11 +32,12 @@ from support.waiting import wait_until_async
 from ivr.media import g711
 from ivr.media.dtmf import TelephoneEvent
 from ivr.media.g711 import FRAME_SECONDS
-from ivr.media.pacing import MAX_CATCH_UP, Pacer, silent_streams
+from ivr.media.pacing import MAX_CATCH_UP, Pacer, Tick, silent_streams
 from ivr.media.ports import RtpPortAllocator
 from ivr.media.rtp import RtpPacket
-from ivr.media.stream import KeyPressed, PlaybackFinished, RecordingStopped
-from ivr.transport.rtp import MediaShell
+from ivr.media.stream import KeyPressed, MediaStream, PlaybackFinished, RecordingStopped
+from ivr.transport import rtp
+from ivr.transport.rtp import MediaShell, SendEntry
 
 
 async def until(what: str, check: Callable[[], object], timeout: float = 5.0) -> None:
@@ -305,3 +307,59 @@ async def test_media_timeout_reaches_the_shells_callback() -> None:
         assert rec.timeouts[0] is leg and shell.stats.media_timeouts >= 1
     finally:
         shell.close_all()
+
+
+@pytest.mark.usefixtures("send_path")  # the sendto path and the batch sender
+async def test_a_tick_sends_in_parts_so_a_datagram_waits_behind_one_part_not_the_whole_tick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(rtp, "TICK_PART", 3)
+    rec = Recorder()
+    shell = await make_shell(rec)
+    phones = [UdpPhone() for _ in range(7)]
+    order: list[str] = []
+    loop = asyncio.get_running_loop()
+    probe_in, probe_out = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    probe_in.setblocking(False)
+    legs: list[MediaStream] = []
+
+    def probe_read() -> None:  # a datagram that came in during the tick's first part (as SIP would)
+        probe_in.recv(64)
+        order.append("datagram")
+        if "closed" not in order:
+            shell.close(legs[6])  # a call that ends before its part of the tick gets nothing more
+            order.append("closed")
+
+    send_part = shell._send_part
+
+    def spy(tick: Tick, senders: list[SendEntry], start: int, closed: int) -> None:
+        order.append(f"part {start}")
+        if start == 0 and "closed" not in order:
+            probe_out.send(b"x")
+        send_part(tick, senders, start, closed)
+
+    loop.add_reader(probe_in.fileno(), probe_read)
+    monkeypatch.setattr(shell, "_send_part", spy)
+    try:
+        legs += [shell.open(p.addr, "PCMU", 0, None) for p in phones]
+        await until("three ticks after the close", lambda: order.count("part 0") >= 4)
+        first = order[: order.index("part 0", 1)]
+        # the tick's parts are turns of their own: the datagram was served before its last part
+        assert first[0] == "part 0" and set(first) == {"part 0", "part 3", "part 6", "datagram", "closed"}
+        assert first.index("datagram") < first.index("part 6")
+        await until("two more ticks", lambda: order.count("part 0") >= 6)
+        for i, phone in enumerate(phones):
+            got = phone.drain()
+            seqs = [p.sequence for p in got]
+            assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs)), i  # one packet a tick, in order
+            if i == 6:
+                assert got == [] and legs[6].packets_out == 0  # its part came after the close
+            else:
+                assert len(got) >= 5
+    finally:
+        loop.remove_reader(probe_in.fileno())
+        probe_in.close()
+        probe_out.close()
+        shell.close_all()
+        for p in phones:
+            p.close()

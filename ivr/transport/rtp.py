@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 from ivr.media.g711 import get_codec
 from ivr.media.latch import DROP_REASONS
-from ivr.media.pacing import Pacer, silent_streams
+from ivr.media.pacing import Pacer, Tick, silent_streams
 from ivr.media.ports import RtpPortAllocator
 from ivr.media.stream import MediaEvent, MediaStream
 from ivr.transport import rtpbatch
@@ -56,6 +56,11 @@ log = logging.getLogger(__name__)
 
 LATENESS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 FAILURE_STAGES = ("receive", "send", "events", "timeout")
+# streams sent per part of a tick (about 0.5 ms of the loop's time): each part is its own turn of the event
+# loop, so a SIP datagram that arrives during a tick of 5,000 streams waits behind one part, not the whole tick
+TICK_PART = 250
+
+SendEntry = tuple[MediaStream, Callable[[bytes, tuple[str, int]], int], int]  # a stream, its socket's sendto, fd
 
 
 @dataclass
@@ -113,8 +118,11 @@ class MediaShell:
         self.rng = rng or random.Random()
         self.stats = MediaStats()
         self._streams: dict[MediaStream, socket.socket] = {}
-        # what the tick walks: each open stream with its socket's sendto, rebuilt only after open/close
-        self._senders: list[tuple[MediaStream, Callable[[bytes, tuple[str, int]], int], int]] | None = None
+        # what the tick walks: each open stream with its socket's sendto and descriptor, copied again only
+        # after an open or close (at most once a tick)
+        self._senders: list[SendEntry] | None = None
+        self._entries: dict[MediaStream, SendEntry] = {}  # made once per stream: a rebuild copies, creates nothing
+        self._closed = 0  # streams closed so far: a tick's later parts skip those closed since it began
         self.batch_sender = self._batch_sender(batch)
         # sockets of closed streams, each with the number of the last batch that may name it: closed once sent
         self._closing: list[tuple[int, socket.socket]] = []
@@ -176,6 +184,7 @@ class MediaShell:
             trusted=signalling_host is not None and self.trusts(signalling_host),
         )
         self._streams[stream] = sock
+        self._entries[stream] = (stream, sock.sendto, sock.fileno())
         self._senders = None
         self.loop.add_reader(sock.fileno(), self._readable, stream, sock)
         if self._tick_handle is None:
@@ -186,7 +195,9 @@ class MediaShell:
         sock = self._streams.pop(stream, None)
         if sock is None:
             return
+        del self._entries[stream]
         self._senders = None
+        self._closed += 1
         stream.unbridge()  # the other leg must not relay into a closed stream
         self.loop.remove_reader(sock.fileno())
         if self.batch_sender is None:
@@ -317,11 +328,27 @@ class MediaShell:
         stats = self.stats
         stats.ticks += 1
         stats.observe_lateness(tick.late)
-        frames, skipped = tick.frames, tick.skipped
-        stats.frames_skipped += skipped
+        stats.frames_skipped += tick.skipped
         senders = self._senders
         if senders is None:
-            senders = self._senders = [(s, sock.sendto, sock.fileno()) for s, sock in self._streams.items()]
+            senders = self._senders = list(self._entries.values())  # a new list: earlier ticks' parts keep theirs
+        self._send_part(tick, senders, 0, self._closed)
+
+    def _send_part(self, tick: Tick, senders: list[SendEntry], start: int, closed: int) -> None:
+        """Streams ``start`` to ``start + TICK_PART`` of a tick's ``senders``; the next part is queued on the loop.
+
+        ``closed`` is the count of closed streams when the tick began: a part after a close skips the streams
+        closed since, whose sockets may already be shut (or, batched, waiting only for batches flushed before).
+        """
+        stop = start + TICK_PART
+        part = senders[start:stop]
+        if closed != self._closed:
+            streams = self._streams
+            part = [entry for entry in part if entry[0] in streams]
+        if stop < len(senders):
+            # SIP and the other streams' RTP wait behind this part, not behind the whole tick
+            self.loop.call_soon(self._send_part, tick, senders, stop, closed)
+        frames, skipped = tick.frames, tick.skipped
         fired: list[MediaStream] = []
         failed: list[tuple[MediaStream, Exception]] = []
         batch = self.batch_sender
@@ -329,7 +356,7 @@ class MediaShell:
             # the usual tick, one frame per stream: the loops below are the whole per-call cost of the
             # server's media (at 5,000 calls they run 250,000 times a second), so they are kept flat
             if batch is None:
-                for stream, sendto, _fd in senders:
+                for stream, sendto, _fd in part:
                     try:
                         pkt = stream.next_packet()  # made even when held: playback and its events move on
                         remote = stream.send_to
@@ -346,7 +373,7 @@ class MediaShell:
                         fired.append(stream)
             else:
                 add = batch.add
-                for stream, sendto, fd in senders:
+                for stream, sendto, fd in part:
                     try:
                         pkt = stream.next_packet()  # made even when held: playback and its events move on
                         remote = stream.send_to
@@ -362,7 +389,7 @@ class MediaShell:
                     if stream.events:
                         fired.append(stream)
         else:
-            for stream, sendto, fd in senders:
+            for stream, sendto, fd in part:
                 try:
                     self._send(stream, sendto, fd, frames, skipped)
                 except Exception as exc:  # noqa: BLE001 - one stream's failure ends that stream only
@@ -372,8 +399,8 @@ class MediaShell:
                     fired.append(stream)
         if batch is not None:
             try:
-                batch.flush()  # to the sender's thread: waits only when it is two ticks behind
-            except OSError as exc:  # its thread could not start: this tick's frames are lost
+                batch.flush()  # to the sender's thread, at once: it sends this part while the loop goes on
+            except OSError as exc:  # its thread could not start: this part's frames are lost
                 self._stop_batching(exc)
             if self._closing:
                 self._close_pending()
@@ -384,9 +411,10 @@ class MediaShell:
                 self.on_events(stream, stream.drain_events())
             except Exception as exc:  # noqa: BLE001 - one stream's failure ends that stream only
                 self._fail(stream, "events", exc)
-        if tick.check_timeouts:
+        if tick.check_timeouts and stop >= len(senders):
+            now = self.loop.time()
             for stream in silent_streams(self._streams, now, self.media_timeout):
-                stats.media_timeouts += 1
+                self.stats.media_timeouts += 1
                 try:
                     self.on_timeout(stream)
                 except Exception as exc:  # noqa: BLE001 - one stream's failure ends that stream only
