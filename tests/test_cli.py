@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+import sys
 from pathlib import Path
 
 import pytest
 
-from ivr.cli import main
+from ivr.cli import GIL_SWITCH_INTERVAL, main, tune_runtime
 
 
 def test_check_config_names_file_line_and_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -58,3 +60,15 @@ def test_reports_create_no_database_where_the_server_keeps_none(
     assert main([command, "--config", str(cfg)]) == 1
     assert f"{what}: {db} does not exist" in capsys.readouterr().err
     assert not db.exists()
+
+
+def test_serving_tunes_the_collector_and_gives_the_event_loop_the_interpreter_lock_back_within_half_a_ms() -> None:
+    before = (gc.get_threshold(), sys.getswitchinterval())
+    try:
+        tune_runtime()
+        assert gc.get_threshold() == (50_000, 20, 100)
+        assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL) and GIL_SWITCH_INTERVAL <= 0.0005
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before[0])
+        sys.setswitchinterval(before[1])
