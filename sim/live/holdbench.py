@@ -50,6 +50,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 
 from sim.benchkit import (
     BenchRun,
@@ -67,7 +68,7 @@ from sim.benchkit import (
     work_directory,
 )
 from sim.live.holdrun import MAX_LENGTH, HoldBenchOptions, HoldRun, HoldStep, hold_config
-from sim.live.targets import event_loop_name, sipp_version
+from sim.live.targets import event_loop_name, loop_lag_report, sipp_version
 
 GOAL_P99_MS = 5.0  # new-call answer p99 and tick lateness p99
 GOAL_LENGTH = 2000  # callers holding in line when the goal must hold
@@ -148,6 +149,9 @@ def render(steps: Sequence[HoldStep], opts: HoldBenchOptions) -> str:
         "machine CPU: cores busy in the loaded window, everything on the machine; send: how the server sent RTP "
         "(batched: its rtp-send thread ran; sendto: one socket.sendto per packet)."
     )
+    if opts.loop_lag is not None:
+        print("\nfrontdesk event loop (tools/loop_lag.py):")
+        print(loop_lag_report(Path(opts.loop_lag)))
     step = goal_step(steps, opts.goal_length)
     met = goal_met(step, opts.goal_ms)
     where = f"at {step.line} in line" if step is not None else f"no step of >= {opts.goal_length} in line ran"
@@ -177,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ramp-rate", type=int, default=200, help="holding callers added per second (200)")
     p.add_argument("--goal-ms", type=float, default=GOAL_P99_MS, help="new-call and tick p99 goal (5)")
     p.add_argument("--goal-length", type=int, default=GOAL_LENGTH, help="callers in line the goal is checked at")
+    p.add_argument(
+        "--loop-lag",
+        metavar="PATH",
+        help="run the server under tools/loop_lag.py (event-loop lag and garbage collections), its samples written "
+        "to PATH; the breakdown is printed at the end",
+    )
     p.add_argument("--profile", metavar="DIR", help="py-spy the server over each step's windows; raw stacks into DIR")
     sipp_bench_options(p, f"exit 1 unless the goal is met at >= --goal-length ({GOAL_LENGTH}) callers in line")
     return p
@@ -211,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         goal_length=args.goal_length,
         announce_every=args.announce_every,
         profile=args.profile,
+        loop_lag=args.loop_lag,
     )
     if min(opts.rate, opts.ramp_rate) < 1 or min(opts.window, opts.quiet) <= 0 or opts.settle < 0:
         return refuse("bench-hold", "need --rate >= 1, --ramp-rate >= 1, --window > 0, --quiet > 0, --settle >= 0")

@@ -62,6 +62,7 @@ class HoldBenchOptions:
     goal_length: int
     announce_every: float = 10.0
     profile: str | None = None  # py-spy the server over each step's windows; raw stacks into this folder
+    loop_lag: str | None = None  # run the server under tools/loop_lag.py, its samples written here
 
 
 @dataclass
@@ -128,7 +129,13 @@ class HoldRun:
     def __init__(self, opts: HoldBenchOptions, workdir: Path, config: Mapping[str, Any]) -> None:
         self.opts = opts
         self.workdir = workdir
-        self.server = Frontdesk(workdir, hold_time=86400.0, config=config, nofile=2 * max(opts.lengths) + 4096)
+        self.server = Frontdesk(
+            workdir,
+            hold_time=86400.0,
+            config=config,
+            nofile=2 * max(opts.lengths) + 4096,
+            loop_lag=Path(opts.loop_lag) if opts.loop_lag else None,
+        )
         self.holders: list[subprocess.Popen[bytes]] = []
         self.holder_stats: list[Path] = []  # each holders' SIPp's -trace_stat file
         self.held = 0  # holders started so far

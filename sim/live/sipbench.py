@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -63,7 +62,6 @@ from sim.benchkit import (
 )
 from sim.live.sipprun import BUILTIN_UAC, MIN_RATE_SHARE, Run, UacScenario, run_uac
 from sim.live.targets import (
-    ROOT,
     Frontdesk,
     Kamailio,
     SippUas,
@@ -71,6 +69,7 @@ from sim.live.targets import (
     event_loop_name,
     find_kamailio,
     kamailio_version,
+    loop_lag_report,
     sipp_version,
 )
 
@@ -434,10 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(render(results, summary))
     if args.loop_lag is not None and "frontdesk" in names:
-        # tools/ is the repository's, not the installed package's: read the file with the tool itself
-        probe = [sys.executable, "-m", "tools.loop_lag", "--report", str(args.loop_lag)]
         print("\nfrontdesk event loop (tools/loop_lag.py):")
-        print(subprocess.run(probe, cwd=ROOT, capture_output=True, text=True, timeout=60).stdout.rstrip())
+        print(loop_lag_report(args.loop_lag))
     report = run.report(
         options=asdict(opts) | {"quick": quick, "latency_load": LATENCY_LOAD, "min_rate_share": MIN_RATE_SHARE},
         scenario="sipp -sn uac -d 0 over UDP on 127.0.0.1; rtd = INVITE -> 200 OK, whole ms",

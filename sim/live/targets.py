@@ -358,6 +358,13 @@ class Frontdesk:
         return process_cpu_seconds(self.pid)
 
 
+def loop_lag_report(path: Path) -> str:
+    """The breakdown of a server run under tools/loop_lag.py (read with the tool itself: tools/ is the
+    repository's, not the installed package's)."""
+    probe = [sys.executable, "-m", "tools.loop_lag", "--report", str(path)]
+    return subprocess.run(probe, cwd=ROOT, capture_output=True, text=True, timeout=60).stdout.rstrip()
+
+
 def sipp_version(sipp: str) -> str:
     out = subprocess.run([sipp, "-v"], capture_output=True, text=True, timeout=10)
     return next((ln.strip() for ln in (out.stdout + out.stderr).splitlines() if "SIPp v" in ln), "unknown")
