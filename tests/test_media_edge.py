@@ -282,6 +282,17 @@ def new_shell(rec: FailureRecorder, trusts: Callable[[str], bool] | None = None)
     )
 
 
+class BrokenCodec(g711.Codec):
+    """PCMU that raises on decode: a stand-in for a bug in a stream's receive path (compiled or not)."""
+
+    def __init__(self) -> None:
+        base = g711.PCMU
+        super().__init__(base.name, base.payload_type, base._to_lin, base._from_lin)
+
+    def decode(self, data: bytes) -> bytes:
+        raise ValueError("a bug in the receive path")
+
+
 async def packets_in(phone: UdpPhone, seconds: float) -> int:
     """How many packets the phone hears in the next ``seconds`` (the loop runs meanwhile)."""
     phone.drain()
@@ -306,10 +317,8 @@ async def test_one_failing_stream_ends_alone_and_every_other_call_keeps_its_20_m
         bad_events.play([[bad_events.silence]], play_id=1)  # one frame: its PlaybackFinished goes to on_events
         bad_rx = shell.open(("127.0.0.1", 9), "PCMU", 0, 101)
 
-        def boom(data: bytes, addr: tuple[str, int], now: float) -> None:
-            raise ValueError("a bug in the receive path")
-
-        bad_rx.receive = boom  # type: ignore[method-assign]
+        bad_rx.codec = BrokenCodec()  # a bug in the receive path: decoding what a recording keeps raises
+        bad_rx.start_recording(max_seconds=10.0, silence_seconds=10.0)
         phone.sock.sendto(rtp(), ("127.0.0.1", bad_rx.local_port))
         assert await packets_in(phone, 1.0) >= 40  # during: still 50 a second
         assert set(rec.failures) == {bad_port, bad_nul, bad_events, bad_rx}

@@ -261,7 +261,8 @@ def _both_modes(*args: str, **env: str) -> dict[str, Any]:
 
 @needs_build
 def test_compiled_and_pure_sip_cores_answer_the_same() -> None:
-    """Every datagram of a seeded corpus (valid calls and mutations of them): parsed, answered, sent, counted."""
+    """Every datagram of a seeded corpus (valid calls and mutations of them): parsed, answered, sent, counted; the
+    same datagrams through flood control; RTP streams paced, played to, spoken to and recorded."""
     reports = _both_modes("sip", PYTHONHASHSEED="0")
     compiled, pure = reports["compiled"]["sip"], reports["pure"]["sip"]
     assert compiled.pop("sip_compiled") and not pure.pop("sip_compiled")
@@ -269,6 +270,8 @@ def test_compiled_and_pure_sip_cores_answer_the_same() -> None:
     assert pure["datagrams"] > 4_000 and 0 < pure["refused_by_parser"] < pure["datagrams"]
     assert pure["conversation"]["answered"] > 50 and pure["conversation"]["datagrams_sent"] > 5_000
     assert pure["fuzz"]["ok"] and pure["fuzz"]["calls"] > 100
+    assert set(pure["admission"]["verdicts"]) == {"ADMIT", "DROP", "BLOCKED", "REFUSE"}  # flood control, every way
+    assert pure["media"]["counts"].startswith("(252, 600, 48, [('source', ")  # voice, keys, junk, a stranger
     assert compiled == pure
 
 

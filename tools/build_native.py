@@ -51,10 +51,21 @@ SIP = (
     "ivr/sip/core.py",
     "ivr/sip/inbound.py",
     "ivr/sip/ua.py",
+    "ivr/sip/admission.py",
+    "ivr/sip/registrar.py",
+)
+# The media engine's pure half: each call's stream (its packets, playback, keys), the latch, the pacing grid.
+MEDIA = (
+    "ivr/media/stream.py",
+    "ivr/media/latch.py",
+    "ivr/media/rtp.py",
+    "ivr/media/pacing.py",
+    "ivr/media/ports.py",
+    "ivr/media/dtmf.py",
 )
 # The SIP shell's loop (the socket reads and sends, each message into the core): compiled, it calls the core natively.
 SHELL = ("ivr/transport/sip.py",)
-COMPILED = tuple(s for s in (*ENGINE, *SIM, *SIP, *SHELL) if s not in NOT_COMPILED)
+COMPILED = tuple(s for s in (*ENGINE, *SIM, *SIP, *MEDIA, *SHELL) if s not in NOT_COMPILED)
 GROUP = "frontdesk_native"  # the shared library every compiled module's stub loads: frontdesk_native__mypyc
 OPT_LEVEL = "3"
 

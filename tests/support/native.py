@@ -23,7 +23,12 @@ import queueing
 import queueing.engine
 from ivr.fuzz.mutate import Dialog, mutate
 from ivr.fuzz.run import run as fuzz_run
+from ivr.media.dtmf import TelephoneEvent
+from ivr.media.g711 import PCMU
+from ivr.media.rtp import RtpPacket
+from ivr.media.stream import MediaStream
 from ivr.sip import message as sip_message
+from ivr.sip.admission import Admission, AdmissionLimits
 from ivr.sip.message import Request, Response, SipParseError, build_response, parse_message
 from ivr.sip.registrar import Registrar, RegistrarSettings
 from ivr.sip.sdp import SdpError, build_sdp, negotiate, parse_sdp
@@ -180,6 +185,69 @@ def _ua_conversation(corpus: list[bytes], seed: int) -> dict[str, Any]:
     }
 
 
+def _admission(corpus: list[bytes], seed: int) -> dict[str, Any]:
+    """The corpus through flood control from a few sources on a virtual clock: every verdict and refusal."""
+    limits = AdmissionLimits(requests_per_second=15, new_calls_per_second=3, new_calls_per_network=5,
+                             block_seconds=2.0, max_new_calls_per_second=12, max_sources=4, max_blocked=2)  # fmt: skip
+    adm = Admission(limits, lambda host: host == "10.9.9.9", "t0")
+    rng = random.Random(seed)
+    told = hashlib.sha256()
+    verdicts: dict[str, int] = {}
+    now = 0.0
+    for data in corpus:
+        host = rng.choice(("10.0.0.1", "10.0.0.2", "10.0.1.3", "10.9.9.9", "2001:db8::1", "2001:db8::2", "10.5.5.5"))
+        name = "BLOCKED"
+        if not adm.blocked(host, now):
+            verdict = adm.check(data, host, now)
+            if verdict.name == "NEW_CALL":
+                verdict = adm.take_new_call(host, now)
+            name = verdict.name
+            told.update(repr(adm.refusal(data)).encode())
+        told.update(name.encode())
+        verdicts[name] = verdicts.get(name, 0) + 1
+        now += rng.choice((0.0, 0.0, 0.001, 0.01, 0.05))
+    return {"verdicts_sha256": told.hexdigest(), "verdicts": verdicts}
+
+
+def _media(seed: int) -> dict[str, Any]:
+    """Streams paced, played to, spoken to (voice, keys, junk, a new source) and recorded, on a virtual clock."""
+    rng = random.Random(seed)
+    sent = hashlib.sha256()
+    told = hashlib.sha256()
+    now = 0.0
+    stream = MediaStream(20000, ("10.0.0.1", 4000), PCMU, 0, 101, 0x11223344, 7, 1000, now, signalling_host="10.0.0.1")
+    other = MediaStream(20002, ("10.0.0.2", 4002), PCMU, 0, 101, 0x55667788, 9, 5000, now)
+    stream.bridge(other)
+    stream.start_recording(max_seconds=2.0, silence_seconds=0.5)
+    for k in range(600):
+        if k % 150 == 10:
+            stream.play([[bytes([k % 256]) * 160] * rng.randint(1, 30)], play_id=k)
+        kind = rng.random()
+        if kind < 0.5:
+            voice = bytes(rng.randrange(256) for _ in range(160))
+            data = RtpPacket(0, k, k * 160, 0xABCD, voice).serialize()
+        elif kind < 0.6:
+            event = TelephoneEvent(rng.randrange(16), k % 2 == 1, 10, 400).serialize()
+            data = RtpPacket(101, k, 90_000 + 800 * (k // 20), 0xABCD, event).serialize()
+        elif kind < 0.7:
+            data = bytes(rng.randrange(256) for _ in range(rng.randrange(40)))
+        else:
+            data = b""
+        if data:
+            stream.receive(data, (rng.choice(("10.0.0.1", "10.0.0.1", "10.6.6.6")), 4000), now)
+        for s in (stream, other):
+            if k % 37 == 5:
+                s.skip(2)
+            sent.update(s.next_packet())
+            told.update(repr(s.drain_events()).encode())
+        now += 0.02
+    return {
+        "sent_sha256": sent.hexdigest(),
+        "events_sha256": told.hexdigest(),
+        "counts": repr((stream.packets_in, stream.packets_out, stream.bad_packets, sorted(stream.dropped.items()))),
+    }
+
+
 def vars_of(stats: object) -> dict[str, object]:
     """The counters of a SipStats (a compiled class has no __dict__)."""
     names = [n for n in dir(stats) if not n.startswith("_") and not callable(getattr(stats, n))]
@@ -206,6 +274,8 @@ def sip_report(count: int = 4000, seed: int = 11) -> dict[str, Any]:
         "refused_by_parser": errors,
         "parsed_sha256": parsed.hexdigest(),
         "conversation": _ua_conversation(corpus, seed),
+        "admission": _admission(corpus, seed),
+        "media": _media(seed),
         "fuzz": fuzz,
     }
 
