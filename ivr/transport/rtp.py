@@ -17,11 +17,15 @@ on-time tick takes a flat path with no call per stream besides
 ``sendmmsg`` cannot batch them) costs 2-3.5 us on the 2-core machine the
 benchmark runs on, about as much as the Python around it.
 
+A tick runs in parts of :data:`TICK_PART` streams, each its own turn of the
+event loop, so SIP waits behind one part, not behind a whole tick of 5,000
+streams; a part skips the streams closed since its tick began.
+
 So when the batch sender is built (ivr/transport/rtpbatch.py, a small C
 extension), the tick only queues each packet (``Sender.add``: copied, its
-address parsed) and flushes the batch to the extension's own thread, which
-makes the ``sendto`` calls without the interpreter lock while the loop goes
-on with SIP on the other core. The packets, their order and what a lost
+address parsed) and flushes each part's batch to the extension's own
+thread, which makes the ``sendto`` calls without the interpreter lock while
+the loop goes on with SIP on the other core. The packets, their order and what a lost
 frame means are the same as with ``sendto``; a closed stream's socket stays
 open until the batches that may still name it are sent (``_closing``), so
 the thread never sends from a closed or reused descriptor. Without the
