@@ -260,3 +260,37 @@ def test_a_shell_that_must_batch_says_why_it_cannot(monkeypatch: pytest.MonkeyPa
 
     with pytest.raises(RuntimeError, match=r"not available: socket.sendto per packet \(test\)"):
         asyncio.run(build())
+
+
+def test_two_sending_threads_keep_each_streams_order_and_send_every_packet(
+    batch_sender_type: rtpbatch.SenderType,  # noqa: F811
+) -> None:
+    with pytest.raises(ValueError, match="threads must be 1 to 8"):
+        batch_sender_type(threads=0)
+    sender = batch_sender_type(threads=2)
+    phones = [RawPhone() for _ in range(6)]
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(6)]
+    try:
+        for phone in phones:
+            phone.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        assert {s.fileno() % 2 for s in socks} == {0, 1}  # both threads have streams to send
+        for tick in range(50):  # batches flushed faster than sent, appended to the one waiting
+            for i, (sock, phone) in enumerate(zip(socks, phones, strict=True)):
+                for frame in range(1 + i % 3):  # streams of different sizes: the threads' shares differ
+                    assert sender.add(sock.fileno(), b"%d.%d.%d" % (i, tick, frame), phone.addr)
+            sender.flush()
+        sender.wait()
+        assert sender.threads == 2
+        assert (sender.flushed, sender.done) == (50, 50)
+        assert sender.counts()[:2] == (50 * 12, 0)  # 1, 2 and 3 frames a tick for each of two rounds of streams
+        for i, (sock, phone) in enumerate(zip(socks, phones, strict=True)):
+            phone.drain()
+            expected = [b"%d.%d.%d" % (i, t, f) for t in range(50) for f in range(1 + i % 3)]
+            assert [data for data, _ in phone.got] == expected  # every packet, in the order added
+            assert {port for _, port in phone.got} == {sock.getsockname()[1]}
+    finally:
+        sender.close()
+        for sock in socks:
+            sock.close()
+        for phone in phones:
+            phone.close()

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import socket
 from collections.abc import Callable
@@ -63,6 +64,9 @@ FAILURE_STAGES = ("receive", "send", "events", "timeout")
 # streams sent per part of a tick (about 0.5 ms of the loop's time): each part is its own turn of the event
 # loop, so a SIP datagram that arrives during a tick of 5,000 streams waits behind one part, not the whole tick
 TICK_PART = 250
+# threads of the batch sender: on loopback a packet's sendto also pays for its delivery, about 4 us, so 5,000
+# streams (250,000 packets a second) are more than one thread can send; a stream's socket keeps to one thread
+SEND_THREADS = 2
 
 SendEntry = tuple[MediaStream, Callable[[bytes, tuple[str, int]], int], int]  # a stream, its socket's sendto, fd
 
@@ -142,7 +146,7 @@ class MediaShell:
             if wanted:
                 raise RuntimeError(f"the RTP batch sender is not available: {why}")
             return None
-        return sender_type()
+        return sender_type(threads=max(1, min(SEND_THREADS, os.cpu_count() or 1)))
 
     @property
     def send_path(self) -> str:

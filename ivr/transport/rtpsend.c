@@ -5,18 +5,21 @@ this file's SHA-256; without it the shell sends with one socket.sendto per packe
 order).
 
 Theory of operation. A Sender holds three batches: the one the event loop fills during a tick (add), the one
-its thread is sending, and at most one flushed batch waiting for the thread. flush() hands the filled batch
+its threads are sending, and at most one flushed batch waiting for them. flush() hands the filled batch
 over without waiting: when a flushed batch is already waiting, the new packets are appended to it (the shell
 flushes each part of a tick, so the thread may be a part behind). Only when the waiting batch already holds
-MAX_BEHIND packets (the thread is many ticks behind) it waits, without the interpreter lock. The thread never touches a Python object, so it never needs the
-interpreter lock: while it makes the kernel calls (one sendto(2) per packet, each call has its own socket),
-the event loop runs SIP on the other core. add() copies the packet and parses the numeric address into a
-sockaddr at once, so nothing the thread reads belongs to Python. Batches are numbered as they are flushed
-(flushed) and counted as they are sent (done): the shell keeps a closed stream's socket open until done
-reaches the number flushed when it closed, so the thread never sends from a closed (or reused) descriptor.
+MAX_BEHIND packets (the thread is many ticks behind) it waits, without the interpreter lock. With
+Sender(threads=N), N threads send each batch together, each the packets whose descriptor modulo N is its own
+index: a stream's socket always goes to the same thread, so its packets keep their order, and a batch counts as
+sent when every thread has sent its share (the next one starts then).
 
-A packet that cannot be sent (EAGAIN, unreachable) is a lost frame, as with socket.sendto: it is counted in
-failed and the others go on. */
+A sending thread never touches a Python object, so it never needs the interpreter lock: while it makes the
+kernel calls (one sendto(2) per packet, each call has its own socket), the event loop runs SIP on another core.
+add() copies the packet and parses the numeric address into a sockaddr at once, so nothing the thread reads
+belongs to Python. Batches are numbered as they are flushed (flushed) and counted as they are sent (done): the
+shell keeps a closed stream's socket open until done reaches the number flushed when it closed, so the thread
+never sends from a closed (or reused) descriptor. A packet that cannot be sent (EAGAIN, unreachable) is a lost
+frame, as with socket.sendto: it is counted in failed and the others go on. */
 
 #define _GNU_SOURCE /* pthread_setname_np */
 #define PY_SSIZE_T_CLEAN
@@ -31,6 +34,7 @@ failed and the others go on. */
 #include <sys/socket.h>
 
 #define SENDER_THREAD "rtp-send"
+#define MAX_THREADS 8
 #define MAX_BEHIND 65536 /* packets waiting for the thread before a flush waits for it instead of appending */
 
 typedef struct {
@@ -49,7 +53,15 @@ typedef struct {
     unsigned long long flushes; /* flushes whose packets it holds (appended ones included) */
 } Batch;
 
+typedef struct Sender Sender;
+
 typedef struct {
+    Sender *owner;
+    int index; /* sends the packets whose descriptor % threads is this */
+    pthread_t thread;
+} Worker;
+
+struct Sender {
     PyObject_HEAD
     Batch filling; /* the event loop's, under the interpreter lock */
     Batch sending; /* the thread's while busy */
@@ -57,15 +69,18 @@ typedef struct {
     pthread_mutex_t mutex;
     pthread_cond_t work;
     pthread_cond_t idle;
-    pthread_t thread;
+    Worker workers[MAX_THREADS];
+    int threads; /* sending threads: each batch is split among them by descriptor, so a stream keeps its order */
     int started;
     int stopping;
     int busy;
-    unsigned long long flushed, done; /* batches handed to the thread, and sent */
-    unsigned long long waits;         /* flushes that had to wait for the thread */
+    unsigned long long generation;    /* batches put to sending so far: each thread sends its share once */
+    int remaining;                    /* threads still sending their share of the batch in sending */
+    unsigned long long flushed, done; /* batches handed to the threads, and sent */
+    unsigned long long waits;         /* flushes that had to wait for the threads */
     unsigned long long sent, failed;
     int last_errno;
-} Sender;
+};
 
 static void batch_free(Batch *b) {
     PyMem_RawFree(b->entries);
@@ -73,21 +88,36 @@ static void batch_free(Batch *b) {
     memset(b, 0, sizeof(*b));
 }
 
+/* The batch in sending is ready for every thread (called with the mutex held). */
+static void start_batch(Sender *self) {
+    self->busy = 1;
+    self->generation++;
+    self->remaining = self->threads;
+    pthread_cond_broadcast(&self->work);
+}
+
 static void *sender_main(void *arg) {
-    Sender *self = (Sender *)arg;
+    Worker *w = (Worker *)arg;
+    Sender *self = w->owner;
     pthread_setname_np(pthread_self(), SENDER_THREAD); /* what top -H and the media benchmark see */
+    unsigned long long seen = 0;                     /* the last batch this thread sent its share of */
     pthread_mutex_lock(&self->mutex);
     for (;;) {
-        while (!self->busy && !self->stopping)
+        /* a batch whose share is still to send, or (stopping) nothing left to send at all */
+        while (!(self->busy && self->generation != seen) && !(self->stopping && !self->busy))
             pthread_cond_wait(&self->work, &self->mutex);
-        if (!self->busy && self->stopping)
+        if (!(self->busy && self->generation != seen))
             break;
+        seen = self->generation;
+        int threads = self->threads;
         pthread_mutex_unlock(&self->mutex);
         Batch *b = &self->sending;
         unsigned long long sent = 0, failed = 0;
         int last_errno = 0;
         for (size_t i = 0; i < b->count; i++) {
             Entry *e = &b->entries[i];
+            if (threads > 1 && e->fd % threads != w->index)
+                continue; /* another thread's: each descriptor always goes to the same thread, in order */
             ssize_t n;
             do {
                 n = sendto(e->fd, b->data + e->offset, e->size, MSG_DONTWAIT, (struct sockaddr *)&e->addr,
@@ -105,6 +135,8 @@ static void *sender_main(void *arg) {
         self->failed += failed;
         if (failed)
             self->last_errno = last_errno;
+        if (--self->remaining > 0)
+            continue; /* the others are still sending their shares of this batch */
         self->done += b->flushes;
         b->count = 0;
         b->used = 0;
@@ -113,8 +145,10 @@ static void *sender_main(void *arg) {
             Batch next = self->queued;
             self->queued = self->sending; /* empty: its buffers are reused */
             self->sending = next;
+            start_batch(self);
         } else {
             self->busy = 0;
+            pthread_cond_broadcast(&self->work); /* a stopping sender's threads may go now */
         }
         pthread_cond_broadcast(&self->idle);
     }
@@ -150,20 +184,27 @@ static void stop_thread(Sender *self) {
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&self->mutex);
     self->stopping = 1;
-    pthread_cond_signal(&self->work);
+    pthread_cond_broadcast(&self->work);
     pthread_mutex_unlock(&self->mutex);
-    pthread_join(self->thread, NULL);
+    for (int i = 0; i < self->started; i++)
+        pthread_join(self->workers[i].thread, NULL);
     Py_END_ALLOW_THREADS
     self->started = 0;
 }
 
 static PyObject *Sender_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, ":Sender", kwlist))
+    static char *kwlist[] = {"threads", NULL};
+    int threads = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$i:Sender", kwlist, &threads))
         return NULL;
+    if (threads < 1 || threads > MAX_THREADS) {
+        PyErr_Format(PyExc_ValueError, "threads must be 1 to %d", MAX_THREADS);
+        return NULL;
+    }
     Sender *self = (Sender *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
+    self->threads = threads;
     pthread_mutex_init(&self->mutex, NULL);
     pthread_cond_init(&self->work, NULL);
     pthread_cond_init(&self->idle, NULL);
@@ -314,12 +355,23 @@ static PyObject *Sender_flush(Sender *self, PyObject *Py_UNUSED(ignored)) {
     if (count == 0)
         return PyLong_FromLong(0);
     if (!self->started) {
-        int err = pthread_create(&self->thread, NULL, sender_main, self);
-        if (err != 0) {
+        int err = 0;
+        pthread_mutex_lock(&self->mutex);
+        for (int i = 0; i < self->threads; i++) {
+            self->workers[i].owner = self;
+            self->workers[i].index = i;
+            err = pthread_create(&self->workers[i].thread, NULL, sender_main, &self->workers[i]);
+            if (err != 0)
+                break;
+            self->started++;
+        }
+        if (self->started)
+            self->threads = self->started; /* fewer than asked: the batches are split among those running */
+        pthread_mutex_unlock(&self->mutex);
+        if (!self->started) {
             errno = err;
             return PyErr_SetFromErrno(PyExc_OSError);
         }
-        self->started = 1;
     }
     pthread_mutex_lock(&self->mutex);
     self->filling.flushes = 1;
@@ -336,15 +388,13 @@ static PyObject *Sender_flush(Sender *self, PyObject *Py_UNUSED(ignored)) {
     if (!self->busy) {
         empty = self->sending;
         self->sending = self->filling;
-        self->busy = 1;
-        pthread_cond_signal(&self->work);
+        start_batch(self);
     } else {
         wait_locked(self, 0); /* far behind: the tick waits for the thread */
         if (!self->busy) {    /* it finished everything meanwhile */
             empty = self->sending;
             self->sending = self->filling;
-            self->busy = 1;
-            pthread_cond_signal(&self->work);
+            start_batch(self);
         } else {
             empty = self->queued;
             self->queued = self->filling;
@@ -407,6 +457,13 @@ static PyObject *Sender_done(Sender *self, void *Py_UNUSED(closure)) {
     return PyLong_FromUnsignedLongLong(n);
 }
 
+static PyObject *Sender_threads(Sender *self, void *Py_UNUSED(closure)) {
+    pthread_mutex_lock(&self->mutex);
+    int n = self->threads;
+    pthread_mutex_unlock(&self->mutex);
+    return PyLong_FromLong(n);
+}
+
 static PyObject *Sender_queued(Sender *self, void *Py_UNUSED(closure)) {
     return PyLong_FromSize_t(self->filling.count);
 }
@@ -423,6 +480,7 @@ static PyMethodDef Sender_methods[] = {
 
 static PyGetSetDef Sender_getset[] = {
     {"queued", (getter)Sender_queued, NULL, "packets added since the last flush()", NULL},
+    {"threads", (getter)Sender_threads, NULL, "sending threads (fewer than asked if one could not start)", NULL},
     {"flushed", (getter)Sender_flushed, NULL, "batches handed to the thread so far", NULL},
     {"done", (getter)Sender_done, NULL, "batches the thread has sent so far (the first ones flushed)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
