@@ -94,6 +94,8 @@ def test_bodies_and_queries_come_from_the_handlers_models(server_app: web.Applic
     assert listing == {"state", "mine", "queue", "agent", "limit"}
     assert doc["paths"]["/callbacks"]["post"]["responses"]["201"]
     assert doc["paths"]["/callbacks/{id}/call"]["post"]["responses"]["502"]
+    health = doc["paths"]["/healthz"]["get"]["responses"]  # a draining server answers 503 with the same body
+    assert set(health) == {"200", "503"} and health["503"]["content"] == health["200"]["content"]
     assert "4XX" in doc["paths"]["/admin/surge"]["put"]["responses"]
 
 

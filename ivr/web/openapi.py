@@ -86,6 +86,8 @@ class RouteLike(Protocol):
     @property
     def errors(self) -> tuple[int, ...]: ...
     @property
+    def also(self) -> tuple[int, ...]: ...
+    @property
     def inputs(self) -> tuple[type[RequestBody] | None, type[QueryString] | None]: ...
 
 
@@ -129,6 +131,8 @@ def _operation(route: RouteLike, schemas: dict[str, Any]) -> dict[str, Any]:
         responses["4XX"] = error
     for status in route.errors:
         responses[str(status)] = error
+    for status in route.also:  # the success body, in another state (a draining server's /healthz)
+        responses[str(status)] = {"description": "the same body", "content": {route.content_type: content}}
     op: dict[str, Any] = {
         "operationId": f"{route.method.lower()}_{slug or 'root'}",
         "summary": doc.splitlines()[0] if doc else route.handler.__name__.replace("_", " "),

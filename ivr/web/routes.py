@@ -49,6 +49,7 @@ class Route:
     status: int = 200  # on success
     content_type: str = "application/json"  # of the success answer
     errors: tuple[int, ...] = ()  # answered with the error body besides the 4xx (the click-to-call 502)
+    also: tuple[int, ...] = ()  # answered with the success body under another status (/healthz's 503 draining)
 
     @property
     def inputs(self) -> tuple[type[RequestBody] | None, type[QueryString] | None]:
@@ -72,7 +73,7 @@ A, G, S, N = Auth.ADMIN, Auth.AGENT, Auth.SESSION, Auth.NONE
 _ID = r"{id:\d+}"
 
 SERVICE_ROUTES: tuple[Route, ...] = (
-    Route("GET", "/healthz", health.healthz, N, "service"),
+    Route("GET", "/healthz", health.healthz, N, "service", also=(503,)),
     Route("GET", "/metrics", health.metrics, N, "service", content_type="text/plain"),
     Route("GET", "/openapi.json", openapi.openapi_json, N, "service"),
     Route("GET", "/docs", page.page, N, "service", content_type="text/html"),
