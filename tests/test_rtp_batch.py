@@ -12,21 +12,25 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import random
 import shutil
 import socket
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 from support.media import Recorder
 from support.ports import port_range
 from support.rtpsend import batch_sender_type, send_path  # noqa: F401  (fixtures)
 from support.waiting import wait_until_async
 
+from ivr.calls.ivrcall import IvrMetrics
 from ivr.media.pacing import Pacer
 from ivr.media.stream import MediaStream
 from ivr.transport import rtpbatch
 from ivr.transport.rtp import MediaShell
+from ivr.web.metrics import IvrCollector
 
 PACKETS = 40  # per phone: a 12-frame prompt, then silence
 
@@ -294,3 +298,20 @@ def test_two_sending_threads_keep_each_streams_order_and_send_every_packet(
             sock.close()
         for phone in phones:
             phone.close()
+
+
+async def test_the_metrics_say_how_the_shell_sends_and_from_how_many_threads(send_path: str) -> None:  # noqa: F811
+    ports = port_range(4)
+    shell = MediaShell("127.0.0.1", ports.start, ports[-1], lambda s, e: None, lambda s: None, 0.0)
+    registry = CollectorRegistry()
+    registry.register(IvrCollector(IvrMetrics(), shell))
+    try:
+        batched = registry.get_sample_value("frontdesk_rtp_send_batched")
+        threads = registry.get_sample_value("frontdesk_rtp_send_threads")
+        if send_path == "batched":
+            assert (batched, threads) == (1.0, float(min(2, os.cpu_count() or 1)))
+            assert registry.get_sample_value("frontdesk_rtp_batch_waits_total") == 0.0
+        else:
+            assert (batched, threads) == (0.0, None)  # no sender, no threads
+    finally:
+        shell.close_all()

@@ -232,10 +232,14 @@ class IvrCollector(Collector):
             c.add_metric([], failed)
             yield c
             c = CounterMetricFamily(
-                "frontdesk_rtp_batch_waits", "Ticks that waited for the batch sender's thread (two ticks behind)"
+                "frontdesk_rtp_batch_waits",
+                "Flushes of the tick that waited for the batch sender's threads (65,536 packets behind)",
             )
             c.add_metric([], waits)
             yield c
+            g = GaugeMetricFamily("frontdesk_rtp_send_threads", "Threads the batch sender sends from")
+            g.add_metric([], sender.threads)
+            yield g
 
 
 class AgentCallCounts(Protocol):
