@@ -18,7 +18,7 @@ from ivr.sip.ua import CallTerminated, InboundState, Outcome
 def caller_with_a_call(h: Harness, call_id: str = "before@127.0.0.1", *, ack: bool = True) -> Caller:
     caller = Caller(call_id=call_id, branch=f"z9hG4bK-{call_id.split('@')[0]}")
     got = responses(h.deliver(caller.invite()))
-    assert [r.status for r in got] == [200]
+    assert [r.status for r in got] == [100, 200]
     caller.learn(got[-1])
     if ack:
         assert h.deliver(caller.ack_2xx()) == []
@@ -95,7 +95,7 @@ def test_a_draining_ua_serves_the_dialogs_it_has_bye_reinvite_info() -> None:
 def test_a_caller_ringing_when_the_drain_starts_can_still_cancel() -> None:
     h = Harness(RouterSettings(answer_delay=5.0, ring_limit=10.0))
     caller = Caller(call_id="ringing@127.0.0.1", branch="z9hG4bK-ringing")
-    assert statuses(h.deliver(caller.invite())) == [180]
+    assert statuses(h.deliver(caller.invite())) == [100, 180]
     h.ua.drain()
     assert sorted(statuses(h.deliver(caller.cancel()))) == [200, 487]
     assert h.events_of(CallTerminated)[0].call.outcome is Outcome.CANCELLED

@@ -16,7 +16,7 @@ from ivr.media.ports import RtpPortAllocator
 from ivr.sip.events import Event
 from ivr.sip.message import REASON_PHRASES, Request, build_response
 from ivr.sip.stats import ALLOWED_METHODS, SipStats
-from ivr.sip.transaction import Peer, ServerInviteTransaction, TimerValues, TxState
+from ivr.sip.transaction import Peer, TimerValues
 from ivr.sip.txtable import ServerTransaction, TransactionTable
 
 ALLOW_HEADER = ", ".join(ALLOWED_METHODS)
@@ -50,8 +50,6 @@ class UaCore:
         self.stats = SipStats()
         self.rng = rng
         self.table = TransactionTable()
-        # new INVITEs owed a 100 (Trying) unless the transaction user answers them in the same turn
-        self.trying: list[tuple[ServerInviteTransaction, Request, float]] = []
         self.rtp_ports = RtpPortAllocator(config.rtp_port_min, config.rtp_port_max)
         self.out: list[tuple[bytes, Peer]] = []
         self.events: list[Event] = []
@@ -114,18 +112,6 @@ class UaCore:
             self.out.append((send, peer))
             self.stats.count_response(req.method, status)
         self.table.schedule(tx)
-
-    def send_trying(self) -> None:
-        """The 100 (Trying) of every INVITE of this turn that got no other response.
-
-        RFC 3261 17.2.1: the 100 is owed unless the transaction user answers within 200 ms; a call it
-        answered (or rang) while handling the INVITE's events needs none, which spares a datagram each
-        way for every call answered at once.
-        """
-        trying, self.trying = self.trying, []
-        for tx, req, now in trying:
-            if tx.last_response is None and tx.state is TxState.PROCEEDING:
-                self.respond(tx, req, 100, now)
 
 
 def reason(status: int, detail: str) -> str:

@@ -87,7 +87,7 @@ class InboundDialogs:
             return
         call.remote_offer_pending = call.negotiated is None
         self.calls[call.call_id] = call
-        self.core.trying.append((tx, req, now))  # sent after the turn's events unless the call is answered
+        self.core.respond(tx, req, 100, now)
         self.core.events.append(IncomingCall(call))
 
     def _refuse_new_call(

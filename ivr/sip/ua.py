@@ -134,8 +134,6 @@ class UserAgent:
     # -- interface for the shell -------------------------------------------
     def datagrams_to_send(self) -> list[tuple[bytes, Peer]]:
         core = self._core
-        if core.trying:
-            core.send_trying()
         out, core.out = core.out, []
         return out
 
