@@ -24,8 +24,8 @@ streams; a part skips the streams closed since its tick began.
 So when the batch sender is built (ivr/transport/rtpbatch.py, a small C
 extension), the tick only queues each packet (``Sender.add``: copied, its
 address parsed) and flushes each part's batch to the extension's own
-thread, which makes the ``sendto`` calls without the interpreter lock while
-the loop goes on with SIP on the other core. The packets, their order and what a lost
+threads (:data:`SEND_THREADS`), which make the ``sendto`` calls without the
+interpreter lock while the loop goes on with SIP. The packets, their order and what a lost
 frame means are the same as with ``sendto``; a closed stream's socket stays
 open until the batches that may still name it are sent (``_closing``), so
 the thread never sends from a closed or reused descriptor. Without the
