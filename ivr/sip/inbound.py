@@ -198,7 +198,7 @@ class InboundDialogs:
             core.respond(tx, req, 481, now)
             return
         call = itx.owner if isinstance(itx.owner, InboundCall) else None
-        core.respond(tx, req, 200, now, to_tag=call.local_tag if call else None)
+        core.respond(tx, req, 200, now, to_tag=call.local_tag if call else itx.to_tag or None)
         if itx.state is TxState.PROCEEDING and call is not None and call.invite_tx is itx:
             self._final(call, 487, now)
             self._end(call, now, Outcome.CANCELLED, "caller")
@@ -324,6 +324,12 @@ class InboundDialogs:
         call.timers.clear()
         if self.calls.get(call.call_id) is call:
             del self.calls[call.call_id]
+        itx = call.invite_tx
+        if itx.owner is call and itx.state is not TxState.PROCEEDING:
+            # the transaction lives on for up to 64*T1 to absorb copies; the call (its INVITE, SDP,
+            # dialog) is the TU's business now, not the collector's for 32 s at every call rate
+            itx.to_tag = call.local_tag
+            itx.owner = None
         self.core.stats.count_ended(outcome.value)
         self.core.events.append(CallTerminated(call))
 

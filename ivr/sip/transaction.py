@@ -115,13 +115,16 @@ class Transaction:
 
 
 class ServerInviteTransaction(Transaction):
-    __slots__ = ("acked", "interval", "last_response", "last_status", "owner")
+    __slots__ = ("acked", "interval", "last_response", "last_status", "owner", "to_tag")
 
     def __init__(self, key: TxKey, peer: Peer, reliable: bool, tv: TimerValues) -> None:
         super().__init__(key, peer, reliable, tv)
         self.state = TxState.PROCEEDING
         self.acked = False
-        self.owner: object = None  # the dialog/call this INVITE belongs to
+        # the dialog/call this INVITE belongs to; let go when the call ends, so that a finished
+        # call waiting out Timer L or H holds no more than this transaction (less for the collector to walk)
+        self.owner: object = None
+        self.to_tag = ""  # the To tag of our responses: a CANCEL's 200 carries it after the call let go
         self.last_response: bytes | None = None
         self.last_status = 0
         self.interval = tv.t1

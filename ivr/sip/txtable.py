@@ -5,6 +5,14 @@ Every transaction's next deadline and every named call timer ("linger",
 An entry is never removed when a timer is re-armed or cancelled: it is
 skipped when it comes up stale (its owner no longer holds that time), which
 keeps re-arming at O(log n) and cancelling at O(1).
+
+A stale entry still holds its owner, and a call's hold timer is an hour
+away: left alone, every ended call (its INVITE, its SDP, its dialog) would
+stay alive until then, which at a surge's call rate is gigabytes, and the
+garbage collector walks all of it. So the heap is compacted, stale entries
+dropped in one pass, whenever it has grown to twice its live size at the
+last compaction (plus ``COMPACT_SLACK``): each pass costs O(live) and comes
+after at least that many pushes, O(1) a push.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ ServerTransaction = ServerInviteTransaction | ServerNonInviteTransaction
 ClientTransaction = ClientInviteTransaction | ClientNonInviteTransaction
 TimerOwner = Transaction | InboundCall | OutCall
 
+COMPACT_SLACK = 4096  # stale entries a small heap may hold before its first compaction
+
 
 class TransactionTable:
     """Server and client transactions by key, and the heap their timers and the calls' timers share."""
@@ -36,6 +46,8 @@ class TransactionTable:
         self.invite_owner: dict[TxKey, OutCall] = {}  # client INVITE transactions of the calls we place
         self._heap: list[tuple[float, int, TimerOwner, str]] = []
         self._seq = 0
+        self._compact_at = COMPACT_SLACK
+        self.compactions = 0  # passes that dropped the heap's stale entries
 
     @property
     def active(self) -> int:
@@ -76,7 +88,24 @@ class TransactionTable:
     def push(self, at: float, owner: TimerOwner, name: str) -> None:
         """Arm a timer: ``name`` "" is the transaction's own deadline, else a call's named timer."""
         self._seq += 1
-        heapq.heappush(self._heap, (at, self._seq, owner, name))
+        heap = self._heap
+        heapq.heappush(heap, (at, self._seq, owner, name))
+        if len(heap) > self._compact_at:
+            self.compact()
+
+    @property
+    def heap_size(self) -> int:
+        """Entries on the timer heap, stale ones included."""
+        return len(self._heap)
+
+    def compact(self) -> None:
+        """Drop the stale entries (and with them the ended calls and transactions they hold)."""
+        heap = self._heap
+        live = [entry for entry in heap if _live(entry[0], entry[2], entry[3])]
+        heapq.heapify(live)
+        heap[:] = live  # in place: a ``due`` generator being iterated holds this same list
+        self._compact_at = 2 * len(live) + COMPACT_SLACK
+        self.compactions += 1
 
     def arm(self, call: InboundCall | OutCall, name: str, at: float) -> None:
         call.timers[name] = at

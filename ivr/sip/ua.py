@@ -164,6 +164,16 @@ class UserAgent:
         return self._core.table.active
 
     @property
+    def timer_entries(self) -> int:
+        """Entries on the one timer heap, stale ones (re-armed, cancelled, ended) included."""
+        return self._core.table.heap_size
+
+    @property
+    def timer_compactions(self) -> int:
+        """Passes that dropped the timer heap's stale entries."""
+        return self._core.table.compactions
+
+    @property
     def server_transactions(self) -> int:
         """Server transactions held (capped by ``UaConfig.max_transactions``)."""
         return len(self._core.table.server)

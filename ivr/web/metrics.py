@@ -111,6 +111,18 @@ class SipCollector(Collector):
         )
         g.add_metric([], self.ua.transactions_active)
         yield g
+        g = GaugeMetricFamily(
+            "frontdesk_sip_timer_entries",
+            "Entries on the SIP timer heap, stale ones included (bounded by compaction: about twice the live ones)",
+        )
+        g.add_metric([], self.ua.timer_entries)
+        yield g
+        c = CounterMetricFamily(
+            "frontdesk_sip_timer_compactions",
+            "Passes that dropped the SIP timer heap's stale entries (and the ended calls they held)",
+        )
+        c.add_metric([], self.ua.timer_compactions)
+        yield c
         c = CounterMetricFamily("frontdesk_calls_ended", "Calls ended, by outcome", labels=["outcome"])
         for outcome in (o.value for o in Outcome):
             c.add_metric([outcome], st.calls_ended.get(outcome, 0))
