@@ -66,7 +66,7 @@ def test_serving_tunes_the_collector_and_gives_the_event_loop_the_interpreter_lo
     before = (gc.get_threshold(), sys.getswitchinterval())
     try:
         tune_runtime()
-        assert gc.get_threshold() == (50_000, 20, 100)
+        assert gc.get_threshold() == (5_000, 10, 100)
         assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL) and GIL_SWITCH_INTERVAL <= 0.0005
     finally:
         gc.unfreeze()

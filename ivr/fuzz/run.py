@@ -269,7 +269,7 @@ class FuzzDriver:
             "server_transactions": len(core.table.server),
             "client_transactions": len(core.table.client),
             "invite_owners": len(core.table.invite_owner),
-            "timer_heap": len(core.table._heap) if ua.get_timer() is not None else 0,
+            "timer_heap": core.table.entries if ua.get_timer() is not None else 0,
             "inbound_calls": len(inbound.calls),
             "pending_refers": len(inbound._refers),
             "outbound_calls": len(outbound.calls),

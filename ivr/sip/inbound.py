@@ -321,7 +321,7 @@ class InboundDialogs:
         call.outcome = outcome
         call.hangup_by = by
         call.end_status = call.invite_tx.last_status if outcome is Outcome.REJECTED else None
-        call.timers.clear()
+        self.core.table.disarm_all(call)
         if self.calls.get(call.call_id) is call:
             del self.calls[call.call_id]
         itx = call.invite_tx

@@ -403,7 +403,7 @@ class OutboundDialogs:
         call.state = OutState.ENDED
         call.t_end = now
         call.ended_by = by
-        call.timers.clear()
+        self.core.table.disarm_all(call)
         if self.calls.get(call.call_id) is call:
             del self.calls[call.call_id]
         if call.ack is not None:

@@ -6,13 +6,16 @@ An entry is never removed when a timer is re-armed or cancelled: it is
 skipped when it comes up stale (its owner no longer holds that time), which
 keeps re-arming at O(log n) and cancelling at O(1).
 
-A stale entry still holds its owner, and a call's hold timer is an hour
-away: left alone, every ended call (its INVITE, its SDP, its dialog) would
-stay alive until then, which at a surge's call rate is gigabytes, and the
-garbage collector walks all of it. So the heap is compacted, stale entries
-dropped in one pass, whenever it has grown to twice its live size at the
-last compaction (plus ``COMPACT_SLACK``): each pass costs O(live) and comes
-after at least that many pushes, O(1) a push.
+A stale entry still holds its owner until it comes up, so a call's timer
+far ahead (the hold timer, an hour away) would keep every ended call, its
+INVITE, SDP and dialog, alive until then: gigabytes at a surge's call rate,
+and all of it walked by the garbage collector. So a call's timer more than
+``FAR`` seconds ahead does not go on the heap: it waits in a dict keyed by
+(call, name), from which the call's end or a re-arm removes it at O(1), and
+a sweep every ``FAR`` seconds moves the ones due within ``2 * FAR`` onto the
+heap. What stays stale on the heap is then at most ``2 * FAR`` seconds of
+re-armed timers and resends, and a sweep walks only the live calls' far
+timers.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ ServerTransaction = ServerInviteTransaction | ServerNonInviteTransaction
 ClientTransaction = ClientInviteTransaction | ClientNonInviteTransaction
 TimerOwner = Transaction | InboundCall | OutCall
 
-COMPACT_SLACK = 4096  # stale entries a small heap may hold before its first compaction
+FAR = 64.0  # seconds: a call's timer further ahead than this waits off the heap (transactions' are all nearer)
 
 
 class TransactionTable:
@@ -46,8 +49,9 @@ class TransactionTable:
         self.invite_owner: dict[TxKey, OutCall] = {}  # client INVITE transactions of the calls we place
         self._heap: list[tuple[float, int, TimerOwner, str]] = []
         self._seq = 0
-        self._compact_at = COMPACT_SLACK
-        self.compactions = 0  # passes that dropped the heap's stale entries
+        self._far: dict[tuple[InboundCall | OutCall, str], float] = {}  # call timers more than FAR ahead, off the heap
+        self._horizon = 0.0  # when the far timers are swept next (while there are any)
+        self.now = 0.0  # the latest time the user agent was given: a call's timer beyond now + FAR is far
 
     @property
     def active(self) -> int:
@@ -87,45 +91,71 @@ class TransactionTable:
     # -- the timer heap -------------------------------------------------------------
     def push(self, at: float, owner: TimerOwner, name: str) -> None:
         """Arm a timer: ``name`` "" is the transaction's own deadline, else a call's named timer."""
+        if name and at > self.now + FAR:
+            assert isinstance(owner, (InboundCall, OutCall))
+            if not self._far:
+                self._horizon = self.now + FAR
+            self._far[(owner, name)] = at
+            return
         self._seq += 1
-        heap = self._heap
-        heapq.heappush(heap, (at, self._seq, owner, name))
-        if len(heap) > self._compact_at:
-            self.compact()
-
-    @property
-    def heap_size(self) -> int:
-        """Entries on the timer heap, stale ones included."""
-        return len(self._heap)
-
-    def compact(self) -> None:
-        """Drop the stale entries (and with them the ended calls and transactions they hold)."""
-        heap = self._heap
-        live = [entry for entry in heap if _live(entry[0], entry[2], entry[3])]
-        heapq.heapify(live)
-        heap[:] = live  # in place: a ``due`` generator being iterated holds this same list
-        self._compact_at = 2 * len(live) + COMPACT_SLACK
-        self.compactions += 1
+        heapq.heappush(self._heap, (at, self._seq, owner, name))
 
     def arm(self, call: InboundCall | OutCall, name: str, at: float) -> None:
         call.timers[name] = at
+        if self._far:
+            self._far.pop((call, name), None)  # re-armed: the far entry is no longer its time
         self.push(at, call, name)
 
+    def disarm(self, call: InboundCall | OutCall, name: str) -> None:
+        """Cancel one of a call's timers."""
+        call.timers.pop(name, None)
+        if self._far:
+            self._far.pop((call, name), None)
+
+    def disarm_all(self, call: InboundCall | OutCall) -> None:
+        """Cancel every timer of a call (it ended): nothing here holds it any longer than its heap entries."""
+        far = self._far
+        if far:
+            for name in call.timers:
+                far.pop((call, name), None)
+        call.timers.clear()
+
+    @property
+    def entries(self) -> int:
+        """Timer entries held: on the heap (stale ones included) and waiting off it."""
+        return len(self._heap) + len(self._far)
+
+    def _sweep(self, now: float) -> None:
+        """Move the far timers due within 2 * FAR onto the heap: the rest are not due before the next sweep."""
+        self._horizon = now + FAR
+        far = self._far
+        window = now + 2 * FAR
+        near = [(key, at) for key, at in far.items() if at <= window]
+        for key, at in near:
+            del far[key]
+            call, name = key
+            if call.timers.get(name) == at:
+                self._seq += 1
+                heapq.heappush(self._heap, (at, self._seq, call, name))
+
     def next_at(self) -> float | None:
-        """When the earliest live timer is due (stale entries on top are dropped)."""
+        """When the earliest live timer is due (stale entries on top are dropped), or the next sweep is."""
         heap = self._heap
         while heap:
             at, _, owner, name = heap[0]
             if _live(at, owner, name):
-                return at
+                return at if not self._far or at < self._horizon else self._horizon
             heapq.heappop(heap)
-        return None
+        return self._horizon if self._far else None
 
     def due(self, now: float) -> Iterator[tuple[TimerOwner, str]]:
         """The live timers due by ``now``, earliest first; a call's named timer is disarmed as it is handed out.
 
         A generator: what the caller does with one timer (arming another) is seen by the next.
         """
+        self.now = now
+        if self._far and now >= self._horizon:
+            self._sweep(now)
         heap = self._heap
         while heap and heap[0][0] <= now:
             at, _, owner, name = heapq.heappop(heap)

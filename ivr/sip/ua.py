@@ -165,13 +165,8 @@ class UserAgent:
 
     @property
     def timer_entries(self) -> int:
-        """Entries on the one timer heap, stale ones (re-armed, cancelled, ended) included."""
-        return self._core.table.heap_size
-
-    @property
-    def timer_compactions(self) -> int:
-        """Passes that dropped the timer heap's stale entries."""
-        return self._core.table.compactions
+        """Timer entries held: on the heap (stale ones, re-armed or cancelled, included) and far ones off it."""
+        return self._core.table.entries
 
     @property
     def server_transactions(self) -> int:
@@ -200,6 +195,7 @@ class UserAgent:
 
     # -- what arrives ------------------------------------------------------------
     def receive(self, data: bytes, peer: Peer, now: float) -> None:
+        self._core.table.now = now
         try:
             msg = parse_message(data)
         except SipParseError as exc:
@@ -391,7 +387,7 @@ class UserAgent:
         self._core.table.arm(call, name, at)
 
     def cancel_call_timer(self, call: InboundCall, name: str) -> None:
-        call.timers.pop(name, None)
+        self._core.table.disarm(call, name)
 
     # -- commands for calls we place (UAC) ---------------------------------------------
     def place_call(

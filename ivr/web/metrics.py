@@ -113,16 +113,10 @@ class SipCollector(Collector):
         yield g
         g = GaugeMetricFamily(
             "frontdesk_sip_timer_entries",
-            "Entries on the SIP timer heap, stale ones included (bounded by compaction: about twice the live ones)",
+            "SIP timers held: on the heap (re-armed ones included) and the calls' far ones (hold) off it",
         )
         g.add_metric([], self.ua.timer_entries)
         yield g
-        c = CounterMetricFamily(
-            "frontdesk_sip_timer_compactions",
-            "Passes that dropped the SIP timer heap's stale entries (and the ended calls they held)",
-        )
-        c.add_metric([], self.ua.timer_compactions)
-        yield c
         c = CounterMetricFamily("frontdesk_calls_ended", "Calls ended, by outcome", labels=["outcome"])
         for outcome in (o.value for o in Outcome):
             c.add_metric([outcome], st.calls_ended.get(outcome, 0))
