@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import random
 import socket
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from ivr.media import g711
 from ivr.media.dtmf import TelephoneEvent
 from ivr.media.g711 import FRAME_SECONDS
 from ivr.media.pacing import MAX_CATCH_UP, Pacer, Tick, silent_streams
-from ivr.media.ports import RtpPortAllocator
+from ivr.media.ports import POOL_BYTES, RtpPortAllocator, UrandomPool
 from ivr.media.rtp import RtpPacket
 from ivr.media.stream import KeyPressed, MediaStream, PlaybackFinished, RecordingStopped
 from ivr.transport import rtp
@@ -188,6 +189,34 @@ def test_rtp_ports_are_not_sequential_and_a_seed_repeats_them() -> None:
     assert all(p % 2 == 0 and 20000 <= p <= 29998 for p in ports)
     b = RtpPortAllocator(20000, 29999, random.Random(13))
     assert [b.next() for _ in range(200)] == ports  # the injected random source makes tests deterministic
+
+
+def test_the_default_port_draws_are_uniform_and_read_urandom_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel's CSPRNG, read a block at a time, and no port likelier than another."""
+    reads: list[int] = []
+    real = os.urandom
+
+    def counting(n: int) -> bytes:
+        reads.append(n)
+        return real(n)
+
+    monkeypatch.setattr("ivr.media.ports.os.urandom", counting)
+    pool = UrandomPool()
+    draws = 3 * POOL_BYTES // 4  # three blocks' worth of 32-bit words
+    counts = [0] * 6
+    for _ in range(draws):
+        counts[pool.randrange(6)] += 1
+    assert reads and set(reads) == {POOL_BYTES} and 3 <= len(reads) <= 4  # a rejected word may take one more
+    expected = draws / 6
+    chi2 = sum((c - expected) ** 2 / expected for c in counts)
+    assert chi2 < 25.7  # 5 degrees of freedom: p = 1e-4
+    # the rejection keeps n that do not divide 2**32 unbiased: 3 * 2**30 leaves a third of words to reject
+    biased = UrandomPool()
+    low = sum(1 for _ in range(6000) if biased.randrange(3 << 30) < 1 << 30)
+    assert 1700 < low < 2300  # unbiased: a third; plain word % n would give a half
+    assert RtpPortAllocator(20000, 29999).rng.__class__ is UrandomPool
+    with pytest.raises(ValueError, match="empty range"):
+        pool.randrange(0)
 
 
 @pytest.mark.usefixtures("send_path")  # the sendto path and the batch sender

@@ -67,6 +67,8 @@ TICK_PART = 250
 # threads of the batch sender: on loopback a packet's sendto also pays for its delivery, about 4 us, so 5,000
 # streams (250,000 packets a second) are more than one thread can send; a stream's socket keeps to one thread
 SEND_THREADS = 2
+_SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)  # Linux; elsewhere setblocking(False) after the bind
+_NONBLOCKING_DGRAM = socket.SOCK_DGRAM | _SOCK_NONBLOCK
 
 SendEntry = tuple[MediaStream, Callable[[bytes, tuple[str, int]], int], int]  # a stream, its socket's sendto, fd
 
@@ -117,6 +119,7 @@ class MediaShell:
         """``batch``: send through the compiled batch sender (None: when it is built; True: it must be)."""
         self.loop = asyncio.get_running_loop()
         self.host = host
+        self._family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.ports = RtpPortAllocator(port_min, port_max, rng)  # a seeded rng makes the ports a test's to know
         self.on_events = on_events
         self.on_timeout = on_timeout
@@ -288,13 +291,15 @@ class MediaShell:
 
     def _bind(self) -> tuple[socket.socket, int]:
         for port in self.ports.candidates():  # a taken port is skipped; every port is tried once at the end
-            sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_DGRAM)
+            # non-blocking from the start: one system call fewer per stream than setblocking(False)
+            sock = socket.socket(self._family, _NONBLOCKING_DGRAM)
             try:
                 sock.bind((self.host, port))
             except OSError:
                 sock.close()
                 continue
-            sock.setblocking(False)
+            if not _SOCK_NONBLOCK:
+                sock.setblocking(False)
             return sock, port
         self.stats.port_exhausted += 1
         raise OSError("no free RTP port in the configured range")
