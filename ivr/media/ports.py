@@ -29,7 +29,7 @@ POOL_BYTES = 4096  # bytes of os.urandom read at a time: 1,024 draws
 _WORD = 1 << 32
 
 
-class Draws(Protocol):
+class PortDraws(Protocol):
     """What the allocator draws with: ``random.Random`` (seeded in tests) or :class:`UrandomPool`."""
 
     def randrange(self, n: int, /) -> int: ...
@@ -70,12 +70,12 @@ class RtpPortAllocator:
 
     __slots__ = ("first", "last", "rng")
 
-    def __init__(self, port_min: int, port_max: int, rng: Draws | None = None) -> None:
+    def __init__(self, port_min: int, port_max: int, rng: PortDraws | None = None) -> None:
         self.first = port_min + (port_min & 1)
         self.last = (port_max - 1) & ~1  # the RTCP port (+1) stays within the range too
         if self.last < self.first:
             raise ValueError(f"no even RTP port with its RTCP port in {port_min}-{port_max}")
-        self.rng: Draws = rng if rng is not None else UrandomPool()
+        self.rng: PortDraws = rng if rng is not None else UrandomPool()
 
     @property
     def span(self) -> int:
