@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from support.callers import caller_media
@@ -41,6 +40,7 @@ from ivr.media.dtmf import TelephoneEvent
 from ivr.media.latch import SSRC_GAP
 from ivr.media.rtp import RtpPacket
 from ivr.media.stream import KeyPressed, MediaEvent, MediaStream, PlaybackFinished
+from ivr.sip.dialogs import OutCall
 from ivr.sip.sdp import SdpError, parse_sdp
 from ivr.transport.rtp import MediaShell
 
@@ -340,8 +340,8 @@ def test_a_failed_stream_ends_the_leg_we_placed_that_owns_it() -> None:
     dropped: list[tuple[object, float]] = []
     sink = MediaEventSink(lambda: 5.0, lambda: None, drop=lambda out, now: dropped.append((out, now)))
     stream = leg()
-    out = SimpleNamespace(owner=None)  # the agent's dialog, as far as the sink looks at it
-    OutboundLeg(stream, out)  # type: ignore[arg-type]
+    out = OutCall(call_id="out1", peer=("udp", "127.0.0.1", 5062), target="sip:8001@127.0.0.1:5062", local_tag="t")
+    OutboundLeg(stream, out)
     sink.on_failure(stream)
     assert dropped == [(out, 5.0)]
     sink.on_failure(leg())  # a stream nobody owns: nothing to end

@@ -262,7 +262,8 @@ def _both_modes(*args: str, **env: str) -> dict[str, Any]:
 @needs_build
 def test_compiled_and_pure_sip_cores_answer_the_same() -> None:
     """Every datagram of a seeded corpus (valid calls and mutations of them): parsed, answered, sent, counted; the
-    same datagrams through flood control; RTP streams paced, played to, spoken to and recorded."""
+    same datagrams through flood control; RTP streams paced, played to, spoken to and recorded; the demo IVR's flow
+    walked by seeded random callers."""
     reports = _both_modes("sip", PYTHONHASHSEED="0")
     compiled, pure = reports["compiled"]["sip"], reports["pure"]["sip"]
     assert compiled.pop("sip_compiled") and not pure.pop("sip_compiled")
@@ -272,6 +273,7 @@ def test_compiled_and_pure_sip_cores_answer_the_same() -> None:
     assert pure["fuzz"]["ok"] and pure["fuzz"]["calls"] > 100
     assert set(pure["admission"]["verdicts"]) == {"ADMIT", "DROP", "BLOCKED", "REFUSE"}  # flood control, every way
     assert pure["media"]["counts"].startswith("(252, 600, 48, [('source', ")  # voice, keys, junk, a stranger
+    assert pure["flow"]["steps"] > 2_000 and 100 < pure["flow"]["finished"] < pure["flow"]["calls"]
     assert compiled == pure
 
 

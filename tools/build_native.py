@@ -65,7 +65,17 @@ MEDIA = (
 )
 # The SIP shell's loop (the socket reads and sends, each message into the core): compiled, it calls the core natively.
 SHELL = ("ivr/transport/sip.py",)
-COMPILED = tuple(s for s in (*ENGINE, *SIM, *SIP, *MEDIA, *SHELL) if s not in NOT_COMPILED)
+# What every call's SIP events reach: the router, the IVR call and its flow interpreter, the caller's identity.
+# The flow's events, actions and program stay interpreted (values tests copy and pickle; a compiled frozen
+# dataclass cannot be), as do the RTP shell (tests spy on its tick) and the call legs (queues and callbacks
+# subclass them).
+CALLS = (
+    "ivr/calls/router.py",
+    "ivr/calls/ivrcall.py",
+    "ivr/calls/trust.py",
+    "ivr/flow/interpreter.py",
+)
+COMPILED = tuple(s for s in (*ENGINE, *SIM, *SIP, *MEDIA, *SHELL, *CALLS) if s not in NOT_COMPILED)
 GROUP = "frontdesk_native"  # the shared library every compiled module's stub loads: frontdesk_native__mypyc
 OPT_LEVEL = "3"
 

@@ -21,12 +21,18 @@ from typing import Any
 
 import queueing
 import queueing.engine
+from ivr.flow import actions as fa
+from ivr.flow.interpreter import start as flow_start
+from ivr.flow.interpreter import step as flow_step
+from ivr.flow.program import compile_ivr
 from ivr.fuzz.mutate import Dialog, mutate
 from ivr.fuzz.run import run as fuzz_run
 from ivr.media.dtmf import TelephoneEvent
 from ivr.media.g711 import PCMU
 from ivr.media.rtp import RtpPacket
 from ivr.media.stream import MediaStream
+from ivr.settings.config import parse_config
+from ivr.settings.flows import DEMO_PATH
 from ivr.sip import message as sip_message
 from ivr.sip.admission import Admission, AdmissionLimits
 from ivr.sip.message import Request, Response, SipParseError, build_response, parse_message
@@ -248,6 +254,57 @@ def _media(seed: int) -> dict[str, Any]:
     }
 
 
+def _flow_event(rng: random.Random, state: fa.FlowState, actions: list[fa.FlowAction], now: float) -> fa.FlowEvent:
+    """What a caller, a timer or a queue might do next: mostly what the state waits for, sometimes a stray one."""
+    timers = [a.name for a in actions if isinstance(a, fa.StartTimer)]
+    pick = rng.random()
+    if pick < 0.3:
+        return fa.Digit(rng.choice("0123456789*#"))
+    if pick < 0.45 and timers:
+        return fa.TimerExpired(rng.choice(timers))
+    if pick < 0.7:
+        return fa.PlaybackDone(state.play_id - rng.choice((0, 0, 0, 1)))  # now and then an earlier prompt's
+    if pick < 0.8:
+        return fa.QueueLeft(rng.choice(("connected", "callback", "message", "timeout")))
+    if pick < 0.88:
+        return fa.CallbackDone(rng.choice(("booked", "exists", "cancelled", "none", "failed")), rng.randint(1, 90))
+    if pick < 0.95:
+        return fa.RecordingDone(f"rec-{now:.0f}.wav", rng.uniform(0, 60), rng.choice(("max_length", "silence", "key")))
+    return fa.HungUp()
+
+
+def _flow(calls: int, seed: int) -> dict[str, Any]:
+    """The demo IVR walked by seeded random callers: every state and action each step returned, digested."""
+    rng = random.Random(seed)
+    program = compile_ivr(parse_config(DEMO_PATH.read_text(), str(DEMO_PATH)).ivr)
+    told = hashlib.sha256()
+    steps = finished = 0
+    for n in range(calls):
+        now = float(n)
+        info = fa.CallInfo(
+            caller=rng.choice(("5550001", "09001234", "4445001", "")),
+            called=rng.choice(("", "2000", "3000", "100")),
+            groups=frozenset(rng.sample(("vip", "spam", "outage"), rng.randint(0, 2))),
+            notices=tuple(rng.sample(("notice_a", "notice_b"), rng.randint(0, 1))),
+            surge=rng.random() < 0.3,
+            local_time_minutes=rng.randrange(24 * 60),
+            weekday=rng.randrange(7),
+            queues=rng.random() < 0.7,
+            callbacks=rng.random() < 0.7,
+        )
+        state, actions = flow_start(program, info, now)
+        told.update(repr((state, actions)).encode())
+        for _ in range(40):
+            if state.finished:
+                finished += 1
+                break
+            now += rng.uniform(0, 5)
+            state, actions = flow_step(state, _flow_event(rng, state, actions, now), now)
+            told.update(repr((state, actions)).encode())
+            steps += 1
+    return {"calls": calls, "steps": steps, "finished": finished, "sha256": told.hexdigest()}
+
+
 def vars_of(stats: object) -> dict[str, object]:
     """The counters of a SipStats (a compiled class has no __dict__)."""
     names = [n for n in dir(stats) if not n.startswith("_") and not callable(getattr(stats, n))]
@@ -276,6 +333,7 @@ def sip_report(count: int = 4000, seed: int = 11) -> dict[str, Any]:
         "conversation": _ua_conversation(corpus, seed),
         "admission": _admission(corpus, seed),
         "media": _media(seed),
+        "flow": _flow(400, seed),
         "fuzz": fuzz,
     }
 
