@@ -50,7 +50,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, DateTime, Row, Table, and_, bindparam, func, or_, select, true, update
+from sqlalchemy import ColumnElement, DateTime, Row, Table, and_, bindparam, case, func, or_, select, true, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -265,8 +265,9 @@ class CallbackStore:
             rows = (await session.execute(stmt)).all()
         return sorted((_to_callback(r) for r in rows), key=order_key)
 
-    async def _select(self, where: Any, limit: int | None = None) -> builtins.list[Callback]:
-        stmt = select(*COLUMNS).where(where).order_by(T.c.arrived_at, T.c.id)
+    async def _select(self, where: Any, limit: int | None = None, first: Any = None) -> builtins.list[Callback]:
+        order = (T.c.arrived_at, T.c.id) if first is None else (first, T.c.arrived_at, T.c.id)
+        stmt = select(*COLUMNS).where(where).order_by(*order)
         if limit is not None:
             stmt = stmt.limit(limit)
         async with self._sessions() as session:
@@ -750,6 +751,28 @@ class CallbackStore:
         if queue is not None:
             conditions.append(T.c.queue == queue)
         return await self._select(and_(true(), *conditions), limit)
+
+    async def agent_view(
+        self,
+        agent: str,
+        *,
+        held: Iterable[str],
+        waiting: Iterable[str],
+        queue: str | None = None,
+        limit: int = 200,
+    ) -> builtins.list[Callback]:
+        """An agent's page in one read: those they hold in ``held`` states first, then the ``waiting`` ones for anyone.
+
+        One statement, so a callback handed to the agent between two reads is never missing from both."""
+        held, waiting = builtins.list(held), builtins.list(waiting)
+        unknown = (set(held) | set(waiting)) - set(STATES)
+        if unknown:
+            raise ValueError(f"unknown state(s) {', '.join(sorted(unknown))}; states are {', '.join(STATES)}")
+        mine = and_(T.c.state.in_(held), T.c.claimed_by == agent)
+        where = or_(mine, T.c.state.in_(waiting))
+        if queue is not None:
+            where = and_(where, T.c.queue == queue)
+        return await self._select(where, limit, first=case((mine, 0), else_=1))
 
 
 __all__ = [

@@ -282,6 +282,32 @@ async def test_agents_see_waiting_and_their_own_supervisors_see_all(desk: Desk) 
     assert (await desk.get("/callbacks?limit=0", BOSS))[0] == 400
 
 
+async def test_a_callback_handed_over_while_the_page_is_read_is_listed_once(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's page is one read: a claim or a release landing during it never hides a callback or lists it twice."""
+    cb = await desk.book("+4930100")
+    select = desk.store._select
+    moves = [lambda: desk.store.claim(cb.id, agent="8001", now=desk.clock())]
+
+    async def racing_select(*args: Any, **kw: Any) -> list[Callback]:
+        found = await select(*args, **kw)
+        while moves:  # the dispatcher moves the callback right after a read of the page's
+            await moves.pop()()
+        return found
+
+    monkeypatch.setattr(desk.store, "_select", racing_select)
+    status, body = await desk.get("/callbacks", A1)  # due -> offered to 8001 during the read
+    assert status == 200 and [(c["id"], c["state"]) for c in body["callbacks"]] == [(cb.id, "due")]
+    status, body = await desk.get("/callbacks", A1)
+    assert [(c["id"], c["state"]) for c in body["callbacks"]] == [(cb.id, "offered")]
+    moves.append(lambda: desk.store.release(cb.id, agent="8001", now=desk.clock()))
+    status, body = await desk.get("/callbacks", A1)  # offered -> due during the read
+    assert [(c["id"], c["state"]) for c in body["callbacks"]] == [(cb.id, "offered")]
+    status, body = await desk.get("/callbacks", A1)
+    assert [(c["id"], c["state"]) for c in body["callbacks"]] == [(cb.id, "due")]
+
+
 # -- claims ------------------------------------------------------------------------------
 
 

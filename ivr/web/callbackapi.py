@@ -206,10 +206,7 @@ async def list_callbacks(request: web.Request, service: CallbackService, who: Wh
             raise ApiError(403, message, [("state", message)])
         held = [s for s in (wanted or _HELD) if s in _HELD]
         waiting = [s for s in (wanted or _WAITING) if s in _WAITING]
-        found = list(await store.list(states=held, agent=who.agent, queue=queue, limit=limit)) if held else []
-        if waiting and not mine:
-            found += await store.list(states=waiting, queue=queue, limit=limit)
-        found = found[:limit]
+        found = await store.agent_view(who.agent, held=held, waiting=[] if mine else waiting, queue=queue, limit=limit)
     return web.json_response(
         {
             "agent": who.agent,
