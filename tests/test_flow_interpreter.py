@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
+import copyreg
+import inspect
+import pickle
+from dataclasses import is_dataclass, replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ivr.flow import actions as flow_actions
+from ivr.flow import program as flow_program
 from ivr.flow.actions import (
     CallbackDone,
     CallbackRequest,
@@ -792,6 +797,25 @@ def test_step_does_not_change_the_state_it_is_given() -> None:
     step(state, Digit("5"), 1.0)
     step(state, HungUp(), 1.0)
     assert state == frozen and state.digits == frozen.digits and not state.finished
+
+
+def test_the_flows_values_copy_and_pickle_as_themselves_compiled_or_not() -> None:
+    """Copies and pickles of a program and its events rebuild through the constructor (compiled, a frozen
+    dataclass refuses the default way of setting each field on a blank instance)."""
+    values = [
+        cls
+        for module in (flow_actions, flow_program)
+        for _, cls in inspect.getmembers(module, inspect.isclass)
+        if is_dataclass(cls) and cls.__module__ == module.__name__ and cls is not FlowState
+    ]
+    assert len(values) == 34 and all(cls in copyreg.dispatch_table for cls in values)  # a new one is registered too
+    samples = [DEMO, PROGRAM, info(), Started(info()), RecordingDone("x.wav", 2.5, "key"), CallbackDone("booked", 5)]
+    for value in samples:
+        assert copy.deepcopy(value) == value == pickle.loads(pickle.dumps(value)), type(value)
+    call = to_menu()
+    call.press("2")
+    again = copy.deepcopy(call.state)
+    assert again == call.state and again.program == call.state.program and again.info is not call.state.info
 
 
 def test_a_loop_of_instant_nodes_is_cut() -> None:

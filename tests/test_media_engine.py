@@ -14,6 +14,7 @@ import random
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.media import (
@@ -33,12 +34,12 @@ from support.waiting import wait_until_async
 from ivr.media import g711
 from ivr.media.dtmf import TelephoneEvent
 from ivr.media.g711 import FRAME_SECONDS
-from ivr.media.pacing import MAX_CATCH_UP, Pacer, Tick, silent_streams
+from ivr.media.pacing import MAX_CATCH_UP, Pacer, silent_streams
 from ivr.media.ports import POOL_BYTES, RtpPortAllocator, UrandomPool
 from ivr.media.rtp import RtpPacket
 from ivr.media.stream import KeyPressed, MediaStream, PlaybackFinished, RecordingStopped
 from ivr.transport import rtp
-from ivr.transport.rtp import MediaShell, SendEntry
+from ivr.transport.rtp import MediaShell
 
 
 async def until(what: str, check: Callable[[], object], timeout: float = 5.0) -> None:
@@ -338,6 +339,33 @@ async def test_media_timeout_reaches_the_shells_callback() -> None:
         shell.close_all()
 
 
+class PartSpy:
+    """The RTP shell's event loop, seen through: ``seen(start)`` as the loop begins each part of a tick.
+
+    The tick is the one callback the shell arms with ``call_at`` (it sends part 0 itself); each later part is
+    queued with ``call_soon(send_part, tick, senders, start, closed)``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, seen: Callable[[int], None]) -> None:
+        self.loop, self.seen = loop, seen
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loop, name)
+
+    def call_at(self, when: float, callback: Callable[..., None], *args: Any) -> asyncio.TimerHandle:
+        def tick() -> None:
+            self.seen(0)
+            callback(*args)
+
+        return self.loop.call_at(when, tick)
+
+    def call_soon(self, callback: Callable[..., None], *args: Any) -> asyncio.Handle:
+        def part() -> None:
+            self.seen(args[2])
+            callback(*args)
+
+        return self.loop.call_soon(part)
+
+
 @pytest.mark.usefixtures("send_path")  # the sendto path and the batch sender
 async def test_a_tick_sends_in_parts_so_a_datagram_waits_behind_one_part_not_the_whole_tick(
     monkeypatch: pytest.MonkeyPatch,
@@ -359,16 +387,13 @@ async def test_a_tick_sends_in_parts_so_a_datagram_waits_behind_one_part_not_the
             shell.close(legs[6])  # a call that ends before its part of the tick gets nothing more
             order.append("closed")
 
-    send_part = shell._send_part
-
-    def spy(tick: Tick, senders: list[SendEntry], start: int, closed: int) -> None:
+    def part_begins(start: int) -> None:
         order.append(f"part {start}")
         if start == 0 and "closed" not in order:
             probe_out.send(b"x")
-        send_part(tick, senders, start, closed)
 
     loop.add_reader(probe_in.fileno(), probe_read)
-    monkeypatch.setattr(shell, "_send_part", spy)
+    shell.loop = PartSpy(loop, part_begins)  # type: ignore[assignment]  # the shell's turns, seen as the loop runs them
     try:
         legs += [shell.open(p.addr, "PCMU", 0, None) for p in phones]
         await until("three ticks after the close", lambda: order.count("part 0") >= 4)

@@ -63,16 +63,18 @@ MEDIA = (
     "ivr/media/ports.py",
     "ivr/media/dtmf.py",
 )
-# The SIP shell's loop (the socket reads and sends, each message into the core): compiled, it calls the core natively.
-SHELL = ("ivr/transport/sip.py",)
-# What every call's SIP events reach: the router, the IVR call and its flow interpreter, the caller's identity.
-# The flow's events, actions and program stay interpreted (values tests copy and pickle; a compiled frozen
-# dataclass cannot be), as do the RTP shell (tests spy on its tick) and the call legs (queues and callbacks
-# subclass them).
+# The shells' loops: SIP (the socket reads and sends, each message into the core) and RTP (each call's socket,
+# the shared tick): compiled, they call the cores natively.
+SHELL = ("ivr/transport/sip.py", "ivr/transport/rtp.py")
+# What every call's SIP events reach: the router, the IVR call and its flow interpreter with the flow's values
+# (copyable: they copy and pickle through their constructor), the caller's identity. The call legs' base stays
+# interpreted: the queues' ring and the callbacks' leg subclass it.
 CALLS = (
     "ivr/calls/router.py",
     "ivr/calls/ivrcall.py",
     "ivr/calls/trust.py",
+    "ivr/flow/actions.py",
+    "ivr/flow/program.py",
     "ivr/flow/interpreter.py",
 )
 COMPILED = tuple(s for s in (*ENGINE, *SIM, *SIP, *MEDIA, *SHELL, *CALLS) if s not in NOT_COMPILED)

@@ -26,8 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ivr.flow.frozen import copyable
+
 if TYPE_CHECKING:
     from ivr.flow.program import Flow
+
 
 # -- events (what happened) ---------------------------------------------------
 
@@ -214,3 +217,27 @@ class FlowState:
     program: Flow | None = field(default=None, repr=False, compare=False)
     waiting: str = ""  # what the current node waits for: "playback" | "input" | "recording" | ""
     outcome: str = ""  # the last outcome noted (the call record's IVR outcome)
+
+
+copyable(
+    CallInfo,
+    Started,
+    PlaybackDone,
+    Digit,
+    TimerExpired,
+    RecordingDone,
+    HungUp,
+    QueueLeft,
+    CallbackDone,
+    Play,
+    StopPlayback,
+    StartTimer,
+    CancelTimer,
+    Record,
+    SendText,
+    Transfer,
+    Hangup,
+    QueueRequest,
+    CallbackRequest,
+    Note,
+)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ivr.flow.frozen import copyable
 from ivr.settings.flows import IvrSettings
 from ivr.settings.nodes import (
     BranchNode,
@@ -331,3 +332,21 @@ def compile_ivr(settings: IvrSettings) -> Program:
         for name, f in settings.flows.items()
     }
     return Program(flows=flows, default_flow=settings.main_flow, flow_by_number=dict(settings.flow_by_number))
+
+
+copyable(
+    Marks,
+    PlayStep,
+    MenuStep,
+    SayStep,
+    CollectStep,
+    Case,
+    BranchStep,
+    QueueStep,
+    MessageStep,
+    CallbackStep,
+    TransferStep,
+    HangupStep,
+    Flow,
+    Program,
+)
