@@ -6,6 +6,7 @@ import copy
 import copyreg
 import inspect
 import pickle
+from dataclasses import fields as dataclass_fields
 from dataclasses import is_dataclass, replace
 
 import pytest
@@ -797,6 +798,29 @@ def test_step_does_not_change_the_state_it_is_given() -> None:
     step(state, Digit("5"), 1.0)
     step(state, HungUp(), 1.0)
     assert state == frozen and state.digits == frozen.digits and not state.finished
+
+
+def test_a_copied_state_has_every_field_and_its_own_lists() -> None:
+    """``FlowState.copied`` writes its fields out: one added later and not copied fails here."""
+    state = FlowState(
+        flow="main",
+        node="menu",
+        info=info(),
+        play_id=7,
+        attempts=2,
+        digits="12",
+        vars={"account": "42"},
+        pending=["notice_a"],
+        finished=True,
+        program=PROGRAM.flows["main"],
+        waiting="input",
+        outcome="menu",
+    )
+    blank = FlowState("x")
+    assert [f.name for f in dataclass_fields(FlowState) if getattr(state, f.name) == getattr(blank, f.name)] == []
+    again = state.copied()
+    assert again == state and again.program is state.program and again.info is state.info
+    assert again.vars is not state.vars and again.pending is not state.pending
 
 
 def test_the_flows_values_copy_and_pickle_as_themselves_compiled_or_not() -> None:

@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import os
 import random
+import select
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +39,7 @@ from ivr.media.pacing import MAX_CATCH_UP, Pacer, silent_streams
 from ivr.media.ports import POOL_BYTES, RtpPortAllocator, UrandomPool
 from ivr.media.rtp import RtpPacket
 from ivr.media.stream import KeyPressed, MediaStream, PlaybackFinished, RecordingStopped
-from ivr.transport import rtp
+from ivr.transport import rtp, rtpwatch
 from ivr.transport.rtp import MediaShell
 
 
@@ -281,9 +282,10 @@ async def test_a_prompt_through_the_shell_arrives_in_order_with_consecutive_seq_
 
 
 @pytest.mark.usefixtures("send_path")  # the sendto path and the batch sender
-async def test_keys_from_sipp_capture_and_symmetric_rtp() -> None:
+@pytest.mark.parametrize("own_poller", [True, False], ids=["own-epoll", "loop-add-reader"])
+async def test_keys_from_sipp_capture_and_symmetric_rtp(own_poller: bool) -> None:
     rec = Recorder()
-    shell = await make_shell(rec)
+    shell = await make_shell(rec, own_poller=own_poller)
     phone = UdpPhone()
     try:
         # the SDP named a dead address; the stream latches onto the real sender
@@ -301,6 +303,46 @@ async def test_keys_from_sipp_capture_and_symmetric_rtp() -> None:
         await until("audio sent back to where the caller's packets came from", phone.drain)
         assert [e for e in rec.events if isinstance(e, KeyPressed)] == [KeyPressed("4")]
         assert leg.remote == phone.addr
+    finally:
+        shell.close_all()
+        phone.close()
+
+
+def open_descriptors(kind: str) -> int:
+    """This process's open descriptors of one kind: "socket" or "anon_inode:[eventpoll]"."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith(kind)
+        except OSError:
+            pass  # the listing's own descriptor, closed by now
+    return count
+
+
+@pytest.mark.skipif(not hasattr(select, "epoll"), reason="the shell's own epoll set is Linux's")
+async def test_the_shells_epoll_set_reads_every_ready_stream_and_is_closed_with_the_shell() -> None:
+    """More streams ready at once than one wake-up takes are all read; a closed stream's socket leaves the set
+    (its packets are not read, the others' still are); ``close_all`` closes the set, a new stream makes another."""
+    rec = Recorder()
+    sockets, epolls = open_descriptors("socket"), open_descriptors("anon_inode:[eventpoll]")
+    shell = await make_shell(rec, streams=rtpwatch.POLL_BATCH + 44)
+    phone = UdpPhone()
+    try:
+        legs = [shell.open(("127.0.0.1", 9), "PCMU", 0, 101) for _ in range(rtpwatch.POLL_BATCH + 44)]
+        assert open_descriptors("socket") == sockets + len(legs) + 1  # the streams' and the phone's
+        assert open_descriptors("anon_inode:[eventpoll]") == epolls + 1  # the shell's set
+        gone = legs.pop()
+        shell.close(gone)
+        for leg in [*legs, gone]:  # one packet each, all queued before the loop looks
+            phone.sock.sendto(RtpPacket(0, 1, 160, 1, b"\xff" * 160).serialize(), ("127.0.0.1", leg.local_port))
+        await until("every open stream's packet read", lambda: sum(leg.packets_in for leg in legs) == len(legs))
+        assert gone.packets_in == 0 and all(leg.remote == phone.addr for leg in legs)
+        shell.close_all()
+        assert open_descriptors("socket") == sockets + 1  # the phone's: the streams' are closed
+        assert open_descriptors("anon_inode:[eventpoll]") == epolls  # and the shell's set
+        again = shell.open(("127.0.0.1", 9), "PCMU", 0, 101)
+        phone.sock.sendto(RtpPacket(0, 1, 160, 1, b"\xff" * 160).serialize(), ("127.0.0.1", again.local_port))
+        await until("the new stream's packet read", lambda: again.packets_in == 1)
     finally:
         shell.close_all()
         phone.close()

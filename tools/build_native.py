@@ -65,7 +65,7 @@ MEDIA = (
 )
 # The shells' loops: SIP (the socket reads and sends, each message into the core) and RTP (each call's socket,
 # the shared tick): compiled, they call the cores natively.
-SHELL = ("ivr/transport/sip.py", "ivr/transport/rtp.py")
+SHELL = ("ivr/transport/sip.py", "ivr/transport/rtp.py", "ivr/transport/rtpwatch.py")
 # What every call's SIP events reach: the router, the IVR call and its flow interpreter with the flow's values
 # (copyable: they copy and pickle through their constructor), the caller's identity. The call legs' base stays
 # interpreted: the queues' ring and the callbacks' leg subclass it.

@@ -39,7 +39,6 @@ A callback node whose booking failed says so, then goes on at its
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 
 from ivr.flow.actions import (
     CallbackDone,
@@ -109,7 +108,7 @@ def step(state: FlowState, event: FlowEvent, now: float) -> tuple[FlowState, lis
     flow = state.program
     if state.finished or flow is None:
         return state, []
-    s = replace(state, vars=dict(state.vars), pending=list(state.pending))
+    s = state.copied()
     out: list[FlowAction] = []
     _Call(flow, s, out).handle(event)
     return s, out

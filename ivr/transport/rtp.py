@@ -1,7 +1,8 @@
 """The RTP shell: sockets and the loop timer of the one shared 20 ms clock for every call's audio.
 
 One non-blocking UDP socket per call (even ports from the configured range,
-handed out by ivr/media/ports.py), watched with ``loop.add_reader``. All
+handed out by ivr/media/ports.py), watched for what it reads by
+ivr/transport/rtpwatch.py (on Linux an epoll set of the shell's own). All
 streams are paced from one tick armed with ``loop.call_at`` at the times
 ivr/media/pacing.py computes (``t0 + k * 20 ms``: no drift, one timer for
 every call; one task per stream falls over near 1,000 streams). What a
@@ -56,6 +57,7 @@ from ivr.media.pacing import Pacer, Tick, silent_streams
 from ivr.media.ports import RtpPortAllocator
 from ivr.media.stream import MediaEvent, MediaStream
 from ivr.transport import rtpbatch
+from ivr.transport.rtpwatch import StreamWatch
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +117,13 @@ class MediaShell:
         trusts: Callable[[str], bool] | None = None,
         on_failure: Callable[[MediaStream], None] | None = None,
         batch: bool | None = None,
+        own_poller: bool | None = None,
     ) -> None:
-        """``batch``: send through the compiled batch sender (None: when it is built; True: it must be)."""
+        """``batch``: send through the compiled batch sender (None: when it is built; True: it must be).
+
+        ``own_poller``: watch the streams' sockets with an epoll set of the shell's own (None: where the
+        platform has epoll; False: each socket is the loop's ``add_reader``; ivr/transport/rtpwatch.py).
+        """
         self.loop = asyncio.get_running_loop()
         self.host = host
         self._family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -139,6 +146,7 @@ class MediaShell:
         self._closing: list[tuple[int, socket.socket]] = []
         self._tick_handle: asyncio.TimerHandle | None = None
         self.pacer = Pacer()
+        self.watch = StreamWatch(self.loop, self._readable, own_poller)
 
     @staticmethod
     def _batch_sender(wanted: bool | None) -> rtpbatch.Sender | None:
@@ -197,7 +205,7 @@ class MediaShell:
         self._streams[stream] = sock
         self._entries[stream] = (stream, sock.sendto, sock.fileno())
         self._senders = None
-        self.loop.add_reader(sock.fileno(), self._readable, stream, sock)
+        self.watch.watch(stream, sock)
         if self._tick_handle is None:
             self._tick_handle = self.loop.call_at(self.pacer.start(self.loop.time()), self._tick)
         return stream
@@ -210,7 +218,7 @@ class MediaShell:
         self._senders = None
         self._closed += 1
         stream.unbridge()  # the other leg must not relay into a closed stream
-        self.loop.remove_reader(sock.fileno())
+        self.watch.unwatch(sock)
         if self.batch_sender is None:
             sock.close()
         else:
@@ -258,6 +266,7 @@ class MediaShell:
         self._close_pending(wait=True)
         if self.batch_sender is not None:
             self.batch_sender.close()  # sends what was flushed and stops its thread (a new stream starts it again)
+        self.watch.close()  # a new stream makes another epoll set
 
     def totals(self) -> tuple[int, int]:
         """Packets in and out, closed streams and open ones together."""

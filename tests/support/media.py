@@ -142,7 +142,11 @@ class Recorder:
 SHELL_PORTS = 20  # RTP ports per test shell: ten streams
 
 
-async def make_shell(rec: Recorder, media_timeout: float = 0.0) -> MediaShell:
+async def make_shell(
+    rec: Recorder, media_timeout: float = 0.0, *, own_poller: bool | None = None, streams: int = SHELL_PORTS // 2
+) -> MediaShell:
     """The real RTP shell on the running loop, on ports reserved for this test session."""
-    ports = port_range(SHELL_PORTS)
-    return MediaShell("127.0.0.1", ports.start, ports[-1], rec.on_events, rec.on_timeout, media_timeout)
+    ports = port_range(max(SHELL_PORTS, 2 * streams + 2))
+    return MediaShell(
+        "127.0.0.1", ports.start, ports[-1], rec.on_events, rec.on_timeout, media_timeout, own_poller=own_poller
+    )
