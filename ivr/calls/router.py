@@ -157,6 +157,9 @@ class CallRouter:
             if self.ivr.queues is not None:
                 self.ivr.queues.caller_gone(call.call_id, now)
             self.ivr.media.close(ivr.stream)
+            # the stream no longer calls back into its call: call and stream go with their last reference, at
+            # once, not with the garbage collector's next walk of every call still held (a reference cycle)
+            ivr.stream.owner = None
         self._record(call, ivr)
 
     # -- records ---------------------------------------------------------------------

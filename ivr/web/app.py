@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from callback import db as callback_db
@@ -259,6 +259,9 @@ def register_collectors(
     desk: CallbackDesk,
 ) -> None:
     registry.register(SipCollector(ua, lambda: recorder.backlog, lambda: recorder.write_errors))
+    # prometheus_client's own: the process's CPU, memory and descriptors, and the garbage collector's work
+    ProcessCollector(registry=registry)
+    GCCollector(registry=registry)
     registry.register(IvrCollector(ivr.metrics, ivr.media))
     cluster = queues.cluster
     if cluster is None:
