@@ -219,7 +219,7 @@ class FlowState:
     outcome: str = ""  # the last outcome noted (the call record's IVR outcome)
 
     def copied(self) -> FlowState:
-        """A copy whose ``vars`` and ``pending`` are its own (``dataclasses.replace`` costs 3x more a step)."""
+        """A copy whose ``vars`` and ``pending`` are its own (written out: ``dataclasses.replace`` is slower)."""
         return FlowState(
             self.flow,
             self.node,
